@@ -1,0 +1,1 @@
+"""Inference: SVI training (``inference.svi``) and, later, estimators of log p(x)."""

@@ -1,0 +1,337 @@
+r"""Train a VAE by stochastic variational inference: ``python -m inference.svi``.
+
+Each step draws a batch of B images and takes one Adam step on the negative
+ELBO summed over the batch,
+
+    loss(x_1..B) = - sum_i E_{q(z|x_i)}[log p(x_i, z) - log q(z|x_i)],
+
+estimated by Pyro's ``Trace_ELBO`` (one reparameterised sample) or
+``TraceMeanField_ELBO`` (the KL term in closed form). Reported ELBOs are nats
+per image and negative: a lower bound on log p(x), higher is better.
+
+A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.elbo import ELBO
+from tqdm.auto import tqdm
+
+from models.vae import VAE
+from pyro_vae import checkpoint, figures
+from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
+from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
+from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.errors import CheckpointError, DataError, PyroVAEError, TrainingDiverged
+from pyro_vae.nets import ACTIVATIONS
+
+#: ``--elbo`` name -> (plain, JIT-compiled) loss class.
+ELBOS: dict[str, tuple[type[ELBO], type[ELBO]]] = {
+    "trace": (Trace_ELBO, JitTrace_ELBO),
+    "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO),
+}
+#: Settings that may differ between a checkpoint and the run resuming it.
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out")
+
+
+def make_elbo(name: str = "trace", jit: bool = False) -> ELBO:
+    """The SVI loss named ``name`` (see `ELBOS`), JIT-compiled when ``jit``."""
+    if name not in ELBOS:
+        raise ValueError(f"unknown --elbo {name!r}; choose one of {', '.join(ELBOS)}")
+    return ELBOS[name][int(jit)]()
+
+
+@torch.no_grad()
+def evaluate_elbo(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
+    """Mean single-sample ``Trace_ELBO`` estimate over images ``x [N, D]``, nats per image.
+
+    Runs under a forked RNG seeded by ``seed``, so it neither disturbs training
+    randomness nor changes its noise from one epoch to the next.
+    """
+    elbo = Trace_ELBO()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        loss = sum(elbo.loss(model.model, model.guide, xb) for xb in x.split(batch_size))
+    return -loss / len(x)
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) sets ``requested``; the loop checks it between steps.
+
+    Stopping between steps keeps parameters and optimiser state consistent for
+    the checkpoint. A second Ctrl-C aborts at once. Outside the main thread
+    (where signal handlers cannot be set) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class TrainResult:
+    """What `train` leaves: the trained model, its metric history and where it wrote."""
+
+    model: VAE
+    config: TrainConfig
+    history: list[dict[str, float]]
+    out_dir: Path
+    interrupted: bool = False
+    position: tuple[int, int] = (0, 0)  # (epochs completed, steps into the next)
+    data: DataSplits | None = field(default=None, repr=False)
+
+
+def _default_out() -> str:
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    now, then = config.to_dict(), saved.to_dict()
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
+    if changed:
+        details = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
+
+
+def _check_data(model: VAE, data: DataSplits, binarize: str) -> None:
+    x_dim = model.config.x_dim
+    if data.train.dim != x_dim or data.test.shape[1] != x_dim:
+        raise DataError(f"the model takes {x_dim} pixels per image but the data have {data.train.dim}; set x_dim to match")
+    if model.likelihood.binary_data and not data.train.is_binary():
+        raise DataError(
+            f"the {model.likelihood.name} likelihood needs binary pixels, but --binarize {binarize} serves grey levels; "
+            "use --binarize dynamic or static, or a likelihood for continuous data"
+        )
+
+
+def _save_figures(model: VAE, data: DataSplits, history: list[dict[str, float]], out_dir: Path, seed: int) -> None:
+    fig_dir = out_dir / "figures"
+    with torch.random.fork_rng(devices=[data.test.device] if data.test.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        figures.save_image_grid(model.generate(64), fig_dir / "samples.png")
+        x = data.test[:32]
+        figures.save_reconstructions(x, model.reconstruct(x), fig_dir / "reconstructions.png")
+    if history:
+        figures.plot_elbo_curve(history, fig_dir / "elbo.png")
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None) -> TrainResult:
+    """Train ``VAE(config.model)`` by SVI for ``config.epochs`` epochs; write into ``config.out``.
+
+    ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
+    total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
+    ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
+    via `pyro_vae.data.Images`). Ctrl-C checkpoints the current step and
+    returns with ``interrupted=True``; a NaN/inf loss raises `TrainingDiverged`
+    and leaves the last good checkpoint as it was.
+    """
+    device = resolve_device(config.device)
+    out_dir = Path(config.out or _default_out())
+    config = dataclasses.replace(config, out=str(out_dir))
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume:
+        saved = checkpoint.read(ckpt_path, map_location=device)
+        _check_resumable(config, TrainConfig.from_dict(saved["config"]), ckpt_path)
+    elif ckpt_path.exists():
+        raise CheckpointError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out")
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    if data is None:
+        data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
+                           config.seed, config.test_seed, device)
+    model = VAE.from_config(config.model).to(device)
+    _check_data(model, data, config.binarize)
+    optim = pyro.optim.Adam({"lr": config.lr})
+    start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
+    if resume:
+        model.load_state_dict(saved["model_state"])
+        optim.set_state(saved["optim_state"])
+        checkpoint.set_rng_state(saved["rng_state"])
+        start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
+        partial = saved.get("partial") or partial
+    svi = SVI(model.model, model.guide, optim, loss=make_elbo(config.elbo, config.jit))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
+        f.writelines(json.dumps(h) + "\n" for h in history)
+
+    def save(epoch: int, step: int, partial: dict | None = None) -> None:
+        checkpoint.save(ckpt_path, model, config, optim.get_state(), epoch, step, history, partial=partial)
+
+    log = tqdm.write if progress else print
+    num_batches = data.train.num_batches(config.batch_size)
+    interrupted = False
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
+            t0 = time.perf_counter()
+            bar = tqdm(total=num_batches, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress, leave=False, dynamic_ncols=True)
+            for step, x in enumerate(data.train.batches(config.batch_size, epoch, start_step), start=start_step):
+                loss = svi.step(x)
+                if not math.isfinite(loss):
+                    bar.close()
+                    kept = f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history else "no checkpoint was written"
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; training stopped and {kept}. "
+                        "Try a smaller --lr.", epoch + 1, step + 1)
+                loss_sum += loss
+                images += len(x)
+                bar.update()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss / len(x):.2f}", refresh=False)
+                if stop.requested:
+                    seconds += time.perf_counter() - t0
+                    save(epoch, step + 1, {"loss": loss_sum, "images": images, "seconds": seconds})
+                    bar.close()
+                    interrupted, start_epoch, start_step = True, epoch, step + 1
+                    break
+            if interrupted:
+                break
+            bar.close()
+            seconds += time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "train_elbo": -loss_sum / images,
+                      "test_elbo": evaluate_elbo(model, data.test, seed=config.test_seed), "seconds": seconds}
+            history.append(record)
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save(epoch + 1, 0)
+            log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {record['train_elbo']:.2f}  "
+                f"test ELBO {record['test_elbo']:.2f} nats/image (negative: a lower bound on log p(x), "
+                f"higher is better)  {seconds:.1f} s")
+            start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
+            start_epoch = epoch + 1
+
+    _save_figures(model, data, history, out_dir, config.test_seed)
+    return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), data)
+
+
+# --- command line -------------------------------------------------------------------
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden-dims takes comma-separated integers like 200,200, got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden-dims needs at least one positive width, got {text!r}")
+    return dims
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m inference.svi`` parser. Every default is None: unset flags keep
+    the preset's (or, with --resume, the checkpoint's) value."""
+    p = argparse.ArgumentParser(prog="python -m inference.svi", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", choices=sorted(PRESETS), help=f"published setup (default {DEFAULT_PRESET})")
+    m.add_argument("--latent-dim", type=_positive, help=f"size of z (default {d.model.z_dim})")
+    m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, e.g. 200,200")
+    m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive, help=f"total epochs (default {d.epochs})")
+    t.add_argument("--batch-size", type=_positive, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
+    t.add_argument("--elbo", choices=sorted(ELBOS), help="trace: Trace_ELBO (default); meanfield: TraceMeanField_ELBO")
+    t.add_argument("--jit", action="store_true", default=None, help="JIT-compile the loss")
+    t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
+    dd = p.add_argument_group("data")
+    dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
+    dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
+    dd.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
+    dd.add_argument("--train-limit", type=_positive, metavar="N", help="use the first N training images")
+    dd.add_argument("--test-limit", type=_positive, metavar="N", help="use the first N test images")
+    dd.add_argument("--test-seed", type=int, help=f"seed of the test split's one binarisation (default {d.test_seed})")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", choices=DEVICE_CHOICES, help="auto: CUDA when present (default)")
+    r.add_argument("--cuda", dest="device", action="store_const", const="cuda", help="alias of --device cuda")
+    r.add_argument("--out", help="output folder (default runs/<timestamp>)")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+_MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation"}
+_RUN_FLAGS = ("preset", "resume", "no_progress")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Turn parsed flags into a `TrainConfig` (on --resume: the checkpoint's, with allowed changes)."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _RUN_FLAGS and v is not False}
+    if args.resume:
+        if not args.out:
+            raise CheckpointError("--resume needs --out DIR, the folder of the run to continue")
+        saved = TrainConfig.from_dict(checkpoint.read(Path(args.out) / "checkpoint.pt")["config"])
+        fixed = sorted(k for k in given if k not in RESUMABLE_CHANGES) + (["preset"] if args.preset else [])
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise CheckpointError(f"{flags} cannot change on --resume (the model and data are the checkpoint's); "
+                                  f"only --epochs, --device, --data-dir may")
+        return dataclasses.replace(saved, **given)
+    preset = args.preset or DEFAULT_PRESET
+    model = dataclasses.replace(PRESETS[preset], **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    given.setdefault("out", _default_out())
+    return TrainConfig(model=model, preset=preset, **given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m inference.svi``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = train(config, resume=args.resume, progress=not args.no_progress)
+    except PyroVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.interrupted:
+        epoch, step = result.position
+        print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {result.out_dir / 'checkpoint.pt'}\n"
+              f"resume with: python -m inference.svi --resume --out {shlex.quote(str(result.out_dir))}")
+    else:
+        print(f"done: {result.out_dir} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

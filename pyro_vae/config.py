@@ -1,0 +1,81 @@
+"""Typed configuration: what a model is made of, and how a run trains it.
+
+`ModelConfig` holds the constructor arguments of a model family; `TrainConfig`
+holds everything a training run needs to be repeated. Both round-trip through
+plain dicts (``to_dict`` / ``from_dict``) so a run's ``config.json`` and its
+checkpoint describe it completely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a VAE: ``x_dim -> hidden_dims -> z_dim`` and back.
+
+    ``likelihood`` and ``guide`` are names from the registries in
+    ``models.likelihoods`` and ``models.guides``.
+    """
+
+    x_dim: int = 784
+    z_dim: int = 50
+    hidden_dims: tuple[int, ...] = (200, 200)
+    activation: str = "tanh"
+    likelihood: str = "bernoulli"
+    guide: str = "diagonal"
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the tuple so configs compare equal after a round trip.
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+
+
+#: Published setups. ``burda2015``: the VAE of Burda et al. (2015), Table 1
+#: (784-200-200-50, tanh). ``pyro-example``: Pyro's own VAE example
+#: (one hidden layer of 400, softplus, z=50).
+PRESETS: dict[str, ModelConfig] = {
+    "burda2015": ModelConfig(z_dim=50, hidden_dims=(200, 200), activation="tanh"),
+    "pyro-example": ModelConfig(z_dim=50, hidden_dims=(400,), activation="softplus"),
+}
+DEFAULT_PRESET = "burda2015"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``OUT/config.json``.
+
+    Units: ``lr`` is Adam's step size on the summed (per-batch) loss, as in
+    Pyro's examples; ``train_limit``/``test_limit`` take the first N images.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET])
+    preset: str | None = DEFAULT_PRESET
+    dataset: str = "mnist"
+    binarize: str = "dynamic"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    elbo: str = "trace"
+    jit: bool = False
+    device: str = "auto"
+    seed: int = 0
+    test_seed: int = 0
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["hidden_dims"] = list(self.model.hidden_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ModelConfig(**d["model"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,231 @@
+"""MNIST-like image data, held on the training device and binarised explicitly.
+
+Binarisation modes (``binarize``):
+
+- ``dynamic``: a fresh Bernoulli draw x ~ Bernoulli(grey / 255) each time a
+  batch is served (the protocol of Burda et al. 2015);
+- ``static``: one seeded draw at load time, reused every epoch;
+- ``none``: grey levels scaled to [0, 1] (for continuous likelihoods).
+
+Every random choice is a pure function of ``(seed, epoch, step)``, so a run
+stopped mid-epoch resumes with exactly the batches it would have seen.
+Evaluation data are binarised once with a recorded seed (`Images.frozen`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyro_vae.errors import DataError
+
+#: ``--dataset`` name -> torchvision dataset class (imported on use: torchvision
+#: takes seconds to import, which every CLI start would otherwise pay).
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+BINARIZE_CHOICES = ("dynamic", "static", "none")
+DATA_ENV_VAR = "PYRO_VAE_DATA"
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """Dataset root: ``data_dir``, else ``$PYRO_VAE_DATA``, else a user cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pyro-vae"
+
+
+def _expected_files(dataset_cls: type) -> list[str]:
+    return [os.path.basename(name).removesuffix(".gz") for name, _md5 in dataset_cls.resources]
+
+
+def load_pixels(
+    dataset: str = "mnist",
+    train: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> torch.Tensor:
+    """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
+
+    Reads ``ROOT/<MNIST|FashionMNIST>/raw/*-ubyte`` (torchvision's layout).
+    When the files are missing and ``download`` is true, torchvision fetches
+    them; if that fails (offline) or ``download`` is false, `DataError` names
+    the missing files and the folder they belong in.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    from torchvision import datasets
+
+    cls = getattr(datasets, DATASETS[dataset])
+    root = data_root(data_dir)
+    try:
+        data = cls(str(root), train=train, download=False).data
+    except RuntimeError:
+        cause = ""
+        if download:
+            try:
+                data = cls(str(root), train=train, download=True).data
+                return data.reshape(len(data), -1).contiguous()
+            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+                cause = f" (download failed: {type(e).__name__}: {e})"
+        raw = root / cls.__name__ / "raw"
+        missing = [f for f in _expected_files(cls) if not (raw / f).exists()]
+        raise DataError(
+            f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none (files unreadable)'}. "
+            f"Put the four uncompressed IDX files there, or point --data-dir or ${DATA_ENV_VAR} "
+            f"at a folder that holds {cls.__name__}/raw/."
+        ) from None
+    return data.reshape(len(data), -1).contiguous()
+
+
+def check_images(x: torch.Tensor, x_dim: int | None = None, binary: bool = False) -> None:
+    """Raise `DataError` unless ``x`` is a ``[N, x_dim]`` batch of pixels the model can take.
+
+    Floating pixels must be finite and in [0, 1] (uint8 grey levels are always
+    in range); ``binary`` also requires every pixel to be 0 or 1 (255 for uint8),
+    as a Bernoulli likelihood does.
+    """
+    if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
+        want = f"[N, {x_dim}]" if x_dim is not None else "[N, D]"
+        raise DataError(f"images must have shape {want} (flattened), got {list(x.shape)}; reshape with x.reshape(len(x), -1)")
+    if len(x) == 0:
+        raise DataError("the image batch is empty")
+    if x.dtype == torch.uint8:
+        top = 255
+    elif x.is_floating_point():
+        top = 1
+        if not torch.isfinite(x).all():
+            raise DataError("images contain NaN or infinite pixels; clean or drop those images")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise DataError(
+                f"pixel values must lie in [0, 1], found min {lo:g} and max {hi:g}; "
+                "divide 0-255 grey levels by 255"
+            )
+    else:
+        raise DataError(f"images must be uint8 grey levels or floats in [0, 1], got dtype {x.dtype}")
+    if binary and not ((x == 0) | (x == top)).all():
+        raise DataError(
+            "a Bernoulli likelihood needs binary pixels, but these are grey levels; "
+            "use --binarize dynamic or static, or a likelihood for continuous data"
+        )
+
+
+def _seed_for(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (deterministic across processes)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+class Images:
+    """One split of images on one device, served as float batches in [0, 1].
+
+    ``pixels``: uint8 grey levels ``[N, D]`` (kept as uint8, 1 byte a pixel) or
+    floats in [0, 1]. ``binarize`` picks how batches are served (module doc).
+    Moving to ``device`` happens once here, never per batch.
+    """
+
+    def __init__(self, pixels: torch.Tensor, binarize: str = "dynamic", seed: int = 0, device: torch.device | str = "cpu"):
+        if binarize not in BINARIZE_CHOICES:
+            raise DataError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_CHOICES)}")
+        check_images(pixels)
+        self.binarize = binarize
+        self.seed = seed
+        self.pixels = pixels.to(device)
+        if binarize == "static":  # one seeded draw, stored as 0/1 in the same dtype
+            self.pixels = self._draw(self.pixels, self._generator(_seed_for(seed)))
+            self.pixels = self.pixels.to(torch.uint8) if pixels.dtype == torch.uint8 else self.pixels
+            self._scale = 1.0
+        else:
+            self._scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    @property
+    def dim(self) -> int:
+        return self.pixels.shape[1]
+
+    def is_binary(self) -> bool:
+        """True when every served pixel is 0 or 1."""
+        if self.binarize != "none":
+            return True
+        return bool(((self.pixels == 0) | (self.pixels == self._scale)).all())
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """Yield float batches ``[<=batch_size, D]`` for one epoch, starting at ``start_step``.
+
+        The order is a permutation seeded by ``(seed, epoch)``; a dynamic draw is
+        seeded by ``(seed, epoch, step)``. The last batch may be smaller.
+        """
+        gen = self._generator(_seed_for(self.seed, epoch))
+        n = len(self)
+        order = torch.randperm(n, generator=gen, device=self.device) if shuffle else torch.arange(n, device=self.device)
+        for step in range(start_step, self.num_batches(batch_size)):
+            grey = self.pixels[order[step * batch_size : (step + 1) * batch_size]].float() / self._scale
+            if self.binarize == "dynamic":
+                gen.manual_seed(_seed_for(self.seed, epoch, step + 1))
+                grey = torch.bernoulli(grey, generator=gen)
+            yield grey
+
+    def frozen(self, seed: int) -> torch.Tensor:
+        """The whole split as floats ``[N, D]``, binarised once with ``seed`` (for evaluation).
+
+        ``dynamic``: one Bernoulli draw seeded by ``seed``; ``static``: the stored
+        draw; ``none``: grey levels.
+        """
+        grey = self.pixels.float() / self._scale
+        if self.binarize == "dynamic":
+            return torch.bernoulli(grey, generator=self._generator(_seed_for(seed)))
+        return grey
+
+    def _generator(self, seed: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return gen
+
+    def _draw(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
+        return torch.bernoulli(pixels.float() / scale, generator=gen)
+
+
+@dataclass
+class DataSplits:
+    """Training images (served batch by batch) and evaluation images (frozen floats)."""
+
+    train: Images
+    test: torch.Tensor  # [N_test, D] floats, binarised once with test_seed
+    test_seed: int
+
+
+def load_splits(
+    dataset: str = "mnist",
+    binarize: str = "dynamic",
+    data_dir: str | os.PathLike | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+    test_seed: int = 0,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+) -> DataSplits:
+    """Load train and test splits onto ``device`` (first ``*_limit`` images when given)."""
+    train = load_pixels(dataset, True, data_dir, download)[:train_limit]
+    test = load_pixels(dataset, False, data_dir, download)[:test_limit]
+    test_images = Images(test, binarize, seed=test_seed, device=device)
+    return DataSplits(Images(train, binarize, seed=seed, device=device), test_images.frozen(test_seed), test_seed)

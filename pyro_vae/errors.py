@@ -1,0 +1,30 @@
+"""Errors a user can act on.
+
+Each carries a message that names the problem and the fix. The command-line
+entry points print ``str(error)`` and exit with status 2 instead of a traceback.
+"""
+
+
+class PyroVAEError(Exception):
+    """Base class of the errors this project raises for bad input or faults."""
+
+
+class DataError(PyroVAEError):
+    """Missing dataset files, or images that the model cannot take."""
+
+
+class DeviceError(PyroVAEError):
+    """A device was asked for that this machine does not have."""
+
+
+class CheckpointError(PyroVAEError):
+    """A checkpoint is missing, unreadable or of another shape."""
+
+
+class TrainingDiverged(PyroVAEError):
+    """The loss became NaN or infinite; training stopped at ``epoch``/``step``."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step

@@ -1,0 +1,211 @@
+"""Training: the CLI's outputs, learning on real MNIST, exact resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from inference import svi
+from inference.svi import evaluate_elbo, main, train
+from models import VAE
+from pyro_vae import checkpoint
+from pyro_vae.checkpoint import load
+from pyro_vae.config import ModelConfig, TrainConfig
+from pyro_vae.errors import DataError, TrainingDiverged
+
+from conftest import REPO, cuda_only
+
+SMALL = ModelConfig(z_dim=8, hidden_dims=(64,))
+
+
+def small_config(mnist_root: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(model=SMALL, preset=None, data_dir=str(mnist_root), train_limit=640, test_limit=200,
+                    epochs=1, batch_size=64, device="cpu", out=str(out))
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inference.svi", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_cli_writes_config_metrics_checkpoint_and_figures(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    status = main(["--epochs", "2", "--train-limit", "500", "--test-limit", "100", "--latent-dim", "6",
+                   "--hidden-dims", "32,16", "--batch-size", "100", "--data-dir", str(mnist_root), "--device", "cpu",
+                   "--out", str(out), "--no-progress"])
+    assert status == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["z_dim"] == 6 and config["model"]["hidden_dims"] == [32, 16] and config["epochs"] == 2
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        assert set(line) == {"epoch", "train_elbo", "test_elbo", "seconds"}
+        assert line["train_elbo"] < 0 and line["test_elbo"] < 0 and line["seconds"] > 0
+    for name in ("samples.png", "reconstructions.png", "elbo.png"):
+        assert (out / "figures" / name).stat().st_size > 0
+    vae, loaded = load(out / "checkpoint.pt", device="cpu")
+    assert isinstance(vae, VAE) and loaded.to_dict() == config
+    assert vae.config.hidden_dims == (32, 16) and not vae.training
+    payload = checkpoint.read(out)
+    assert payload["epoch"] == 2 and payload["step"] == 0 and len(payload["history"]) == 2
+    # the loaded model reproduces the recorded test ELBO (same frozen split, same seed)
+    test = load_splits_for(loaded)
+    assert evaluate_elbo(vae, test, seed=loaded.test_seed) == pytest.approx(lines[-1]["test_elbo"], rel=1e-5)
+
+
+def load_splits_for(config: TrainConfig) -> torch.Tensor:
+    from pyro_vae.data import load_splits
+
+    return load_splits(config.dataset, config.binarize, config.data_dir, 1, config.test_limit,
+                       config.seed, config.test_seed, download=False).test
+
+
+def test_a_few_hundred_steps_raise_the_test_elbo(mnist_root, tmp_path):
+    config = small_config(mnist_root, tmp_path / "run", model=ModelConfig(), train_limit=12800, test_limit=1000,
+                          epochs=3, batch_size=128)  # default architecture, 300 steps
+    untrained = VAE.from_config(config.model)
+    result = train(config, progress=False)
+    before = evaluate_elbo(untrained, result.data.test, seed=0)
+    after = evaluate_elbo(result.model, result.data.test, seed=0)
+    assert before < -500  # ~ -784 log 2 at initialisation
+    assert after > before + 300 and after > -210, (before, after)
+    tests = [h["test_elbo"] for h in result.history]
+    assert tests[-1] > tests[0]
+
+
+def test_resume_at_an_epoch_boundary_equals_training_straight(mnist_root, tmp_path):
+    straight = train(small_config(mnist_root, tmp_path / "a", epochs=2), progress=False)
+    train(small_config(mnist_root, tmp_path / "b", epochs=1), progress=False)
+    resumed = train(small_config(mnist_root, tmp_path / "b", epochs=2), resume=True, progress=False)
+    a, b = _params(straight.model), _params(resumed.model)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(straight.history) == strip(resumed.history)
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_ctrl_c_checkpoints_and_resume_continues_exactly(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    args = ["--epochs", "2", "--train-limit", "4000", "--test-limit", "200", "--latent-dim", "8", "--hidden-dims", "64",
+            "--batch-size", "16", "--data-dir", str(mnist_root), "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "inference.svi", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    while "it/s" not in seen:  # tqdm reports a rate once steps are running
+        chunk = proc.stderr.read(64)
+        assert chunk, f"training ended before it was interrupted: {seen[-500:]}"
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "resume with: python -m inference.svi --resume --out" in stdout
+    assert "Traceback" not in stderr
+    payload = checkpoint.read(out)
+    assert payload["step"] > 0 or payload["epoch"] > 0
+    assert _run_cli("--resume", "--out", str(out), "--no-progress").returncode == 0
+
+    pyro.clear_param_store()
+    straight = train(small_config(mnist_root, tmp_path / "straight", train_limit=4000, epochs=2, batch_size=16),
+                     progress=False)
+    resumed, _ = load(out, device="cpu")
+    a, b = _params(straight.model), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(mnist_root, tmp_path, monkeypatch):
+    config = small_config(mnist_root, tmp_path / "run")
+    train(config, progress=False)
+    good = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+
+    real_step, calls = pyro.infer.SVI.step, []
+
+    def step_then_nan(self, *args, **kwargs):
+        calls.append(1)
+        return float("nan") if len(calls) == 3 else real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.SVI, "step", step_then_nan)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint") as info:
+        train(small_config(mnist_root, tmp_path / "run", epochs=2), resume=True, progress=False)
+    assert (info.value.epoch, info.value.step) == (2, 3)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == good
+
+
+def test_bernoulli_on_grey_levels_is_rejected_before_training(mnist_root, tmp_path):
+    with pytest.raises(DataError, match="needs binary pixels.*--binarize dynamic or static"):
+        train(small_config(mnist_root, tmp_path / "run", binarize="none"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
+def test_cuda_without_cuda_names_the_fix(tmp_path):
+    result = _run_cli("--device", "cuda", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--device cuda was asked for" in result.stderr and "--device cpu" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    assert "--device cuda" in _run_cli("--cuda", "--out", str(tmp_path / "run")).stderr
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_writes_nothing(tmp_path):
+    result = _run_cli("--resume", "--out", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_resume_from_a_corrupt_checkpoint_is_an_error_and_overwrites_nothing(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    result = _run_cli("--resume", "--out", str(out))
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint at all"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_keeps_its_model(mnist_root, tmp_path):
+    config = small_config(mnist_root, tmp_path / "run")
+    train(config, progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    assert main(["--out", str(tmp_path / "run"), "--data-dir", str(mnist_root), "--no-progress"]) == 2
+    assert main(["--resume", "--out", str(tmp_path / "run"), "--latent-dim", "3"]) == 2
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_config_from_args_applies_preset_and_overrides():
+    args = svi.build_parser().parse_args(["--preset", "pyro-example", "--latent-dim", "10", "--lr", "0.01", "--cuda"])
+    config = svi.config_from_args(args)
+    assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus")
+    assert config.lr == 0.01 and config.device == "cuda" and config.preset == "pyro-example"
+    default = svi.config_from_args(svi.build_parser().parse_args([]))
+    assert default.model == ModelConfig() and default.elbo == "trace" and default.binarize == "dynamic"
+    assert default.out.startswith("runs")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("elbo, jit", [("meanfield", False), ("trace", True)])
+def test_other_objectives_train(mnist_root, tmp_path, elbo, jit):
+    result = train(small_config(mnist_root, tmp_path / "run", elbo=elbo, jit=jit), progress=False)
+    assert -700 < result.history[0]["test_elbo"] < 0
+
+
+@cuda_only
+def test_training_on_cuda(mnist_root, tmp_path):
+    result = train(small_config(mnist_root, tmp_path / "run", device="cuda"), progress=False)
+    assert next(result.model.parameters()).is_cuda and result.data.train.pixels.is_cuda
+    assert -700 < result.history[0]["test_elbo"] < 0
+    vae, _ = load(tmp_path / "run", device="cuda")
+    assert next(vae.parameters()).is_cuda
