@@ -33,6 +33,7 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, T
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
+from inference.evaluate import evaluate, render_markdown
 from models.vae import VAE
 from pyro_vae import checkpoint, figures
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
@@ -289,11 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default runs/<timestamp>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--eval-samples", type=_positive, metavar="K",
+                   help="after training, write the log p(x) report (python -m inference.evaluate) with K samples into OUT/report/")
     return p
 
 
 _MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation"}
-_RUN_FLAGS = ("preset", "resume", "no_progress")
+_RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -321,15 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         result = train(config, resume=args.resume, progress=not args.no_progress)
+        if result.interrupted:
+            epoch, step = result.position
+            print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {result.out_dir / 'checkpoint.pt'}\n"
+                  f"resume with: python -m inference.svi --resume --out {shlex.quote(str(result.out_dir))}")
+            return 0
+        print(f"done: {result.out_dir} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
+        if args.eval_samples:
+            report = evaluate(result.out_dir, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
+                              test_limit=config.test_limit, device=config.device, data_dir=config.data_dir,
+                              progress=not args.no_progress)
+            print(render_markdown(report))
     except PyroVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if result.interrupted:
-        epoch, step = result.position
-        print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {result.out_dir / 'checkpoint.pt'}\n"
-              f"resume with: python -m inference.svi --resume --out {shlex.quote(str(result.out_dir))}")
-    else:
-        print(f"done: {result.out_dir} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
     return 0
 
 

@@ -5,6 +5,8 @@ Every family exposes ``model(x)`` and ``guide(x)`` with datapoints in
 ``"x"``, so every estimator in ``inference`` works on every variant.
 """
 
+from models.base import LatentModel
+from models.linear import LinearGaussianVAE
 from models.vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["LatentModel", "LinearGaussianVAE", "VAE"]

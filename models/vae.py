@@ -12,7 +12,9 @@ Both put the datapoints in ``pyro.plate("data", B)``; the latent site is
 
 The likelihood p(x|z) and the guide family q(z|x) are picked by name
 (``models.likelihoods.LIKELIHOODS``, ``models.guides.GUIDES``); to change
-another piece (the prior, say) subclass `VAE` and override one method.
+another piece (the prior, say) subclass `VAE` and override one method. The
+prior, the amortised posterior and the Pyro programs live in
+`models.base.LatentModel`.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, pyro_method
 
+from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from pyro_vae.config import ModelConfig
@@ -37,7 +38,7 @@ def _lookup(registry: dict, name: str, what: str):
     return registry[name]
 
 
-class VAE(PyroModule):
+class VAE(LatentModel):
     """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP encoder and (mirrored) decoder.
 
     Defaults are the ``burda2015`` preset: 784-200-200-50, tanh, Bernoulli
@@ -55,6 +56,7 @@ class VAE(PyroModule):
     ):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide)
+        self.z_dim = z_dim
         self.likelihood = _lookup(LIKELIHOODS, likelihood, "likelihood")
         self.guide_family = _lookup(GUIDES, guide, "guide")
         self.encoder = MLP(x_dim, hidden_dims, self.guide_family.num_outputs(z_dim), activation)
@@ -65,48 +67,10 @@ class VAE(PyroModule):
         return cls(**dataclasses.asdict(config))
 
     def init_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this model (stored in checkpoints)."""
         kwargs = dataclasses.asdict(self.config)
         kwargs["hidden_dims"] = list(kwargs["hidden_dims"])
         return kwargs
 
-    # --- the three distributions -------------------------------------------------
-    def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """p(z) = N(0, I), event shape ``[z_dim]``, on ``x``'s device and dtype."""
-        z_dim = self.config.z_dim
-        return dist.Normal(x.new_zeros(z_dim), x.new_ones(z_dim)).to_event(1)
-
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z) for latents ``z [..., z_dim]``, event shape ``[x_dim]``."""
         return self.likelihood.build(self.decoder(z))
-
-    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x) for images ``x [..., x_dim]``, event shape ``[z_dim]``."""
-        return self.guide_family.build(self.encoder(x), self.config.z_dim)
-
-    # --- the Pyro programs -------------------------------------------------------
-    @pyro_method
-    def model(self, x: torch.Tensor) -> torch.Tensor:
-        """p(z) p(x|z) for images ``x [B, x_dim]``; returns ``x``."""
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x))
-            return pyro.sample("x", self.observation(z), obs=x)
-
-    @pyro_method
-    def guide(self, x: torch.Tensor) -> torch.Tensor:
-        """q(z|x) for images ``x [B, x_dim]``; returns ``z [B, z_dim]``."""
-        with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.posterior(x))
-
-    # --- pictures ----------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, num_images: int) -> torch.Tensor:
-        """Mean images E[x|z] for ``z ~ p(z)``: ``[num_images, x_dim]`` in [0, 1]."""
-        anchor = next(self.parameters())
-        z = self.prior(anchor).sample((num_images,))
-        return self.observation(z).mean
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean images E[x|z] at the posterior mean of q(z|x): ``[B, x_dim]``."""
-        return self.observation(self.posterior(x).mean).mean

@@ -213,6 +213,20 @@ class DataSplits:
     test_seed: int
 
 
+def evaluation_images(
+    dataset: str = "mnist",
+    binarize: str = "dynamic",
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    test_seed: int = 0,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+) -> torch.Tensor:
+    """The first ``limit`` test images as floats ``[N, 784]`` on ``device``, binarised once with ``test_seed``."""
+    pixels = load_pixels(dataset, False, data_dir, download)[:limit]
+    return Images(pixels, binarize, seed=test_seed, device=device).frozen(test_seed)
+
+
 def load_splits(
     dataset: str = "mnist",
     binarize: str = "dynamic",
@@ -226,6 +240,5 @@ def load_splits(
 ) -> DataSplits:
     """Load train and test splits onto ``device`` (first ``*_limit`` images when given)."""
     train = load_pixels(dataset, True, data_dir, download)[:train_limit]
-    test = load_pixels(dataset, False, data_dir, download)[:test_limit]
-    test_images = Images(test, binarize, seed=test_seed, device=device)
-    return DataSplits(Images(train, binarize, seed=seed, device=device), test_images.frozen(test_seed), test_seed)
+    test = evaluation_images(dataset, binarize, data_dir, test_limit, test_seed, device, download)
+    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed)

@@ -28,3 +28,7 @@ class TrainingDiverged(PyroVAEError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+class EstimationError(PyroVAEError, ValueError):
+    """An estimator was given something it cannot estimate from (K < 1, no data plate, NaN weights)."""

@@ -1,4 +1,5 @@
-"""Figures a run writes: image grids (samples, reconstructions) and the ELBO curve.
+"""Figures: image grids (samples, reconstructions), the ELBO curve, and the
+evaluation report's k-hat plot, gap histogram and K ladder.
 
 Images are flattened squares ``[N, side*side]`` with values in [0, 1].
 Curves are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot), so saving
@@ -45,19 +46,66 @@ def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
 
 def plot_elbo_curve(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
     """Plot train and test ELBO (nats per image) against epoch from metric records."""
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
+    fig, ax = _figure()
     for key, label in (("train_elbo", "train (running mean)"), ("test_elbo", "test")):
         ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per image)")
     ax.set_title("ELBO, a lower bound on log p(x); higher is better")
     ax.legend()
+    return _save(fig, path)
+
+
+def _figure(width: float = 5, height: float = 3.5):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def plot_khat(khat: Sequence[float], path: str | os.PathLike) -> Path:
+    """Per-image PSIS k-hat with the 0.5 and 0.7 thresholds of Yao et al. (2018)."""
+    fig, ax = _figure()
+    ax.plot(range(len(khat)), khat, ".", markersize=2, alpha=0.6)
+    for level, label in ((0.5, "0.5: good below"), (0.7, "0.7: unreliable above")):
+        ax.axhline(level, color="red" if level == 0.7 else "orange", linestyle="--", label=label)
+    ax.set_xlabel("test image")
+    ax.set_ylabel("Pareto k-hat")
+    ax.set_title("Reliability of the importance-sampling estimate")
+    ax.legend(loc="upper right")
+    return _save(fig, path)
+
+
+def plot_gap_histogram(gaps: dict[str, Sequence[float]], path: str | os.PathLike) -> Path:
+    """Histograms of per-image gaps (nats), one series per name."""
+    fig, ax = _figure()
+    for name, values in gaps.items():
+        ax.hist(list(values), bins=50, alpha=0.5, label=name)
+    ax.set_xlabel("nats per image")
+    ax.set_ylabel("images")
+    ax.set_title("Per-image gaps below log p(x)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_ladder(ladder: dict[int, float], log_px: float, path: str | os.PathLike) -> Path:
+    """Mean IWAE-k bound against k (log axis), with the log p(x) estimate."""
+    fig, ax = _figure()
+    ks = sorted(ladder)
+    ax.plot(ks, [ladder[k] for k in ks], "o-", label="IWAE-k bound")
+    ax.axhline(log_px, color="black", linestyle="--", label="log p(x) estimate")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (samples per bound)")
+    ax.set_ylabel("nats per image")
+    ax.set_title("The K ladder: bounds tighten toward log p(x)")
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,280 @@
+r"""The marginal-likelihood report: ``python -m inference.evaluate RUN_DIR_OR_CHECKPOINT``.
+
+Loads a checkpoint, estimates log p(x) for each test image by importance
+sampling with K draws from the amortised guide (`inference.importance`),
+optionally decomposes the ELBO gap on a subset (`inference.gaps`), and writes
+
+- ``report.json``: the numbers (nats per image unless named otherwise);
+- ``report.md``: the same as a table, with one line on whether PSIS k-hat
+  says the estimate can be trusted;
+- ``khat.png``, ``gaps.png``, ``ladder.png``.
+
+Standard errors are over images (sd / sqrt(n)): they say how much the mean
+would move on another test set of the same size, not the Monte Carlo error of
+each image's estimate (which k-hat and ESS speak to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from inference.gaps import inference_gaps
+from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
+from pyro_vae import checkpoint, figures
+from pyro_vae.data import evaluation_images
+from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.errors import PyroVAEError
+
+KHAT_GOOD, KHAT_BAD = 0.5, 0.7
+
+
+def _mean_se(values: torch.Tensor) -> dict[str, float]:
+    n = len(values)
+    se = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": values.mean().item(), "se": se}
+
+
+def _concat(parts: list[MarginalEstimate]) -> MarginalEstimate:
+    return MarginalEstimate(
+        log_px=torch.cat([p.log_px for p in parts]),
+        elbo=torch.cat([p.elbo for p in parts]),
+        iwae={k: torch.cat([p.iwae[k] for p in parts]) for k in parts[0].iwae},
+        ess=torch.cat([p.ess for p in parts]),
+        khat=torch.cat([p.khat for p in parts]),
+        num_samples=parts[0].num_samples,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("torch", "pyro-ppl", "arviz", "numpy", "pyro-vae"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def khat_summary(khat: torch.Tensor) -> dict[str, float | None]:
+    """Median, 95th percentile and share above 0.7 of per-image k-hat (None when K is too small)."""
+    finite = khat[~torch.isnan(khat)]
+    if len(finite) == 0:
+        return {"median": None, "p95": None, "frac_above_0_7": None}
+    return {"median": torch.quantile(finite, 0.5).item(), "p95": torch.quantile(finite, 0.95).item(),
+            "frac_above_0_7": (finite > KHAT_BAD).double().mean().item()}
+
+
+def trust_line(summary: dict[str, float | None]) -> str:
+    """One sentence on whether the estimate can be trusted (Yao et al. 2018 thresholds)."""
+    if summary["median"] is None:
+        return "k-hat could not be computed (too few samples): no statement on reliability."
+    p95, frac = summary["p95"], summary["frac_above_0_7"]
+    if p95 < KHAT_GOOD:
+        return f"Reliable: k-hat is below {KHAT_GOOD} for at least 95% of images (95th percentile {p95:.2f})."
+    if frac <= 0.01:
+        return (f"Usable: {100 * frac:.1f}% of images have k-hat above {KHAT_BAD} (95th percentile {p95:.2f}); "
+                "the mean is trustworthy, single images with high k-hat less so.")
+    return (f"Unreliable: {100 * frac:.1f}% of images have k-hat above {KHAT_BAD}; their estimates have "
+            "heavy-tailed weights and likely sit below log p(x). Raise K or improve the guide.")
+
+
+def evaluate(
+    source: str | Path,
+    num_samples: int = 5000,
+    chunk_size: int | None = 500,
+    batch_size: int = 100,
+    test_limit: int | None = None,
+    gaps: bool = False,
+    gap_limit: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | Path | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the report for the checkpoint at ``source`` (a file or a run folder); return ``report.json``'s dict.
+
+    ``batch_size`` images are estimated at once; memory is about
+    ``chunk_size x batch_size`` particles. ``out`` defaults to ``RUN_DIR/report``.
+    """
+    started = time.perf_counter()
+    source = Path(source)
+    ckpt_path = source / "checkpoint.pt" if source.is_dir() else source
+    target = resolve_device(device)
+    payload = checkpoint.read(ckpt_path, map_location=target)
+    model = checkpoint.build_model(payload).to(target).eval()
+    config = payload["config"]
+    x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
+                          config["test_seed"], target)
+    out_dir = Path(out) if out else ckpt_path.parent / "report"
+
+    parts = []
+    batches = list(enumerate(x.split(batch_size)))
+    for i, xb in tqdm(batches, desc=f"log p(x), K={num_samples}", disable=not progress, leave=False):
+        parts.append(estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size,
+                                           DEFAULT_LADDER, seed=seed + i))
+    est = _concat(parts)
+    estimate_seconds = time.perf_counter() - started
+
+    n_images, x_dim = x.shape
+    log_px = _mean_se(est.log_px)
+    report: dict[str, Any] = {
+        "dataset": config["dataset"],
+        "split": "test",
+        "n_images": n_images,
+        "binarize": config["binarize"],
+        "test_seed": config["test_seed"],
+        "num_samples": num_samples,
+        "log_px": log_px,
+        "nll": -log_px["mean"],
+        "bits_per_dim": -log_px["mean"] / (x_dim * math.log(2)),
+        "elbo": _mean_se(est.elbo),
+        "elbo_gap": _mean_se(est.log_px - est.elbo),
+        "iwae_ladder": {str(k): v.mean().item() for k, v in est.iwae.items()},
+        "khat": khat_summary(est.khat),
+        "ess": {"mean": est.ess.mean().item()},
+    }
+    gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
+    if gaps:
+        m = min(gap_limit, n_images)
+        found = [inference_gaps(model, xb, _slice(est, lo, lo + len(xb)), num_samples=num_samples, seed=seed)
+                 for lo, xb in tqdm(list(zip(range(0, m, batch_size), x[:m].split(batch_size))),
+                                    desc="inference gaps", disable=not progress, leave=False)]
+        approximation = torch.cat([g.approximation for g in found])
+        amortization = torch.cat([g.amortization for g in found])
+        report["gaps"] = {"approximation": approximation.mean().item(), "amortization": amortization.mean().item(),
+                          "total": torch.cat([g.total for g in found]).mean().item(), "n_images": m,
+                          "max_steps_taken": max(g.steps for g in found)}
+        gap_values.update({"approximation": approximation.tolist(), "amortization": amortization.tolist()})
+    report.update({
+        "seconds": time.perf_counter() - started,
+        "seconds_log_px": estimate_seconds,
+        "device": str(target),
+        "chunk_size": chunk_size,
+        "batch_size": batch_size,
+        "seed": seed,
+        "model": {"class": payload["model_class"], **payload["model_kwargs"]},
+        "epochs_trained": payload["epoch"],
+        "versions": _versions(),
+        "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": _sha256(ckpt_path)},
+        "trust": trust_line(report["khat"]),
+    })
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report))
+    figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
+    figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
+    figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
+    return report
+
+
+def _slice(est: MarginalEstimate, lo: int, hi: int) -> MarginalEstimate:
+    return MarginalEstimate(est.log_px[lo:hi], est.elbo[lo:hi], {k: v[lo:hi] for k, v in est.iwae.items()},
+                            est.ess[lo:hi], est.khat[lo:hi], est.num_samples)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: the report as tables a person reads."""
+    def pm(entry: dict[str, float]) -> str:
+        return f"{entry['mean']:.2f} ± {entry['se']:.2f}"
+
+    k = report["khat"]
+    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"# Marginal-likelihood report: {report['dataset']} {report['split']} ({report['n_images']} images)",
+        "",
+        f"Checkpoint `{report['checkpoint']['path']}` (sha256 `{report['checkpoint']['sha256'][:12]}…`), "
+        f"{report['epochs_trained']} epochs; binarize `{report['binarize']}`, test seed {report['test_seed']}; "
+        f"K = {report['num_samples']} importance samples from the amortised guide; device {report['device']}; "
+        f"{report['seconds']:.1f} s.",
+        "",
+        "| quantity | value (nats per image, ± standard error over images) |",
+        "| --- | --- |",
+        f"| log p(x) (importance sampling, K = {report['num_samples']}) | {pm(report['log_px'])} |",
+        f"| NLL = -log p(x) | {report['nll']:.2f} |",
+        f"| bits per dim | {report['bits_per_dim']:.4f} |",
+        f"| ELBO | {pm(report['elbo'])} |",
+        f"| ELBO gap = log p(x) - ELBO | {pm(report['elbo_gap'])} |",
+        f"| mean effective sample size | {report['ess']['mean']:.1f} of {report['num_samples']} |",
+        "",
+        "IWAE-k ladder (mean bound, nats per image):",
+        "",
+        "| k | " + " | ".join(report["iwae_ladder"]) + " |",
+        "| --- | " + " | ".join("---" for _ in report["iwae_ladder"]) + " |",
+        "| bound | " + " | ".join(f"{v:.2f}" for v in report["iwae_ladder"].values()) + " |",
+        "",
+        f"PSIS k-hat per image: median {fmt(k['median'])}, 95th percentile {fmt(k['p95'])}, "
+        f"share above 0.7: {fmt(k['frac_above_0_7'], '.1%')}.",
+        "",
+        f"**{report['trust']}**",
+    ]
+    if "gaps" in report:
+        g = report["gaps"]
+        lines += [
+            "",
+            f"Inference gaps (Cremer et al. 2018) on the first {g['n_images']} images, nats per image "
+            "(log p(x) here is estimated with the per-image optimal q* as proposal):",
+            "",
+            "| gap | mean |",
+            "| --- | --- |",
+            f"| approximation: log p(x) - ELBO[q*] | {g['approximation']:.2f} |",
+            f"| amortization: ELBO[q*] - ELBO[q] | {g['amortization']:.2f} |",
+            f"| total: log p(x) - ELBO[q] | {g['total']:.2f} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder holding checkpoint.pt, or the file")
+    p.add_argument("--num-samples", type=int, default=5000, help="K importance samples per image")
+    p.add_argument("--chunk-size", type=int, default=500, help="particles evaluated at once")
+    p.add_argument("--batch-size", type=int, default=100, help="images estimated at once")
+    p.add_argument("--test-limit", type=int, metavar="N", help="use the first N test images")
+    p.add_argument("--gaps", action="store_true", help="also decompose the ELBO gap (slow: fits q* per image)")
+    p.add_argument("--gap-limit", type=int, default=1000, help="images for the gap decomposition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--data-dir", help="dataset root, if not the one the run recorded")
+    p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m inference.evaluate``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = evaluate(args.source, args.num_samples, args.chunk_size, args.batch_size, args.test_limit, args.gaps,
+                          args.gap_limit, args.seed, args.device, args.out, args.data_dir, not args.no_progress)
+    except PyroVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+r"""Probabilistic PCA as a VAE: the oracle every estimator is tested against.
+
+    p(z) = N(0, I_{z_dim}),   p(x | z) = N(W z + b, s^2 I_{x_dim})
+
+with ``weight`` W ``[x_dim, z_dim]``, ``bias`` b ``[x_dim]`` and ``noise_scale``
+s. Both the marginal and the posterior are Gaussian in closed form:
+
+    p(x)     = N(x; b, W W^T + s^2 I)
+    p(z | x) = N(z; S W^T (x - b) / s^2, S),   S = (I + W^T W / s^2)^{-1}
+
+The amortised guide is a diagonal Normal from a linear encoder; it is exact
+only when W^T W is diagonal (orthogonal columns), so a gap remains otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from models.base import LatentModel
+from models.guides import GUIDES
+
+
+class LinearGaussianVAE(LatentModel):
+    """Linear decoder with Gaussian noise of fixed scale; linear diagonal-Normal encoder."""
+
+    def __init__(self, x_dim: int, z_dim: int, noise_scale: float = 0.5):
+        super().__init__()
+        self.x_dim, self.z_dim, self.noise_scale = x_dim, z_dim, float(noise_scale)
+        self.weight = nn.Parameter(torch.randn(x_dim, z_dim) / z_dim**0.5)
+        self.bias = nn.Parameter(torch.zeros(x_dim))
+        self.guide_family = GUIDES["diagonal"]
+        self.encoder = nn.Linear(x_dim, self.guide_family.num_outputs(z_dim))
+
+    def init_kwargs(self) -> dict[str, Any]:
+        return {"x_dim": self.x_dim, "z_dim": self.z_dim, "noise_scale": self.noise_scale}
+
+    def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(z @ self.weight.T + self.bias, self.noise_scale).to_event(1)
+
+    @torch.no_grad()
+    def exact_log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) in closed form for ``x [B, x_dim]``: ``[B]``, nats."""
+        cov_diag = torch.full_like(self.bias, self.noise_scale**2)
+        return dist.LowRankMultivariateNormal(self.bias, self.weight, cov_diag).log_prob(x)
+
+    @torch.no_grad()
+    def exact_posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
+        """p(z | x) for ``x [B, x_dim]``: batch shape ``[B]``, event shape ``[z_dim]``."""
+        w, s2 = self.weight, self.noise_scale**2
+        precision = torch.eye(self.z_dim, dtype=w.dtype, device=w.device) + w.T @ w / s2
+        cov = torch.linalg.inv(precision)
+        cov = (cov + cov.T) / 2
+        loc = (x - self.bias) @ w @ cov / s2  # rows of S W^T (x - b) / s^2 (S is symmetric)
+        return dist.MultivariateNormal(loc, covariance_matrix=cov)

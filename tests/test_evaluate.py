@@ -1,0 +1,102 @@
+"""The report CLI on a trained checkpoint, and its refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+from inference import evaluate as evaluate_module
+from inference.evaluate import khat_summary, main, trust_line
+from inference.svi import main as train_main
+from pyro_vae import checkpoint
+
+REQUIRED = {"dataset", "split", "n_images", "binarize", "test_seed", "num_samples", "log_px", "nll", "bits_per_dim",
+            "elbo", "elbo_gap", "iwae_ladder", "khat", "ess", "gaps", "seconds", "versions", "checkpoint"}
+TRAIN = ["--epochs", "1", "--train-limit", "512", "--test-limit", "64", "--latent-dim", "8", "--hidden-dims", "64",
+         "--batch-size", "64", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert train_main([*TRAIN, "--data-dir", str(mnist_root), "--out", str(out)]) == 0
+    return out
+
+
+def test_report_cli_writes_the_promised_fields(run_dir, tmp_path):
+    out = tmp_path / "report"
+    status = main([str(run_dir), "--num-samples", "150", "--chunk-size", "40", "--batch-size", "16", "--test-limit", "40",
+                   "--gaps", "--gap-limit", "16", "--seed", "0", "--device", "cpu", "--out", str(out), "--no-progress"])
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    assert REQUIRED <= set(report)
+    assert report["n_images"] == 40 and report["num_samples"] == 150 and report["split"] == "test"
+    assert report["dataset"] == "mnist" and report["binarize"] == "dynamic" and report["test_seed"] == 0
+    assert report["nll"] == pytest.approx(-report["log_px"]["mean"])
+    assert report["bits_per_dim"] == pytest.approx(report["nll"] / (784 * math.log(2)))
+    assert report["log_px"]["mean"] >= report["elbo"]["mean"]
+    assert report["elbo_gap"]["mean"] == pytest.approx(report["log_px"]["mean"] - report["elbo"]["mean"])
+    assert report["log_px"]["se"] > 0 and report["elbo"]["se"] > 0
+    ladder = report["iwae_ladder"]
+    assert list(ladder) == ["1", "10", "100"] and list(ladder.values()) == sorted(ladder.values())
+    assert ladder["1"] == pytest.approx(report["elbo"]["mean"])
+    assert set(report["khat"]) == {"median", "p95", "frac_above_0_7"} and 0 <= report["khat"]["frac_above_0_7"] <= 1
+    assert 1 <= report["ess"]["mean"] <= 150
+    gaps = report["gaps"]
+    assert gaps["n_images"] == 16
+    assert gaps["total"] == pytest.approx(gaps["approximation"] + gaps["amortization"])
+    assert gaps["amortization"] > 0
+    assert report["checkpoint"]["sha256"] == hashlib.sha256((run_dir / "checkpoint.pt").read_bytes()).hexdigest()
+    assert {"torch", "pyro-ppl", "arviz", "numpy", "python"} <= set(report["versions"])
+    markdown = (out / "report.md").read_text()
+    assert f"{report['nll']:.2f}" in markdown and report["trust"] in markdown
+    assert report["trust"].split(":")[0] in {"Reliable", "Usable", "Unreliable"}
+    for name in ("khat.png", "gaps.png", "ladder.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_the_same_seed_gives_the_same_report(run_dir, tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        evaluate_module.evaluate(run_dir, num_samples=60, chunk_size=25, batch_size=10, test_limit=20, device="cpu",
+                                 out=tmp_path / name, progress=False)
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    assert reports[0]["log_px"] == reports[1]["log_px"] and reports[0]["khat"] == reports[1]["khat"]
+
+
+def test_training_with_eval_samples_writes_a_report(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    assert train_main([*TRAIN, "--test-limit", "20", "--data-dir", str(mnist_root), "--out", str(out),
+                       "--eval-samples", "30"]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["num_samples"] == 30 and report["n_images"] == 20
+
+
+def test_a_checkpoint_of_another_shape_is_refused(run_dir, tmp_path, capsys):
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    payload["model_kwargs"]["z_dim"] = 9
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    assert main([str(tmp_path / "checkpoint.pt"), "--num-samples", "5", "--device", "cpu", "--no-progress"]) == 2
+    assert "do not fit" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_missing_checkpoint_is_refused(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_khat_summary_and_trust_line():
+    good = khat_summary(torch.linspace(0.0, 0.45, 100, dtype=torch.float64))
+    assert good["median"] == pytest.approx(0.225) and good["frac_above_0_7"] == 0
+    assert trust_line(good).startswith("Reliable")
+    usable = khat_summary(torch.cat([torch.full((995,), 0.6), torch.full((5,), 0.9)]).double())
+    assert usable["frac_above_0_7"] == pytest.approx(0.005) and trust_line(usable).startswith("Usable")
+    bad = khat_summary(torch.linspace(0.5, 1.5, 100, dtype=torch.float64))
+    assert trust_line(bad).startswith("Unreliable")
+    none = khat_summary(torch.full((3,), float("nan"), dtype=torch.float64))
+    assert none["median"] is None and "could not be computed" in trust_line(none)
