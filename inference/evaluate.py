@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from pyro_vae import checkpoint, figures
+from pyro_vae.config import PRESETS, ModelConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
 from pyro_vae.errors import PyroVAEError
@@ -179,6 +180,10 @@ def evaluate(
         "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": _sha256(ckpt_path)},
         "trust": trust_line(report["khat"]),
     })
+    preset = PRESETS.get(config.get("preset") or "")
+    if (preset is not None and preset.published_nll is not None and config["binarize"] == "dynamic"
+            and ModelConfig(**config["model"]) == preset.model):
+        report["published"] = {"preset": config["preset"], "nll": preset.published_nll, "source": preset.source}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -229,6 +234,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**{report['trust']}**",
     ]
+    if report["model"].get("likelihood", "bernoulli") != "bernoulli":
+        lines += ["", f"Likelihood `{report['model']['likelihood']}` on `binarize {report['binarize']}` images: "
+                      "log p(x) is a log-density of grey levels, not comparable with binarised-MNIST numbers."]
+    if "published" in report:
+        pub = report["published"]
+        lines += ["", f"Published for preset `{pub['preset']}`: NLL {pub['nll']:.2f} ({pub['source']}); "
+                      f"ours: NLL {report['nll']:.2f} after {report['epochs_trained']} epochs."]
     if "gaps" in report:
         g = report["gaps"]
         lines += [

@@ -14,7 +14,9 @@ better proposal, and an estimate from a poor amortised q can fall below ELBO[q*]
 optimised with Adam on a multi-sample ``Trace_ELBO``, all datapoints at once
 (their objectives are independent, so one summed loss gives each its own
 gradient), until the mean ELBO stops improving. Works for models whose guide
-is ``guide_family.build(encoder(x), z_dim)`` (`models.base.LatentModel`).
+is ``posterior_head(encoder(x))`` (`models.base.LatentModel`); for the ``iaf``
+head, phi*_x replaces the encoder output (base and flow context) while the
+flow's own weights stay shared.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def local_guide(model: LatentModel, params: torch.Tensor):
 
     def guide(x: torch.Tensor) -> torch.Tensor:
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", model.guide_family.build(params, model.z_dim))
+            return pyro.sample("z", model.posterior_head(params))
 
     return guide
 

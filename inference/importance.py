@@ -223,7 +223,7 @@ def pareto_khat(top_log_weights: torch.Tensor, num_samples: int) -> torch.Tensor
     cutoff, the (M+1)-th largest; every smaller weight only needs to sit at or
     below the cutoff. So the other ``K - M - 1`` entries are filled with the
     cutoff and ``psislw`` gives exactly the k-hat of all K weights.
-    NaN where K is too small for a tail fit.
+    NaN where K is too small for a tail fit (ArviZ needs more than 4 tail weights).
     """
     batch = top_log_weights.shape[1]
     if _tail_size(num_samples) > num_samples or len(top_log_weights) < _tail_size(num_samples):
@@ -235,7 +235,9 @@ def pareto_khat(top_log_weights: torch.Tensor, num_samples: int) -> torch.Tensor
         import arviz
 
         _, khat = arviz.psislw(np.concatenate([top, filler], axis=1), reff=1.0)
-    return torch.as_tensor(np.asarray(khat, dtype=np.float64)).reshape(batch)
+    khat = np.asarray(khat, dtype=np.float64).reshape(batch)
+    khat[np.isinf(khat)] = np.nan  # ArviZ's answer when the tail has 4 points or fewer: no fit
+    return torch.as_tensor(khat)
 
 
 # --- the estimator --------------------------------------------------------------------------

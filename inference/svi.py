@@ -5,9 +5,12 @@ ELBO summed over the batch,
 
     loss(x_1..B) = - sum_i E_{q(z|x_i)}[log p(x_i, z) - log q(z|x_i)],
 
-estimated by Pyro's ``Trace_ELBO`` (one reparameterised sample) or
-``TraceMeanField_ELBO`` (the KL term in closed form). Reported ELBOs are nats
-per image and negative: a lower bound on log p(x), higher is better.
+estimated by Pyro's ``Trace_ELBO`` (reparameterised samples) or
+``TraceMeanField_ELBO`` (the KL term in closed form), or the tighter IWAE bound
+``E[log (1/k) sum_j w_j] <= log p(x)`` by ``RenyiELBO(alpha=0)`` with k
+vectorised particles (Burda et al. 2015). ``--kl-weight`` beta and
+``--kl-warmup`` scale the latent site (see ``models.base``). Reported ELBOs are
+nats per image and negative: a lower bound on log p(x), higher is better.
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``.
@@ -29,37 +32,56 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
 from inference.evaluate import evaluate, render_markdown
+from models.base import LatentModel
+from models.guides import GUIDES
+from models.likelihoods import LIKELIHOODS
 from models.vae import VAE
 from pyro_vae import checkpoint, figures
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
-from pyro_vae.errors import CheckpointError, DataError, PyroVAEError, TrainingDiverged
-from pyro_vae.nets import ACTIVATIONS
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
+from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
 
-#: ``--elbo`` name -> (plain, JIT-compiled) loss class.
-ELBOS: dict[str, tuple[type[ELBO], type[ELBO]]] = {
-    "trace": (Trace_ELBO, JitTrace_ELBO),
-    "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO),
+#: ``--elbo`` name -> (plain, JIT-compiled or None) loss class and its fixed arguments.
+ELBOS: dict[str, tuple[type[ELBO], type[ELBO] | None, dict]] = {
+    "trace": (Trace_ELBO, JitTrace_ELBO, {}),
+    "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO, {}),
+    "iwae": (RenyiELBO, None, {"alpha": 0.0}),  # Pyro has no JIT RenyiELBO
 }
 #: Settings that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out")
 
 
-def make_elbo(name: str = "trace", jit: bool = False) -> ELBO:
-    """The SVI loss named ``name`` (see `ELBOS`), JIT-compiled when ``jit``."""
+def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) -> ELBO:
+    """The SVI loss named ``name`` (see `ELBOS`) with ``num_particles`` vectorised particles.
+
+    The datapoints' plate is the only one (``max_plate_nesting=1``), which is
+    what keeps ``iwae``'s log-sum-exp per datapoint.
+    """
     if name not in ELBOS:
-        raise ValueError(f"unknown --elbo {name!r}; choose one of {', '.join(ELBOS)}")
-    return ELBOS[name][int(jit)]()
+        raise ConfigError(f"unknown --elbo {name!r}; choose one of {', '.join(ELBOS)}")
+    plain, compiled, fixed = ELBOS[name]
+    if jit and compiled is None:
+        raise ConfigError(f"--jit is not available for --elbo {name}: Pyro has no JIT-compiled version of it")
+    return (compiled if jit else plain)(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                                        max_plate_nesting=1, **fixed)
+
+
+def kl_weight_at(config: TrainConfig, epoch: int, step: int, num_batches: int) -> float:
+    """beta for the step ``step`` of epoch ``epoch`` (0-based): linear warm-up over ``kl_warmup`` epochs."""
+    if config.kl_warmup <= 0:
+        return config.kl_weight
+    return config.kl_weight * min(1.0, (epoch + (step + 1) / num_batches) / config.kl_warmup)
 
 
 @torch.no_grad()
-def evaluate_elbo(model: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
+def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
     """Mean single-sample ``Trace_ELBO`` estimate over images ``x [N, D]``, nats per image.
 
     Runs under a forked RNG seeded by ``seed``, so it neither disturbs training
@@ -104,7 +126,7 @@ class _StopRequest:
 class TrainResult:
     """What `train` leaves: the trained model, its metric history and where it wrote."""
 
-    model: VAE
+    model: LatentModel
     config: TrainConfig
     history: list[dict[str, float]]
     out_dir: Path
@@ -125,18 +147,19 @@ def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> Non
         raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
 
 
-def _check_data(model: VAE, data: DataSplits, binarize: str) -> None:
-    x_dim = model.config.x_dim
+def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
+    x_dim = model.init_kwargs().get("x_dim", data.train.dim)
     if data.train.dim != x_dim or data.test.shape[1] != x_dim:
         raise DataError(f"the model takes {x_dim} pixels per image but the data have {data.train.dim}; set x_dim to match")
-    if model.likelihood.binary_data and not data.train.is_binary():
+    likelihood = getattr(model, "likelihood", None)
+    if getattr(likelihood, "binary_data", False) and not data.train.is_binary():
         raise DataError(
-            f"the {model.likelihood.name} likelihood needs binary pixels, but --binarize {binarize} serves grey levels; "
-            "use --binarize dynamic or static, or a likelihood for continuous data"
+            f"the {type(likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves grey "
+            "levels; use --binarize dynamic or static, or a likelihood for continuous data"
         )
 
 
-def _save_figures(model: VAE, data: DataSplits, history: list[dict[str, float]], out_dir: Path, seed: int) -> None:
+def _save_figures(model: LatentModel, data: DataSplits, history: list[dict[str, float]], out_dir: Path, seed: int) -> None:
     fig_dir = out_dir / "figures"
     with torch.random.fork_rng(devices=[data.test.device] if data.test.device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -147,13 +170,16 @@ def _save_figures(model: VAE, data: DataSplits, history: list[dict[str, float]],
         figures.plot_elbo_curve(history, fig_dir / "elbo.png")
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None) -> TrainResult:
-    """Train ``VAE(config.model)`` by SVI for ``config.epochs`` epochs; write into ``config.out``.
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None,
+          model: LatentModel | None = None) -> TrainResult:
+    """Train ``VAE(config.model)`` (or ``model``) by SVI for ``config.epochs`` epochs; write into ``config.out``.
 
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
     ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
-    via `pyro_vae.data.Images`). Ctrl-C checkpoints the current step and
+    via `pyro_vae.data.Images`). ``model``: your own `models.base.LatentModel`
+    (a variant); its class must be importable for the checkpoint to rebuild
+    it. Ctrl-C checkpoints the current step and
     returns with ``interrupted=True``; a NaN/inf loss raises `TrainingDiverged`
     and leaves the last good checkpoint as it was.
     """
@@ -172,7 +198,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     if data is None:
         data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
                            config.seed, config.test_seed, device)
-    model = VAE.from_config(config.model).to(device)
+    model = (model or VAE.from_config(config.model)).to(device)
     _check_data(model, data, config.binarize)
     optim = pyro.optim.Adam({"lr": config.lr})
     start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
@@ -182,7 +208,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
-    svi = SVI(model.model, model.guide, optim, loss=make_elbo(config.elbo, config.jit))
+    svi = SVI(model.model, model.guide, optim, loss=make_elbo(config.elbo, config.jit, config.num_particles))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -193,6 +219,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         checkpoint.save(ckpt_path, model, config, optim.get_state(), epoch, step, history, partial=partial)
 
     log = tqdm.write if progress else print
+    meaning = ("negative: a lower bound on log p(x), higher is better" if getattr(getattr(model, "likelihood", None), "binary_data", False)
+               else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
     interrupted = False
     with _StopRequest() as stop:
@@ -202,7 +230,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             bar = tqdm(total=num_batches, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress, leave=False, dynamic_ncols=True)
             for step, x in enumerate(data.train.batches(config.batch_size, epoch, start_step), start=start_step):
-                loss = svi.step(x)
+                beta = kl_weight_at(config, epoch, step, num_batches)
+                loss = svi.step(x, torch.tensor(beta, device=device) if config.jit else beta)
                 if not math.isfinite(loss):
                     bar.close()
                     kept = f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history else "no checkpoint was written"
@@ -231,8 +260,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                 f.write(json.dumps(record) + "\n")
             save(epoch + 1, 0)
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {record['train_elbo']:.2f}  "
-                f"test ELBO {record['test_elbo']:.2f} nats/image (negative: a lower bound on log p(x), "
-                f"higher is better)  {seconds:.1f} s")
+                f"test ELBO {record['test_elbo']:.2f} nats/image ({meaning})  {seconds:.1f} s")
             start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
             start_epoch = epoch + 1
 
@@ -270,12 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--latent-dim", type=_positive, help=f"size of z (default {d.model.z_dim})")
     m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, e.g. 200,200")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
+    m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default) or conv (28x28 images)")
+    m.add_argument("--likelihood", choices=list(LIKELIHOODS),
+                   help="p(x|z): bernoulli (default); the others train on grey levels (--binarize none by default)")
+    m.add_argument("--obs-scale", type=float, help="standard deviation sqrt(c) of the gaussian likelihood (default 1)")
+    m.add_argument("--guide", choices=list(GUIDES), help="q(z|x): diagonal (default), full (scale_tril), iaf")
+    m.add_argument("--flow-steps", type=_positive, help="IAF transforms of --guide iaf (default 2)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_positive, help=f"total epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=_positive, help=f"default {d.batch_size}")
     t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
-    t.add_argument("--elbo", choices=sorted(ELBOS), help="trace: Trace_ELBO (default); meanfield: TraceMeanField_ELBO")
-    t.add_argument("--jit", action="store_true", default=None, help="JIT-compile the loss")
+    t.add_argument("--elbo", choices=list(ELBOS),
+                   help="trace: Trace_ELBO (default); meanfield: TraceMeanField_ELBO; iwae: RenyiELBO(alpha=0)")
+    t.add_argument("--num-particles", type=_positive, metavar="K", help="samples per datapoint, vectorised (k of iwae)")
+    t.add_argument("--kl-weight", type=float, help="beta: weight of the KL term (default 1)")
+    t.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
+    t.add_argument("--jit", action="store_true", default=None, help="JIT-compile the loss (trace, meanfield)")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
     dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
@@ -295,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation"}
+_MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation", "arch": "arch",
+                "likelihood": "likelihood", "obs_scale": "obs_scale", "guide": "guide", "flow_steps": "flow_steps"}
 _RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 
@@ -312,10 +351,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise CheckpointError(f"{flags} cannot change on --resume (the model and data are the checkpoint's); "
                                   f"only --epochs, --device, --data-dir may")
         return dataclasses.replace(saved, **given)
-    preset = args.preset or DEFAULT_PRESET
-    model = dataclasses.replace(PRESETS[preset], **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    preset = PRESETS[args.preset or DEFAULT_PRESET]
+    model = dataclasses.replace(preset.model, **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    given = {**preset.train, **given}
+    if model.likelihood != "bernoulli":
+        given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", _default_out())
-    return TrainConfig(model=model, preset=preset, **given)
+    return TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,14 @@ r"""The shape every model family here shares: p(z) p(x|z) with an amortised guid
     guide:  z_i ~ q(z | x_i) = guide_family(encoder(x_i))
 
 A subclass sets ``z_dim``, ``encoder`` (a module mapping ``[..., x_dim]`` to
-the guide family's raw parameters) and ``guide_family``, and defines
-``observation(z)``. The latent site is ``"z"``, the observed site ``"x"``.
+the raw parameters of the guide head) and ``posterior_head`` (see
+``models.guides``), and defines ``observation(z)``. The latent site is ``"z"``,
+the observed site ``"x"``.
+
+``kl_weight`` scales the latent site in both programs (``poutine.scale``), so
+the ELBO becomes E_q[log p(x|z)] - kl_weight * KL(q(z|x) || p(z)): the beta-VAE
+objective, and KL warm-up when the weight grows from 0 to 1. Estimators of
+log p(x) read unscaled densities, so it does not change what they measure.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
-from models.guides import GuideFamily
+from models.guides import GuideHead
 
 
 class LatentModel(PyroModule):
@@ -25,7 +32,7 @@ class LatentModel(PyroModule):
 
     z_dim: int
     encoder: torch.nn.Module
-    guide_family: GuideFamily
+    posterior_head: GuideHead
 
     def init_kwargs(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this model (stored in checkpoints)."""
@@ -42,20 +49,21 @@ class LatentModel(PyroModule):
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z|x) for images ``x [..., x_dim]``, event shape ``[z_dim]``."""
-        return self.guide_family.build(self.encoder(x), self.z_dim)
+        return self.posterior_head(self.encoder(x))
 
     # --- the Pyro programs -------------------------------------------------------
     @pyro_method
-    def model(self, x: torch.Tensor) -> torch.Tensor:
+    def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """p(z) p(x|z) for images ``x [B, x_dim]``; returns ``x``."""
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x))
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", self.prior(x))
             return pyro.sample("x", self.observation(z), obs=x)
 
     @pyro_method
-    def guide(self, x: torch.Tensor) -> torch.Tensor:
+    def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """q(z|x) for images ``x [B, x_dim]``; returns ``z [B, z_dim]``."""
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             return pyro.sample("z", self.posterior(x))
 
     # --- pictures ----------------------------------------------------------------
@@ -68,5 +76,16 @@ class LatentModel(PyroModule):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean images E[x|z] at the posterior mean of q(z|x): ``[B, x_dim]``."""
-        return self.observation(self.posterior(x).mean).mean
+        """Mean images E[x|z] at a central z of q(z|x): ``[B, x_dim]``.
+
+        z is q's mean; for a flow (no closed-form mean), its base mean pushed
+        through the transforms.
+        """
+        q = self.posterior(x)
+        try:
+            z = q.mean
+        except NotImplementedError:
+            z = q.base_dist.mean
+            for transform in q.transforms:
+                z = transform(z)
+        return self.observation(z).mean

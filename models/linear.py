@@ -8,8 +8,9 @@ s. Both the marginal and the posterior are Gaussian in closed form:
     p(x)     = N(x; b, W W^T + s^2 I)
     p(z | x) = N(z; S W^T (x - b) / s^2, S),   S = (I + W^T W / s^2)^{-1}
 
-The amortised guide is a diagonal Normal from a linear encoder; it is exact
-only when W^T W is diagonal (orthogonal columns), so a gap remains otherwise.
+The amortised guide comes from a linear encoder, as the exact posterior mean
+does. A ``diagonal`` Normal guide is exact only when W^T W is diagonal
+(orthogonal columns), so a gap remains otherwise; a ``full`` one can be exact.
 """
 
 from __future__ import annotations
@@ -21,22 +22,23 @@ import torch
 from torch import nn
 
 from models.base import LatentModel
-from models.guides import GUIDES
+from models.guides import make_guide
 
 
 class LinearGaussianVAE(LatentModel):
-    """Linear decoder with Gaussian noise of fixed scale; linear diagonal-Normal encoder."""
+    """Linear decoder with Gaussian noise of fixed scale; linear encoder into a guide head (``diagonal``, ``full``)."""
 
-    def __init__(self, x_dim: int, z_dim: int, noise_scale: float = 0.5):
+    def __init__(self, x_dim: int, z_dim: int, noise_scale: float = 0.5, guide: str = "diagonal"):
         super().__init__()
         self.x_dim, self.z_dim, self.noise_scale = x_dim, z_dim, float(noise_scale)
         self.weight = nn.Parameter(torch.randn(x_dim, z_dim) / z_dim**0.5)
         self.bias = nn.Parameter(torch.zeros(x_dim))
-        self.guide_family = GUIDES["diagonal"]
-        self.encoder = nn.Linear(x_dim, self.guide_family.num_outputs(z_dim))
+        self.guide_name = guide
+        self.posterior_head = make_guide(guide, z_dim)
+        self.encoder = nn.Linear(x_dim, self.posterior_head.num_inputs)
 
     def init_kwargs(self) -> dict[str, Any]:
-        return {"x_dim": self.x_dim, "z_dim": self.z_dim, "noise_scale": self.noise_scale}
+        return {"x_dim": self.x_dim, "z_dim": self.z_dim, "noise_scale": self.noise_scale, "guide": self.guide_name}
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         return dist.Normal(z @ self.weight.T + self.bias, self.noise_scale).to_event(1)

@@ -26,23 +26,19 @@ import pyro.distributions as dist
 import torch
 
 from models.base import LatentModel
-from models.guides import GUIDES
-from models.likelihoods import LIKELIHOODS
+from models.guides import make_guide
+from models.likelihoods import make_likelihood
 from pyro_vae.config import ModelConfig
-from pyro_vae.nets import MLP
-
-
-def _lookup(registry: dict, name: str, what: str):
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
-    return registry[name]
+from pyro_vae.nets import make_networks
 
 
 class VAE(LatentModel):
-    """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP encoder and (mirrored) decoder.
+    """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP (or conv) encoder and mirrored decoder.
 
     Defaults are the ``burda2015`` preset: 784-200-200-50, tanh, Bernoulli
-    likelihood on logits, diagonal-Normal guide.
+    likelihood on logits, diagonal-Normal guide. ``obs_scale`` is the standard
+    deviation of the ``gaussian`` likelihood, ``flow_steps`` the depth of the
+    ``iaf`` guide, ``arch`` ``mlp`` or ``conv``.
     """
 
     def __init__(
@@ -53,14 +49,18 @@ class VAE(LatentModel):
         activation: str = "tanh",
         likelihood: str = "bernoulli",
         guide: str = "diagonal",
+        obs_scale: float = 1.0,
+        flow_steps: int = 2,
+        arch: str = "mlp",
     ):
         super().__init__()
-        self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide)
+        self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
+                                  flow_steps, arch)
         self.z_dim = z_dim
-        self.likelihood = _lookup(LIKELIHOODS, likelihood, "likelihood")
-        self.guide_family = _lookup(GUIDES, guide, "guide")
-        self.encoder = MLP(x_dim, hidden_dims, self.guide_family.num_outputs(z_dim), activation)
-        self.decoder = MLP(z_dim, tuple(reversed(hidden_dims)), self.likelihood.params_per_pixel * x_dim, activation)
+        self.likelihood = make_likelihood(likelihood, obs_scale)
+        self.posterior_head = make_guide(guide, z_dim, flow_steps)
+        self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
+                                                   self.posterior_head.num_inputs, self.likelihood.params_per_pixel)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VAE":
@@ -73,4 +73,4 @@ class VAE(LatentModel):
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z) for latents ``z [..., z_dim]``, event shape ``[x_dim]``."""
-        return self.likelihood.build(self.decoder(z))
+        return self.likelihood(self.decoder(z))

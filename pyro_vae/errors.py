@@ -32,3 +32,7 @@ class TrainingDiverged(PyroVAEError):
 
 class EstimationError(PyroVAEError, ValueError):
     """An estimator was given something it cannot estimate from (K < 1, no data plate, NaN weights)."""
+
+
+class ConfigError(PyroVAEError, ValueError):
+    """Settings that do not go together (``--jit`` with an objective Pyro cannot compile, say)."""

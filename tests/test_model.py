@@ -88,11 +88,11 @@ def test_jit_loss_matches_plain_loss_when_batch_size_changes():
 
 
 def test_presets_build_the_published_architectures():
-    burda = VAE.from_config(PRESETS["burda2015"])
+    burda = VAE.from_config(PRESETS["burda2015"].model)
     assert [m.out_features for m in burda.encoder if hasattr(m, "out_features")] == [200, 200, 100]
     assert [m.out_features for m in burda.decoder if hasattr(m, "out_features")] == [200, 200, 784]
     assert isinstance(burda.encoder[1], torch.nn.Tanh)
-    pyro_example = VAE.from_config(PRESETS["pyro-example"])
+    pyro_example = VAE.from_config(PRESETS["pyro-example"].model)
     assert [m.out_features for m in pyro_example.encoder if hasattr(m, "out_features")] == [400, 100]
     assert isinstance(pyro_example.encoder[1], torch.nn.Softplus)
 
