@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
@@ -71,6 +71,56 @@ def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) ->
         raise ConfigError(f"--jit is not available for --elbo {name}: Pyro has no JIT-compiled version of it")
     return (compiled if jit else plain)(num_particles=num_particles, vectorize_particles=num_particles > 1,
                                         max_plate_nesting=1, **fixed)
+
+
+def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer):
+    """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
+
+    The returned loss is a 0-d tensor left on the device (no host sync). One
+    torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
+    separate optimiser per parameter tensor, which cost a third of a CPU step
+    here (see BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
+    its own ``loss_and_grads`` fills the same parameters' gradients.
+    """
+    # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
+    # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
+    model_fn, guide_fn = model.model, model.guide
+    if hasattr(elbo, "differentiable_loss"):
+        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+            loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            return loss.detach()
+    else:
+        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+            loss = elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            return torch.tensor(loss)
+    return step
+
+
+class _LossWindow:
+    """Per-step losses kept on the device, read in one transfer every `EVERY` steps."""
+
+    EVERY = 20
+
+    def __init__(self, first_step: int):
+        self.first_step, self.losses = first_step, []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss)
+
+    def flush(self, next_step: int) -> tuple[float, int | None, float | None]:
+        """``(sum, first non-finite step or None, its loss)``; the window restarts at ``next_step``."""
+        values = torch.stack(self.losses).double().cpu()
+        first = self.first_step
+        self.first_step, self.losses = next_step, []
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            return float("nan"), first + int(bad[0]), float(values[bad[0]])
+        return float(values.sum()), None, None
 
 
 def kl_weight_at(config: TrainConfig, epoch: int, step: int, num_batches: int) -> float:
@@ -200,15 +250,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                            config.seed, config.test_seed, device)
     model = (model or VAE.from_config(config.model)).to(device)
     _check_data(model, data, config.binarize)
-    optim = pyro.optim.Adam({"lr": config.lr})
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
     if resume:
         model.load_state_dict(saved["model_state"])
-        optim.set_state(saved["optim_state"])
+        optim.load_state_dict(saved["optim_state"])
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
-    svi = SVI(model.model, model.guide, optim, loss=make_elbo(config.elbo, config.jit, config.num_particles))
+    step_fn = make_step(model, make_elbo(config.elbo, config.jit, config.num_particles), optim)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -216,33 +266,40 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         f.writelines(json.dumps(h) + "\n" for h in history)
 
     def save(epoch: int, step: int, partial: dict | None = None) -> None:
-        checkpoint.save(ckpt_path, model, config, optim.get_state(), epoch, step, history, partial=partial)
+        checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history, partial=partial)
+
+    def diverged(epoch: int, step: int, loss: float) -> TrainingDiverged:
+        kept = (f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history
+                else "no checkpoint was written")
+        return TrainingDiverged(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                                f"{kept}. Try a smaller --lr.", epoch + 1, step + 1)
 
     log = tqdm.write if progress else print
-    meaning = ("negative: a lower bound on log p(x), higher is better" if getattr(getattr(model, "likelihood", None), "binary_data", False)
+    binary = getattr(getattr(model, "likelihood", None), "binary_data", False)
+    meaning = ("negative: a lower bound on log p(x), higher is better" if binary
                else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
     interrupted = False
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
+            window = _LossWindow(start_step)
             t0 = time.perf_counter()
             bar = tqdm(total=num_batches, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress, leave=False, dynamic_ncols=True)
             for step, x in enumerate(data.train.batches(config.batch_size, epoch, start_step), start=start_step):
                 beta = kl_weight_at(config, epoch, step, num_batches)
-                loss = svi.step(x, torch.tensor(beta, device=device) if config.jit else beta)
-                if not math.isfinite(loss):
-                    bar.close()
-                    kept = f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history else "no checkpoint was written"
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; training stopped and {kept}. "
-                        "Try a smaller --lr.", epoch + 1, step + 1)
-                loss_sum += loss
+                window.add(step_fn(x, torch.tensor(beta, device=device) if config.jit else beta))
                 images += len(x)
                 bar.update()
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss / len(x):.2f}", refresh=False)
+                last = step == num_batches - 1
+                if (step + 1) % _LossWindow.EVERY == 0 or last or stop.requested:
+                    total, bad_step, bad_loss = window.flush(step + 1)
+                    if bad_step is not None:
+                        bar.close()
+                        raise diverged(epoch, bad_step, bad_loss)
+                    loss_sum += total
+                    bar.set_postfix(loss=f"{loss_sum / images:.2f}", refresh=False)
                 if stop.requested:
                     seconds += time.perf_counter() - t0
                     save(epoch, step + 1, {"loss": loss_sum, "images": images, "seconds": seconds})

@@ -1,0 +1,130 @@
+"""Evaluation throughput of log p(x) with K importance samples: hand-written vs Pyro's Importance vs ours.
+
+Same trained checkpoint, same test images, same K, one process, interleaved:
+
+  (a) a hand-written tensor implementation for this VAE: encoder once, K
+      reparameterised draws in chunks, closed-form log-densities, logsumexp;
+  (b) ``pyro.infer.Importance`` one image at a time (K sequential traces),
+      timed on ``--pyro-images`` images and scaled to images/s;
+  (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included).
+
+Prints images/s, the ratios, and how much the peak memory grows during (c)
+at two chunk sizes and two K, each in a fresh process (CPU: ru_maxrss; CUDA:
+max_memory_allocated), above the baseline of the loaded model and data.
+
+    python benchmarks/eval_throughput.py runs/RUN --device cpu --num-samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import Importance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_medians, machine, timed  # noqa: E402
+
+from inference.importance import estimate_log_marginal  # noqa: E402
+from pyro_vae.checkpoint import load  # noqa: E402
+from pyro_vae.data import evaluation_images  # noqa: E402
+from pyro_vae.device import resolve_device  # noqa: E402
+
+
+@torch.no_grad()
+def handwritten_log_px(vae, x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """(a): log p(x) for the diagonal-Normal / Bernoulli VAE with plain tensors, float64 accumulation."""
+    loc, scale_raw = vae.encoder(x).chunk(2, -1)
+    scale = F.softplus(scale_raw) + 1e-3
+    total = None
+    for start in range(0, k, chunk):
+        eps = torch.randn(min(chunk, k - start), *loc.shape, device=x.device)
+        z = loc + scale * eps
+        log_q = (-0.5 * eps.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prior = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_lik = -F.binary_cross_entropy_with_logits(vae.decoder(z), x.expand(len(z), -1, -1), reduction="none").sum(-1)
+        lse = torch.logsumexp((log_prior + log_lik - log_q).double(), 0)
+        total = lse if total is None else torch.logaddexp(total, lse)
+    return total - math.log(k)
+
+
+def pyro_importance_log_px(vae, x: torch.Tensor, k: int) -> torch.Tensor:
+    """(b): Pyro's Importance, one image at a time."""
+    out = []
+    for xi in x.split(1):
+        posterior = Importance(vae.model, vae.guide, num_samples=k).run(xi)
+        out.append(posterior.get_log_normalizer())
+    return torch.stack(out)
+
+
+def peak_memory(source: str, device: str, k: int, chunk: int, images: int, data_dir: str | None) -> float:
+    """MiB the peak grows by during one ``estimate_log_marginal`` call, in a fresh process."""
+    code = f"""
+import resource, torch, json
+from pyro_vae.checkpoint import load
+from pyro_vae.data import evaluation_images
+from inference.importance import estimate_log_marginal
+vae, cfg = load({source!r}, device={device!r})
+dev = next(vae.parameters()).device
+x = evaluation_images(cfg.dataset, cfg.binarize, {data_dir!r} or cfg.data_dir, {images}, cfg.test_seed, dev)
+estimate_log_marginal(vae.model, vae.guide, x[:2], 10, 10, seed=0)  # imports and allocator warm-up
+base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+estimate_log_marginal(vae.model, vae.guide, x, {k}, {chunk}, seed=0)
+peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps((peak - base) / 2**20))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="run folder or checkpoint of a diagonal-guide Bernoulli VAE")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--chunk-size", type=int, default=500)
+    p.add_argument("--memory-chunks", default="100,1000")
+    p.add_argument("--pyro-images", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    vae, cfg = load(args.source, device=str(device))
+    x = evaluation_images(cfg.dataset, cfg.binarize, args.data_dir or cfg.data_dir, args.images, cfg.test_seed, device)
+    k, chunk = args.num_samples, args.chunk_size
+
+    ours = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
+    mine = handwritten_log_px(vae, x, k, chunk).cpu()
+    print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
+          f"{args.images} test images, K = {k}, chunk {chunk}; mean log p(x): (a) {mine.mean():.2f}, (c) {ours.mean():.2f}\n")
+    seconds = interleaved_medians({
+        "a": lambda: timed(lambda: handwritten_log_px(vae, x, k, chunk), device),
+        "b": lambda: timed(lambda: pyro_importance_log_px(vae, x[: args.pyro_images], k), device)
+        * args.images / args.pyro_images,
+        "c": lambda: timed(lambda: estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0), device),
+    }, args.repeats)
+    rate = {name: args.images / s for name, s in seconds.items()}
+    print("| (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s | c/a (time) | b/c (time) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | {seconds['c'] / seconds['a']:.2f} | "
+          f"{seconds['b'] / seconds['c']:.1f} |\n")
+    print(f"| peak memory growth of (c), {args.images} images | " + " | ".join(
+        f"K={kk}, chunk {c}" for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")
+    print("| --- | " + " | ".join("---" for _ in range(2 * len(args.memory_chunks.split(",")))) + " |")
+    print("| MiB | " + " | ".join(
+        f"{peak_memory(args.source, str(device), kk, int(c), args.images, args.data_dir):.0f}"
+        for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Training throughput: hand-written PyTorch vs Pyro's example loop vs ``inference.svi``.
+
+Same architecture (the burda2015 preset), batch size and MNIST images, one
+process, contenders interleaved, median of ``--repeats`` rounds of one pass
+over ``--images`` images each:
+
+  (a) a hand-written PyTorch VAE step: reparameterised sample, closed-form KL,
+      Bernoulli log-likelihood, ``torch.optim.Adam``; data on the device,
+      binarised per batch on the device. The practical limit.
+  (b) the conventional Pyro loop as Pyro's VAE example writes it: torchvision
+      ``DataLoader``, per-batch ``.to(device)``, ``svi.step`` with ``Trace_ELBO``.
+  (c) this project's ``inference.svi.train`` (its recorded training seconds),
+      default settings (``Trace_ELBO``), and the same with ``--jit`` (``JitTrace_ELBO``).
+
+Prints images/s and the ratios time(c)/time(a), time(c --jit)/time(a) and time(b)/time(c).
+
+    python benchmarks/train_throughput.py --device cpu --batch-sizes 128,1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+import tempfile
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, Trace_ELBO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_medians, machine, timed  # noqa: E402
+
+from inference.svi import train  # noqa: E402
+from models.vae import VAE  # noqa: E402
+from pyro_vae.config import PRESETS, TrainConfig  # noqa: E402
+from pyro_vae.data import load_pixels  # noqa: E402
+from pyro_vae.device import resolve_device  # noqa: E402
+from pyro_vae.nets import MLP  # noqa: E402
+
+
+def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device):
+    """(a): the same networks, a plain PyTorch step."""
+    cfg = PRESETS["burda2015"].model
+    enc = MLP(784, cfg.hidden_dims, 2 * cfg.z_dim, cfg.activation).to(device)
+    dec = MLP(cfg.z_dim, tuple(reversed(cfg.hidden_dims)), 784, cfg.activation).to(device)
+    optim = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    data = pixels.to(device)
+
+    def epoch() -> None:
+        order = torch.randperm(len(data), device=device)
+        for i in range(0, len(data), batch_size):
+            x = torch.bernoulli(data[order[i : i + batch_size]].float() / 255)
+            loc, scale_raw = enc(x).chunk(2, -1)
+            scale = F.softplus(scale_raw) + 1e-3
+            z = loc + scale * torch.randn_like(loc)
+            recon = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum")
+            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+            loss = kl - recon
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+
+    return epoch
+
+
+def pyro_example(pixels: torch.Tensor, batch_size: int, device: torch.device):
+    """(b): torchvision-style DataLoader, per-batch copies, svi.step (as Pyro's examples/vae/vae.py)."""
+    dataset = torch.utils.data.TensorDataset(pixels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    vae = VAE.from_config(PRESETS["burda2015"].model).to(device)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    def epoch() -> None:
+        pyro.clear_param_store()  # (c) shares Pyro's global store; re-register this model's parameters
+        for (x,) in loader:
+            x = torch.bernoulli(x.float() / 255).to(device)
+            svi.step(x)
+
+    return epoch
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", default="128,1024")
+    p.add_argument("--images", type=int, default=12800, help="images per timed pass")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice, once per compiled shape
+    device = resolve_device(args.device)
+    pixels = load_pixels("mnist", True, args.data_dir)[: args.images]
+    print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
+          f"{args.images} images per pass, median of {args.repeats} interleaved rounds\n")
+    print("| batch | (a) hand-written img/s | (b) Pyro example img/s | (c) inference.svi img/s | (c) with --jit img/s "
+          "| c/a (time) | c --jit/a (time) | b/c (time) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = TrainConfig(batch_size=batch_size, epochs=1, train_limit=args.images, test_limit=100,
+                                 device=str(device), data_dir=args.data_dir)
+            runs = iter(range(10**6))
+
+            def ours(jit: bool = False) -> float:
+                settings = {**config.__dict__, "out": f"{tmp}/{next(runs)}", "jit": jit}
+                return train(TrainConfig(**settings), progress=False).history[0]["seconds"]
+
+            a, b = handwritten(pixels, batch_size, device), pyro_example(pixels, batch_size, device)
+            for warm in (a, b):
+                warm()
+            ours(), ours(jit=True)
+            pyro.clear_param_store()
+            seconds = interleaved_medians({"a": lambda: timed(a, device), "b": lambda: timed(b, device), "c": ours,
+                                           "cj": lambda: ours(jit=True)}, args.repeats)
+        rate = {k: args.images / v for k, v in seconds.items()}
+        print(f"| {batch_size} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} | {rate['cj']:.0f} | "
+              f"{seconds['c'] / seconds['a']:.2f} | {seconds['cj'] / seconds['a']:.2f} | "
+              f"{seconds['b'] / seconds['c']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
