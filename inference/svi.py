@@ -12,6 +12,11 @@ vectorised particles (Burda et al. 2015). ``--kl-weight`` beta and
 ``--kl-warmup`` scale the latent site (see ``models.base``). Reported ELBOs are
 nats per image and negative: a lower bound on log p(x), higher is better.
 
+A step is what ``pyro.infer.SVI.step`` does, written out (`make_step`): the
+objective's ``differentiable_loss``, ``backward``, and one ``torch.optim.Adam``
+over the model's parameters (``pyro.optim`` keeps an optimiser per tensor,
+which cost a third of a CPU step; BENCHMARKS.md).
+
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``.
 """
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shlex
 import signal
 import sys

@@ -12,7 +12,6 @@ import torch
 from inference import evaluate as evaluate_module
 from inference.evaluate import khat_summary, main, trust_line
 from inference.svi import main as train_main
-from pyro_vae import checkpoint
 
 REQUIRED = {"dataset", "split", "n_images", "binarize", "test_seed", "num_samples", "log_px", "nll", "bits_per_dim",
             "elbo", "elbo_gap", "iwae_ladder", "khat", "ess", "gaps", "seconds", "versions", "checkpoint"}
