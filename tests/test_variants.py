@@ -36,15 +36,17 @@ SMALL = ["--epochs", "1", "--train-limit", "256", "--test-limit", "32", "--laten
     ["--likelihood", "gaussian-learned"],
     ["--likelihood", "continuous-bernoulli", "--kl-warmup", "1"],
     ["--arch", "conv", "--activation", "relu"],
+    ["--preset", "burda2015-iwae", "--num-particles", "3"],
 ], ids=lambda flags: "-".join(f.strip("-") for f in flags))
 def test_every_family_trains_from_the_cli_and_evaluates(mnist_root, tmp_path, flags):
     out = tmp_path / "run"
     assert svi.main([*SMALL, *flags, "--data-dir", str(mnist_root), "--out", str(out)]) == 0
-    assert evaluate_main([str(out), "--num-samples", "40", "--chunk-size", "20", "--test-limit", "32", "--device", "cpu",
-                          "--no-progress"]) == 0
+    assert evaluate_main([str(out), "--num-samples", "40", "--chunk-size", "20", "--test-limit", "32", "--gaps",
+                          "--gap-limit", "8", "--device", "cpu", "--no-progress"]) == 0
     report = json.loads((out / "report" / "report.json").read_text())
     assert math.isfinite(report["log_px"]["mean"]) and math.isfinite(report["elbo"]["mean"])
     assert report["log_px"]["mean"] >= report["elbo"]["mean"]
+    assert all(math.isfinite(report["gaps"][k]) for k in ("approximation", "amortization", "total"))
     continuous = "--likelihood" in flags
     assert report["binarize"] == ("none" if continuous else "dynamic")
     assert ("not comparable with binarised-MNIST" in (out / "report" / "report.md").read_text()) == continuous
