@@ -47,17 +47,6 @@ def _mean_se(values: torch.Tensor) -> dict[str, float]:
     return {"mean": values.mean().item(), "se": se}
 
 
-def _concat(parts: list[MarginalEstimate]) -> MarginalEstimate:
-    return MarginalEstimate(
-        log_px=torch.cat([p.log_px for p in parts]),
-        elbo=torch.cat([p.elbo for p in parts]),
-        iwae={k: torch.cat([p.iwae[k] for p in parts]) for k in parts[0].iwae},
-        ess=torch.cat([p.ess for p in parts]),
-        khat=torch.cat([p.khat for p in parts]),
-        num_samples=parts[0].num_samples,
-    )
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,7 +123,7 @@ def evaluate(
     for i, xb in tqdm(batches, desc=f"log p(x), K={num_samples}", disable=not progress, leave=False):
         parts.append(estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size,
                                            DEFAULT_LADDER, seed=seed + i))
-    est = _concat(parts)
+    est = MarginalEstimate.concat(parts)
     estimate_seconds = time.perf_counter() - started
 
     n_images, x_dim = x.shape
@@ -158,7 +147,7 @@ def evaluate(
     gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
     if gaps:
         m = min(gap_limit, n_images)
-        found = [inference_gaps(model, xb, _slice(est, lo, lo + len(xb)), num_samples=num_samples, seed=seed)
+        found = [inference_gaps(model, xb, est.slice(lo, lo + len(xb)), num_samples=num_samples, seed=seed)
                  for lo, xb in tqdm(list(zip(range(0, m, batch_size), x[:m].split(batch_size))),
                                     desc="inference gaps", disable=not progress, leave=False)]
         approximation = torch.cat([g.approximation for g in found])
@@ -192,11 +181,6 @@ def evaluate(
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
     figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
     return report
-
-
-def _slice(est: MarginalEstimate, lo: int, hi: int) -> MarginalEstimate:
-    return MarginalEstimate(est.log_px[lo:hi], est.elbo[lo:hi], {k: v[lo:hi] for k, v in est.iwae.items()},
-                            est.ess[lo:hi], est.khat[lo:hi], est.num_samples)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -54,6 +54,20 @@ class MarginalEstimate:
     khat: torch.Tensor
     num_samples: int
 
+    def slice(self, start: int, stop: int) -> "MarginalEstimate":
+        """The results of datapoints ``start..stop-1``."""
+        return MarginalEstimate(self.log_px[start:stop], self.elbo[start:stop],
+                                {k: v[start:stop] for k, v in self.iwae.items()}, self.ess[start:stop],
+                                self.khat[start:stop], self.num_samples)
+
+    @staticmethod
+    def concat(parts: Sequence["MarginalEstimate"]) -> "MarginalEstimate":
+        """Join estimates of consecutive batches of datapoints (same K and ladder)."""
+        return MarginalEstimate(
+            torch.cat([p.log_px for p in parts]), torch.cat([p.elbo for p in parts]),
+            {k: torch.cat([p.iwae[k] for p in parts]) for k in parts[0].iwae},
+            torch.cat([p.ess for p in parts]), torch.cat([p.khat for p in parts]), parts[0].num_samples)
+
 
 # --- traces -> per-datapoint log weights ------------------------------------------------
 

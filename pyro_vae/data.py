@@ -73,7 +73,8 @@ def load_pixels(
                 data = cls(str(root), train=train, download=True).data
                 return data.reshape(len(data), -1).contiguous()
             except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-                cause = f" (download failed: {type(e).__name__}: {e})"
+                lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
+                cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
         raw = root / cls.__name__ / "raw"
         missing = [f for f in _expected_files(cls) if not (raw / f).exists()]
         raise DataError(
