@@ -77,18 +77,25 @@ def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) ->
                                         max_plate_nesting=1, **fixed)
 
 
-def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer):
+def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None):
     """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
 
     The returned loss is a 0-d tensor left on the device (no host sync). One
     torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
     separate optimiser per parameter tensor, which cost a third of a CPU step
     here (see BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
-    its own ``loss_and_grads`` fills the same parameters' gradients.
+    its own ``loss_and_grads`` fills the same parameters' gradients. ``probe``:
+    a batch to compile a JIT loss on before the first step (see below).
     """
     # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
     # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
     model_fn, guide_fn = model.model, model.guide
+    if probe is not None and hasattr(elbo, "differentiable_loss"):
+        # Compile now, on a probe batch, with the RNG forked: tracing runs the program once more than
+        # the steps do, and those draws must not shift the training stream (or a resumed run, which
+        # compiles at another point of it, would diverge from an uninterrupted one).
+        with torch.random.fork_rng(devices=[probe.device] if probe.device.type == "cuda" else []):
+            elbo.differentiable_loss(model_fn, guide_fn, probe, torch.ones((), device=probe.device))
     if hasattr(elbo, "differentiable_loss"):
         def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
             loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
@@ -262,7 +269,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
-    step_fn = make_step(model, make_elbo(config.elbo, config.jit, config.num_particles), optim)
+    step_fn = make_step(model, make_elbo(config.elbo, config.jit, config.num_particles), optim,
+                        probe=data.test[: config.batch_size] if config.jit else None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")

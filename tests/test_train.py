@@ -87,10 +87,11 @@ def test_a_few_hundred_steps_raise_the_test_elbo(mnist_root, tmp_path):
     assert tests[-1] > tests[0]
 
 
-def test_resume_at_an_epoch_boundary_equals_training_straight(mnist_root, tmp_path):
-    straight = train(small_config(mnist_root, tmp_path / "a", epochs=2), progress=False)
-    train(small_config(mnist_root, tmp_path / "b", epochs=1), progress=False)
-    resumed = train(small_config(mnist_root, tmp_path / "b", epochs=2), resume=True, progress=False)
+@pytest.mark.parametrize("jit", [False, True], ids=["plain", "jit"])
+def test_resume_at_an_epoch_boundary_equals_training_straight(mnist_root, tmp_path, jit):
+    straight = train(small_config(mnist_root, tmp_path / "a", epochs=2, jit=jit), progress=False)
+    train(small_config(mnist_root, tmp_path / "b", epochs=1, jit=jit), progress=False)
+    resumed = train(small_config(mnist_root, tmp_path / "b", epochs=2, jit=jit), resume=True, progress=False)
     a, b = _params(straight.model), _params(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
@@ -133,8 +134,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(m
 
     real_make_step, calls = svi.make_step, []
 
-    def make_step_then_nan(*args):
-        real = real_make_step(*args)
+    def make_step_then_nan(*args, **kwargs):
+        real = real_make_step(*args, **kwargs)
 
         def step(x, kl_weight):
             calls.append(1)
