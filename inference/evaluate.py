@@ -128,6 +128,7 @@ def evaluate(
 
     n_images, x_dim = x.shape
     log_px = _mean_se(est.log_px)
+    elbo_gap = est.log_px - est.elbo
     report: dict[str, Any] = {
         "dataset": config["dataset"],
         "split": "test",
@@ -139,12 +140,12 @@ def evaluate(
         "nll": -log_px["mean"],
         "bits_per_dim": -log_px["mean"] / (x_dim * math.log(2)),
         "elbo": _mean_se(est.elbo),
-        "elbo_gap": _mean_se(est.log_px - est.elbo),
+        "elbo_gap": _mean_se(elbo_gap),
         "iwae_ladder": {str(k): v.mean().item() for k, v in est.iwae.items()},
         "khat": khat_summary(est.khat),
         "ess": {"mean": est.ess.mean().item()},
     }
-    gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
+    gap_values = {"total (log p(x) - ELBO)": elbo_gap.tolist()}
     if gaps:
         m = min(gap_limit, n_images)
         found = [inference_gaps(model, xb, est.slice(lo, lo + len(xb)), num_samples=num_samples, seed=seed)

@@ -83,18 +83,19 @@ def fit_local_posteriors(
     optim = torch.optim.Adam([params], lr=lr)
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)  # the data plate
     guide = local_guide(model, params)
-    previous, window, step = -float("inf"), 0.0, 0
+    previous, window, step = -float("inf"), torch.zeros((), dtype=torch.float64, device=x.device), 0
     for step in range(1, max_steps + 1):
         loss = elbo.differentiable_loss(model.model, guide, x)
         (grad,) = torch.autograd.grad(loss, [params])
         params.grad = grad
         optim.step()
-        window += -loss.item() / len(x)
+        window -= loss.detach()  # read once per check, not once per step
         if step % check_every == 0:
-            mean = window / check_every
+            mean = window.item() / (check_every * len(x))
             if mean - previous < tol:
                 break
-            previous, window = mean, 0.0
+            previous = mean
+            window.zero_()
     return params.detach(), step
 
 

@@ -269,9 +269,10 @@ def estimate_log_marginal(
 
     ``model(x)`` and ``guide(x)`` are Pyro programs with the datapoints in
     ``pyro.plate("data")``; the guide proposes every latent site of the model.
-    ``chunk_size`` particles are evaluated at once (default: all of them,
-    rounded to a multiple of `DRAW_BLOCK`); ``ladder`` lists the k of the
-    IWAE-k bounds (those above ``num_samples`` are left out). ``seed=None``
+    ``chunk_size`` particles are evaluated at once (default: all of them; a
+    multiple of `DRAW_BLOCK` avoids re-running the guide for blocks that
+    straddle two chunks); ``ladder`` lists the k of the IWAE-k bounds (those
+    above ``num_samples`` are left out; IWAE-1 is the ELBO itself). ``seed=None``
     draws one from torch's global RNG; the global RNG state is restored after.
     Units: nats per datapoint.
     """
@@ -288,7 +289,8 @@ def estimate_log_marginal(
         total = _StreamingLogSumExp()
         total_sq = _StreamingLogSumExp()
         mean_sum = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-        groups = {k: _GroupedLogMeanExp(k) for k in sorted(set(ladder)) if 1 <= k <= num_samples}
+        ks = sorted(k for k in set(ladder) if 1 <= k <= num_samples)
+        groups = {k: _GroupedLogMeanExp(k) for k in ks if k > 1}  # IWAE-1 is the mean, kept in mean_sum
         top = _StreamingTopK(_tail_size(num_samples))
         for start in range(0, num_samples, chunk):
             stop = min(start + chunk, num_samples)
@@ -304,10 +306,11 @@ def estimate_log_marginal(
                 g.update(lw)
             top.update(lw)
     log_px = total.value - math.log(num_samples)
+    elbo = (mean_sum / num_samples).cpu()
     return MarginalEstimate(
         log_px=log_px.cpu(),
-        elbo=(mean_sum / num_samples).cpu(),
-        iwae={k: g.result().cpu() for k, g in groups.items()},
+        elbo=elbo,
+        iwae={k: elbo if k == 1 else groups[k].result().cpu() for k in ks},
         ess=torch.exp(2 * total.value - total_sq.value).cpu(),
         khat=pareto_khat(top.values, num_samples),
         num_samples=num_samples,

@@ -90,13 +90,14 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
     # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
     model_fn, guide_fn = model.model, model.guide
-    if probe is not None and hasattr(elbo, "differentiable_loss"):
-        # Compile now, on a probe batch, with the RNG forked: tracing runs the program once more than
-        # the steps do, and those draws must not shift the training stream (or a resumed run, which
-        # compiles at another point of it, would diverge from an uninterrupted one).
-        with torch.random.fork_rng(devices=[probe.device] if probe.device.type == "cuda" else []):
-            elbo.differentiable_loss(model_fn, guide_fn, probe, torch.ones((), device=probe.device))
     if hasattr(elbo, "differentiable_loss"):
+        if probe is not None:
+            # Compile now, on a probe batch, with the RNG forked: tracing runs the program once more than
+            # the steps do, and those draws must not shift the training stream (or a resumed run, which
+            # compiles at another point of it, would diverge from an uninterrupted one).
+            with torch.random.fork_rng(devices=[probe.device] if probe.device.type == "cuda" else []):
+                elbo.differentiable_loss(model_fn, guide_fn, probe, torch.ones((), device=probe.device))
+
         def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
             loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
             loss.backward()
@@ -208,15 +209,18 @@ def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> Non
         raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
 
 
+def _needs_binary_pixels(model: LatentModel) -> bool:
+    return getattr(getattr(model, "likelihood", None), "binary_data", False)
+
+
 def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
     x_dim = model.init_kwargs().get("x_dim", data.train.dim)
     if data.train.dim != x_dim or data.test.shape[1] != x_dim:
         raise DataError(f"the model takes {x_dim} pixels per image but the data have {data.train.dim}; set x_dim to match")
-    likelihood = getattr(model, "likelihood", None)
-    if getattr(likelihood, "binary_data", False) and not data.train.is_binary():
+    if _needs_binary_pixels(model) and not data.train.is_binary():
         raise DataError(
-            f"the {type(likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves grey "
-            "levels; use --binarize dynamic or static, or a likelihood for continuous data"
+            f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
+            "grey levels; use --binarize dynamic or static, or a likelihood for continuous data"
         )
 
 
@@ -287,10 +291,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                                 f"{kept}. Try a smaller --lr.", epoch + 1, step + 1)
 
     log = tqdm.write if progress else print
-    binary = getattr(getattr(model, "likelihood", None), "binary_data", False)
-    meaning = ("negative: a lower bound on log p(x), higher is better" if binary
+    meaning = ("negative: a lower bound on log p(x), higher is better" if _needs_binary_pixels(model)
                else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
+    # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.
+    kl_input = torch.ones((), device=device) if config.jit else None
     interrupted = False
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -301,7 +306,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                        disable=not progress, leave=False, dynamic_ncols=True)
             for step, x in enumerate(data.train.batches(config.batch_size, epoch, start_step), start=start_step):
                 beta = kl_weight_at(config, epoch, step, num_batches)
-                window.add(step_fn(x, torch.tensor(beta, device=device) if config.jit else beta))
+                window.add(step_fn(x, beta if kl_input is None else kl_input.fill_(beta)))
                 images += len(x)
                 bar.update()
                 last = step == num_batches - 1

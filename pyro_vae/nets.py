@@ -37,14 +37,13 @@ class MLP(nn.Sequential):
         return super().forward(x)
 
 
-class _FlattenLeading(nn.Module):
-    """Run ``net`` on ``[N, ...]`` for inputs with any leading dims ``[*lead, in_dim]``."""
+def _over_leading_dims(net: nn.Module, x: torch.Tensor, item_shape: tuple[int, ...]) -> torch.Tensor:
+    """``net`` on ``x [*lead, *item_shape]`` as one batch ``[N, *item_shape]``; output ``[*lead, -1]``."""
+    lead = x.shape[: x.dim() - len(item_shape)]
+    return net(x.reshape(-1, *item_shape)).reshape(*lead, -1)
 
-    def _lead(self, x: torch.Tensor, in_dim: int) -> tuple[tuple[int, ...], torch.Tensor]:
-        return x.shape[:-1], x.reshape(-1, in_dim)
 
-
-class ConvEncoder(_FlattenLeading):
+class ConvEncoder(nn.Module):
     """28x28 images ``[..., 784]`` -> two stride-2 convolutions (32, 64 channels) -> linear ``out_dim``."""
 
     def __init__(self, out_dim: int, activation: str = "relu", side: int = 28):
@@ -58,12 +57,11 @@ class ConvEncoder(_FlattenLeading):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, flat = self._lead(x, self.side * self.side)
-        out = self.net(flat.reshape(-1, 1, self.side, self.side))
-        return out.reshape(*lead, out.shape[-1])
+        image = (1, self.side, self.side)
+        return _over_leading_dims(self.net, x.reshape(*x.shape[:-1], *image), image)
 
 
-class ConvDecoder(_FlattenLeading):
+class ConvDecoder(nn.Module):
     """Latents ``[..., z_dim]`` -> linear -> two stride-2 transposed convolutions -> ``[..., channels * 784]``.
 
     Output is channel-major (all pixels of channel 0, then channel 1), the
@@ -82,9 +80,7 @@ class ConvDecoder(_FlattenLeading):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        lead, flat = self._lead(z, self.z_dim)
-        out = self.net(flat)
-        return out.reshape(*lead, -1)
+        return _over_leading_dims(self.net, z, (self.z_dim,))
 
 
 ARCHITECTURES = ("mlp", "conv")
