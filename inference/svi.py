@@ -14,8 +14,8 @@ nats per image and negative: a lower bound on log p(x), higher is better.
 
 A step is what ``pyro.infer.SVI.step`` does, written out (`make_step`): the
 objective's ``differentiable_loss``, ``backward``, and one ``torch.optim.Adam``
-over the model's parameters (``pyro.optim`` keeps an optimiser per tensor,
-which cost a third of a CPU step; BENCHMARKS.md).
+over the model's parameters (``pyro.optim`` keeps an optimiser per tensor;
+dropping it sped up large batches, BENCHMARKS.md).
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``.
@@ -82,8 +82,8 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
 
     The returned loss is a 0-d tensor left on the device (no host sync). One
     torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
-    separate optimiser per parameter tensor, which cost a third of a CPU step
-    here (see BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
+    separate optimiser per parameter tensor, which slowed large batches (see
+    BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
     its own ``loss_and_grads`` fills the same parameters' gradients. ``probe``:
     a batch to compile a JIT loss on before the first step (see below).
     """
