@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,17 +50,33 @@ from pyro_vae import checkpoint, figures
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
+from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
+
+
+
+class JitTraceELBO(JitTrace_ELBO):
+    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient, not twice it.
+
+    Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with
+    ``loss`` still attached to the graph inside the compiled function, so its
+    gradient is 2x ``Trace_ELBO``'s (Adam hardly notices; SGD would).
+    `check_compiled` compares the two, so a change in Pyro shows.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
 
 #: ``--elbo`` name -> (plain, JIT-compiled or None) loss class and its fixed arguments.
 ELBOS: dict[str, tuple[type[ELBO], type[ELBO] | None, dict]] = {
-    "trace": (Trace_ELBO, JitTrace_ELBO, {}),
+    "trace": (Trace_ELBO, JitTraceELBO, {}),
     "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO, {}),
     "iwae": (RenyiELBO, None, {"alpha": 0.0}),  # Pyro has no JIT RenyiELBO
 }
 #: Settings that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out")
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
 
 
 def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) -> ELBO:
@@ -77,27 +94,87 @@ def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) ->
                                         max_plate_nesting=1, **fixed)
 
 
-def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None):
+def jit_available(name: str) -> bool:
+    """Whether Pyro has a JIT-compiled version of the ``--elbo`` named ``name``."""
+    return ELBOS[name][1] is not None
+
+
+#: How far the compiled loss and each gradient may sit from the plain ones, relative to the plain
+#: value's largest magnitude: float32 rounding of the same sums done in another order.
+COMPILE_RTOL = 1e-4
+
+
+def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled: ELBO, reference: ELBO,
+                   probe: torch.Tensor) -> None:
+    """Compile ``compiled`` on ``probe [B, D]`` and raise `CompileError` unless it matches ``reference``.
+
+    ``torch.jit.trace`` records one run of the Python program as a graph, so a value the program
+    computes in Python from the data (a size, a branch, a ``float(x.mean())``) is frozen into it. Here
+    both losses run on the same random draws, on all of ``probe`` and on its first ceil(B/2) rows (a
+    frozen batch size shows there), and their values and gradients for every tensor in ``params``
+    must agree to `COMPILE_RTOL`. It all runs under a forked RNG: tracing runs the program more often
+    than a step does, and those draws must not shift the training stream (or a resumed run, which
+    compiles at another point of it, would diverge from an uninterrupted one). Pyro 1.9's
+    ``JitTraceMeanField_ELBO`` fails it (loss and gradients differ from ``TraceMeanField_ELBO``'s on the
+    same seed; not traced further), so ``meanfield`` trains uncompiled unless ``--jit`` insists.
+    """
+    names, tensors = list(params), list(params.values())
+    weight = torch.ones((), device=probe.device)
+
+    def loss_and_grads(elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        torch.manual_seed(0)
+        loss = elbo.differentiable_loss(model_fn, guide_fn, x, weight)
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        return {"loss": loss.detach(), **dict(zip(names, grads))}
+
+    devices = [probe.device] if probe.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
+        # Its TracerWarnings ("might cause the trace to be incorrect") are what this check settles.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        for x in (probe, probe[: (len(probe) + 1) // 2]):
+            try:
+                loss_and_grads(compiled, x)  # compiles on first use (on the second batch: one more run)
+                got = loss_and_grads(compiled, x)
+            except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
+                raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {e}") from e
+            want = loss_and_grads(reference, x)
+            for key, value in want.items():
+                difference = _relative_difference(got[key], value)
+                if difference > COMPILE_RTOL:
+                    raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
+                                       f"same seed (in {key}: relative difference {difference:.2g})")
+
+
+def _relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
+    """max |got - want| / max |want|; 0 when both are None (an unused parameter), inf when one is."""
+    if got is None or want is None:
+        return 0.0 if got is None and want is None else float("inf")
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
+              reference: ELBO | None = None):
     """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
 
     The returned loss is a 0-d tensor left on the device (no host sync). One
     torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
     separate optimiser per parameter tensor, which slowed large batches (see
     BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
-    its own ``loss_and_grads`` fills the same parameters' gradients. ``probe``:
-    a batch to compile a JIT loss on before the first step (see below).
+    its own ``loss_and_grads`` fills the same parameters' gradients. For a JIT
+    ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
+    and check it before the first step (`check_compiled`; raises `CompileError`).
     """
     # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
     # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
     model_fn, guide_fn = model.model, model.guide
+    if reference is not None:
+        if probe is None:
+            raise ValueError("make_step: checking a compiled loss against reference needs a probe batch")
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        check_compiled(model_fn, guide_fn, params, elbo, reference, probe)
     if hasattr(elbo, "differentiable_loss"):
-        if probe is not None:
-            # Compile now, on a probe batch, with the RNG forked: tracing runs the program once more than
-            # the steps do, and those draws must not shift the training stream (or a resumed run, which
-            # compiles at another point of it, would diverge from an uninterrupted one).
-            with torch.random.fork_rng(devices=[probe.device] if probe.device.type == "cuda" else []):
-                elbo.differentiable_loss(model_fn, guide_fn, probe, torch.ones((), device=probe.device))
-
         def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
             loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
             loss.backward()
@@ -111,6 +188,28 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
             optim.zero_grad(set_to_none=True)
             return torch.tensor(loss)
     return step
+
+
+def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
+               log=print) -> tuple:
+    """``(step, compiled)``: the training step for ``config``, JIT-compiled where that is safe.
+
+    ``config.jit``: True compiles or raises (`ConfigError` when Pyro has no
+    compiled ``config.elbo``, `CompileError` when the check fails); False never
+    compiles; None (the default) compiles when Pyro can and `check_compiled`
+    passes on ``probe``, else logs why and runs the plain loss.
+    """
+    plain = make_elbo(config.elbo, False, config.num_particles)
+    if config.jit is False or (config.jit is None and not jit_available(config.elbo)):
+        return make_step(model, plain, optim), False
+    compiled = make_elbo(config.elbo, True, config.num_particles)
+    try:
+        return make_step(model, compiled, optim, probe=probe, reference=plain), True
+    except CompileError as e:
+        if config.jit:
+            raise
+        log(f"note: training with the uncompiled loss: {e}")
+        return make_step(model, plain, optim), False
 
 
 class _LossWindow:
@@ -195,6 +294,7 @@ class TrainResult:
     interrupted: bool = False
     position: tuple[int, int] = (0, 0)  # (epochs completed, steps into the next)
     data: DataSplits | None = field(default=None, repr=False)
+    compiled: bool = False  # whether the steps ran a JIT-compiled loss (see `build_step`)
 
 
 def _default_out() -> str:
@@ -273,8 +373,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
-    step_fn = make_step(model, make_elbo(config.elbo, config.jit, config.num_particles), optim,
-                        probe=data.test[: config.batch_size] if config.jit else None)
+    log = tqdm.write if progress else print
+    step_fn, compiled = build_step(model, config, optim, probe=data.test[: config.batch_size], log=log)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -290,12 +390,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         return TrainingDiverged(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
                                 f"{kept}. Try a smaller --lr.", epoch + 1, step + 1)
 
-    log = tqdm.write if progress else print
     meaning = ("negative: a lower bound on log p(x), higher is better" if _needs_binary_pixels(model)
                else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
     # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.
-    kl_input = torch.ones((), device=device) if config.jit else None
+    kl_input = torch.ones((), device=device) if compiled else None
     interrupted = False
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -339,7 +438,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             start_epoch = epoch + 1
 
     _save_figures(model, data, history, out_dir, config.test_seed)
-    return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), data)
+    return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), data, compiled)
 
 
 # --- command line -------------------------------------------------------------------
@@ -387,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-particles", type=_positive, metavar="K", help="samples per datapoint, vectorised (k of iwae)")
     t.add_argument("--kl-weight", type=float, help="beta: weight of the KL term (default 1)")
     t.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
-    t.add_argument("--jit", action="store_true", default=None, help="JIT-compile the loss (trace, meanfield)")
+    t.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
+                   help="JIT-compile the loss (trace, meanfield). Default: compiled when Pyro can and the compiled loss "
+                        "matches the plain one on a probe batch, else plain; --jit insists, --no-jit never compiles")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
     dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
@@ -414,7 +515,7 @@ _RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Turn parsed flags into a `TrainConfig` (on --resume: the checkpoint's, with allowed changes)."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in _RUN_FLAGS and v is not False}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in _RUN_FLAGS}
     if args.resume:
         if not args.out:
             raise CheckpointError("--resume needs --out DIR, the folder of the run to continue")
@@ -423,7 +524,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if fixed:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise CheckpointError(f"{flags} cannot change on --resume (the model and data are the checkpoint's); "
-                                  f"only --epochs, --device, --data-dir may")
+                                  f"only --epochs, --device, --data-dir, --jit/--no-jit may")
         return dataclasses.replace(saved, **given)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     model = dataclasses.replace(preset.model, **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})

@@ -89,7 +89,7 @@ class TrainConfig:
     num_particles: int = 1
     kl_weight: float = 1.0
     kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to kl_weight
-    jit: bool = False
+    jit: bool | None = None  # None: JIT-compile the loss when Pyro can and it checks out (inference.svi.build_step)
     device: str = "auto"
     seed: int = 0
     test_seed: int = 0

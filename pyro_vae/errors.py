@@ -36,3 +36,7 @@ class EstimationError(PyroVAEError, ValueError):
 
 class ConfigError(PyroVAEError, ValueError):
     """Settings that do not go together (``--jit`` with an objective Pyro cannot compile, say)."""
+
+
+class CompileError(ConfigError):
+    """A JIT-compiled loss that failed to compile, or disagreed with the plain loss on a probe batch."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from pyro.nn import pyro_method
 
 from inference import svi
 from inference.svi import evaluate_elbo, main, train
@@ -19,7 +20,7 @@ from models import VAE
 from pyro_vae import checkpoint
 from pyro_vae.checkpoint import load
 from pyro_vae.config import ModelConfig, TrainConfig
-from pyro_vae.errors import DataError, TrainingDiverged
+from pyro_vae.errors import CompileError, ConfigError, DataError, TrainingDiverged
 
 from conftest import REPO, cuda_only
 
@@ -236,3 +237,65 @@ def test_jit_step_compiles_once(monkeypatch):
     assert len(traces) == 1 and all(torch.isfinite(loss) for loss in losses)
     assert torch.isfinite(step(x[:3], torch.tensor(1.0)))  # the traced graph takes another batch size as it is
     assert len(traces) == 1
+
+
+def test_compiled_trace_elbo_has_the_plain_gradient():
+    """Pyro 1.9's JitTrace_ELBO.differentiable_loss doubles the gradient; ours must equal Trace_ELBO's."""
+    vae = VAE(z_dim=4, hidden_dims=(16,))
+    x = torch.bernoulli(torch.full((8, 784), 0.3))
+    params = list(vae.parameters())
+    model, guide = vae.model, vae.guide  # bound once: the compiled loss caches its trace on id(model)
+
+    def loss_and_grads(elbo):
+        torch.manual_seed(3)
+        loss = elbo.differentiable_loss(model, guide, x, torch.tensor(1.0))
+        return [loss, *torch.autograd.grad(loss, params)]
+
+    compiled = svi.make_elbo("trace", jit=True)
+    loss_and_grads(compiled)  # compile
+    for got, want in zip(loss_and_grads(compiled), loss_and_grads(svi.make_elbo("trace"))):
+        assert torch.allclose(got.detach(), want.detach(), rtol=1e-5, atol=1e-6 * float(want.detach().abs().max()))
+
+
+class FrozenSumVAE(VAE):
+    """A model that computes a Python number from the data: tracing freezes it at the probe batch's value."""
+
+    @pyro_method
+    def model(self, x, kl_weight=1.0):
+        pyro.factor("pixel_count", x.new_tensor(float(x.sum())))
+        return super().model(x, kl_weight)
+
+
+def test_a_loss_that_does_not_trace_faithfully_is_caught_before_training(mnist_root, tmp_path):
+    probe = torch.bernoulli(torch.full((16, 784), 0.3))
+    vae = FrozenSumVAE(z_dim=4, hidden_dims=(16,))
+    with pytest.raises(CompileError, match="differ on a batch of 8"):
+        svi.make_step(vae, svi.make_elbo("trace", jit=True), torch.optim.Adam(vae.parameters()), probe=probe,
+                      reference=svi.make_elbo("trace"))
+    # the default falls back to the plain loss and says why; --jit insists and fails
+    notes = []
+    config = small_config(mnist_root, tmp_path / "auto")
+    vae = FrozenSumVAE.from_config(SMALL)
+    _, compiled = svi.build_step(vae, config, torch.optim.Adam(vae.parameters()), probe, log=notes.append)
+    assert not compiled and "training with the uncompiled loss" in notes[0]
+    with pytest.raises(CompileError):
+        train(small_config(mnist_root, tmp_path / "insist", jit=True), model=FrozenSumVAE.from_config(SMALL),
+              progress=False)
+    assert not (tmp_path / "insist").exists()
+
+
+def test_default_compiles_trace_and_falls_back_where_pyro_cannot(mnist_root, tmp_path):
+    assert train(small_config(mnist_root, tmp_path / "trace"), progress=False).compiled
+    assert not train(small_config(mnist_root, tmp_path / "off", jit=False), progress=False).compiled
+    iwae = train(small_config(mnist_root, tmp_path / "iwae", elbo="iwae", num_particles=2), progress=False)
+    assert not iwae.compiled and -700 < iwae.history[0]["test_elbo"] < 0
+    with pytest.raises(ConfigError, match="--jit is not available for --elbo iwae"):
+        train(small_config(mnist_root, tmp_path / "iwae-jit", elbo="iwae", jit=True), progress=False)
+
+
+def test_jit_flags_parse_and_may_change_on_resume(mnist_root, tmp_path):
+    parse = lambda *a: svi.config_from_args(svi.build_parser().parse_args(list(a)))  # noqa: E731
+    assert parse().jit is None and parse("--jit").jit is True and parse("--no-jit").jit is False
+    train(small_config(mnist_root, tmp_path / "run"), progress=False)
+    resumed = parse("--resume", "--out", str(tmp_path / "run"), "--no-jit", "--epochs", "2")
+    assert resumed.jit is False and resumed.epochs == 2
