@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"batch {args.batch_size}, median of {args.repeats} interleaved rounds of 100-step passes\n")
-    steps = {"make_step, Trace_ELBO, validation on (default)": ours(Trace_ELBO(), True),
+    steps = {"make_step, Trace_ELBO, validation on (train --no-jit)": ours(Trace_ELBO(), True),
              "make_step, Trace_ELBO, validation off": ours(Trace_ELBO(), False),
-             "make_step, compiled (JitTraceELBO)": ours(make_elbo("trace", jit=True), True),
+             "make_step, compiled JitTraceELBO (train default)": ours(make_elbo("trace", jit=True), True),
              "pyro.infer.SVI + pyro.optim.Adam": pyro_svi()}
     for contender in steps.values():  # warm-up, and the JIT compile
         pass_ms(contender, images, args.batch_size, 0, device)
