@@ -29,6 +29,7 @@ from pyro.infer import Trace_ELBO
 
 from inference.importance import MarginalEstimate, estimate_log_marginal
 from models.base import LatentModel
+from pyro_vae.device import forked_rng
 
 
 @dataclass
@@ -116,7 +117,7 @@ def inference_gaps(
     """
     if estimate is None:
         estimate = estimate_log_marginal(model.model, model.guide, x, num_samples, ladder=(), seed=seed)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with forked_rng(x.device):
         torch.manual_seed(seed)
         params, steps = fit_local_posteriors(model, x, **fit_kwargs)
     optimal = estimate_log_marginal(model.model, local_guide(model, params), x, num_samples, ladder=(), seed=seed + 1)

@@ -35,6 +35,7 @@ import pyro
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.device import forked_rng
 from pyro_vae.errors import EstimationError
 
 #: Particles drawn per seeded guide call: the unit of randomness.
@@ -283,8 +284,7 @@ def estimate_log_marginal(
     chunk = max(1, min(chunk_size or num_samples, num_samples))
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with torch.no_grad(), forked_rng(x.device):
         layout = _inspect(model, guide, x)
         total = _StreamingLogSumExp()
         total_sq = _StreamingLogSumExp()

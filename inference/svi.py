@@ -52,10 +52,9 @@ from models.vae import VAE
 from pyro_vae import checkpoint, figures
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
-from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
 from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
-
 
 
 class JitTraceELBO(JitTrace_ELBO):
@@ -130,19 +129,20 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         return {"loss": loss.detach(), **dict(zip(names, grads))}
 
-    devices = [probe.device] if probe.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+    def compiled_loss_and_grads(x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        try:
+            return loss_and_grads(compiled, x)
+        except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
+            raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {e}") from e
+
+    with forked_rng(probe.device), warnings.catch_warnings():
         # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
         # Its TracerWarnings ("might cause the trace to be incorrect") are what this check settles.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        compiled_loss_and_grads(probe)  # the first call traces the Python program; later calls run the graph
         for x in (probe, probe[: (len(probe) + 1) // 2]):
-            try:
-                loss_and_grads(compiled, x)  # compiles on first use (on the second batch: one more run)
-                got = loss_and_grads(compiled, x)
-            except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
-                raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {e}") from e
-            want = loss_and_grads(reference, x)
+            got, want = compiled_loss_and_grads(x), loss_and_grads(reference, x)
             for key, value in want.items():
                 difference = _relative_difference(got[key], value)
                 if difference > COMPILE_RTOL:
@@ -252,8 +252,7 @@ def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, s
     randomness nor changes its noise from one epoch to the next.
     """
     elbo = Trace_ELBO()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with forked_rng(x.device):
         torch.manual_seed(seed)
         loss = sum(elbo.loss(model.model, model.guide, xb) for xb in x.split(batch_size))
     return -loss / len(x)
@@ -329,7 +328,7 @@ def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
 
 def _save_figures(model: LatentModel, data: DataSplits, history: list[dict[str, float]], out_dir: Path, seed: int) -> None:
     fig_dir = out_dir / "figures"
-    with torch.random.fork_rng(devices=[data.test.device] if data.test.device.type == "cuda" else []):
+    with forked_rng(data.test.device):
         torch.manual_seed(seed)
         figures.save_image_grid(model.generate(64), fig_dir / "samples.png")
         x = data.test[:32]

@@ -1,10 +1,18 @@
-"""Choosing the torch device from a user's ``auto | cpu | cuda`` request."""
+"""Choosing the torch device from a user's ``auto | cpu | cuda`` request, and forking its RNG."""
 
 import torch
 
 from pyro_vae.errors import DeviceError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def forked_rng(device: torch.device):
+    """``torch.random.fork_rng`` for work on ``device``: the CPU generator, plus that CUDA device's.
+
+    Random draws inside leave the global streams where they were on exit.
+    """
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def resolve_device(request: str = "auto") -> torch.device:
