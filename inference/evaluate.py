@@ -33,10 +33,12 @@ from tqdm.auto import tqdm
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from pyro_vae import checkpoint, figures
+from pyro_vae.cli import ArgumentParser, positive_int
 from pyro_vae.config import PRESETS, ModelConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
+from pyro_vae.paths import check_writable_dir
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 
@@ -45,14 +47,6 @@ def _mean_se(values: torch.Tensor) -> dict[str, float]:
     n = len(values)
     se = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
     return {"mean": values.mean().item(), "se": se}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -101,22 +95,41 @@ def evaluate(
     out: str | Path | None = None,
     data_dir: str | None = None,
     progress: bool = True,
+    images: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Write the report for the checkpoint at ``source`` (a file or a run folder); return ``report.json``'s dict.
 
     ``batch_size`` images are estimated at once; memory is about
-    ``chunk_size x batch_size`` particles. ``out`` defaults to ``RUN_DIR/report``.
+    ``chunk_size x batch_size`` particles (``chunk_size=None``: all K at once).
+    ``out`` defaults to ``RUN_DIR/report``. ``images`` (``[N, D]`` floats)
+    replaces the run's test split: required for a run trained on images handed
+    to `inference.svi.train` from Python. The report's ``checkpoint.sha256`` is
+    the hash of the very bytes that were loaded.
     """
     started = time.perf_counter()
-    source = Path(source)
-    ckpt_path = source / "checkpoint.pt" if source.is_dir() else source
-    target = resolve_device(device)
-    payload = checkpoint.read(ckpt_path, map_location=target)
-    model = checkpoint.build_model(payload).to(target).eval()
-    config = payload["config"]
-    x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
-                          config["test_seed"], target)
+    _check_counts(num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size, test_limit=test_limit,
+                  gap_limit=gap_limit)
+    ckpt_path = checkpoint.resolve_path(source)
     out_dir = Path(out) if out else ckpt_path.parent / "report"
+    target = resolve_device(device)
+    data = checkpoint.read_bytes(ckpt_path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    payload = checkpoint.parse(data, ckpt_path, map_location=target)
+    model = checkpoint.build_model(payload).to(target).eval()
+    config = checkpoint.config_of(payload).to_dict()
+    check_writable_dir(out_dir)
+    if images is not None:
+        x = images.to(target)[:test_limit]
+    elif config["dataset"] == "custom":
+        raise DataError(f"{ckpt_path} was trained on images handed over from Python, not on a dataset that can be "
+                        "loaded by name; evaluate it from Python: inference.evaluate.evaluate(RUN_DIR, images=x)")
+    else:
+        x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
+                              config["test_seed"], target)
+    x_dim = model.init_kwargs().get("x_dim")
+    if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
+        raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "
+                        f"images have shape {list(x.shape[1:])}; evaluate it on the data it was trained on")
 
     parts = []
     batches = list(enumerate(x.split(batch_size)))
@@ -164,10 +177,11 @@ def evaluate(
         "chunk_size": chunk_size,
         "batch_size": batch_size,
         "seed": seed,
-        "model": {"class": payload["model_class"], **payload["model_kwargs"]},
+        "model": {"name": checkpoint.model_name(payload), "class": f"{type(model).__module__}:{type(model).__qualname__}",
+                  **payload["model_kwargs"]},
         "epochs_trained": payload["epoch"],
         "versions": _versions(),
-        "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": _sha256(ckpt_path)},
+        "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256},
         "trust": trust_line(report["khat"]),
     })
     preset = PRESETS.get(config.get("preset") or "")
@@ -182,6 +196,15 @@ def evaluate(
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
     figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
     return report
+
+
+def _check_counts(**counts: int | None) -> None:
+    """`ConfigError` for a count below 1 (``None`` is allowed: no limit, or all K at once for ``chunk_size``)."""
+    for name, value in counts.items():
+        if value is None and name in ("chunk_size", "test_limit"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -243,15 +266,15 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m inference.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m inference.evaluate", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder holding checkpoint.pt, or the file")
-    p.add_argument("--num-samples", type=int, default=5000, help="K importance samples per image")
-    p.add_argument("--chunk-size", type=int, default=500, help="particles evaluated at once")
-    p.add_argument("--batch-size", type=int, default=100, help="images estimated at once")
-    p.add_argument("--test-limit", type=int, metavar="N", help="use the first N test images")
+    p.add_argument("--num-samples", type=positive_int, default=5000, help="K importance samples per image")
+    p.add_argument("--chunk-size", type=positive_int, default=500, help="particles evaluated at once")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images estimated at once")
+    p.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
     p.add_argument("--gaps", action="store_true", help="also decompose the ELBO gap (slow: fits q* per image)")
-    p.add_argument("--gap-limit", type=int, default=1000, help="images for the gap decomposition")
+    p.add_argument("--gap-limit", type=positive_int, default=1000, help="images for the gap decomposition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--data-dir", help="dataset root, if not the one the run recorded")

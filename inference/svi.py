@@ -30,45 +30,33 @@ import argparse
 import dataclasses
 import json
 import shlex
-import signal
 import sys
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
+from inference.compiled import JitTraceELBO, check_compiled
 from inference.evaluate import evaluate, render_markdown
+from inference.stopping import StopRequest
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
+from models.registry import name_of
 from models.vae import VAE
 from pyro_vae import checkpoint, figures
+from pyro_vae.cli import ArgumentParser, positive_int
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
+from pyro_vae.paths import check_writable_dir
 from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
-
-
-class JitTraceELBO(JitTrace_ELBO):
-    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient, not twice it.
-
-    Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with
-    ``loss`` still attached to the graph inside the compiled function, so its
-    gradient is 2x ``Trace_ELBO``'s (Adam hardly notices; SGD would).
-    `check_compiled` compares the two, so a change in Pyro shows.
-    """
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
 #: ``--elbo`` name -> (plain, JIT-compiled or None) loss class and its fixed arguments.
@@ -99,62 +87,6 @@ def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) ->
 def jit_available(name: str) -> bool:
     """Whether Pyro has a JIT-compiled version of the ``--elbo`` named ``name``."""
     return ELBOS[name][1] is not None
-
-
-#: How far the compiled loss and each gradient may sit from the plain ones, relative to the plain
-#: value's largest magnitude: float32 rounding of the same sums done in another order.
-COMPILE_RTOL = 1e-4
-
-
-def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled: ELBO, reference: ELBO,
-                   probe: torch.Tensor) -> None:
-    """Compile ``compiled`` on ``probe [B, D]`` and raise `CompileError` unless it matches ``reference``.
-
-    ``torch.jit.trace`` records one run of the Python program as a graph, so a value the program
-    computes in Python from the data (a size, a branch, a ``float(x.mean())``) is frozen into it. Here
-    both losses run on the same random draws, on all of ``probe`` and on its first ceil(B/2) rows (a
-    frozen batch size shows there), and their values and gradients for every tensor in ``params``
-    must agree to `COMPILE_RTOL`. It all runs under a forked RNG: tracing runs the program more often
-    than a step does, and those draws must not shift the training stream (or a resumed run, which
-    compiles at another point of it, would diverge from an uninterrupted one). Pyro 1.9's
-    ``JitTraceMeanField_ELBO`` fails it (loss and gradients differ from ``TraceMeanField_ELBO``'s on the
-    same seed; not traced further), so ``meanfield`` trains uncompiled unless ``--jit`` insists.
-    """
-    names, tensors = list(params), list(params.values())
-    weight = torch.ones((), device=probe.device)
-
-    def loss_and_grads(elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        torch.manual_seed(0)
-        loss = elbo.differentiable_loss(model_fn, guide_fn, x, weight)
-        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-        return {"loss": loss.detach(), **dict(zip(names, grads))}
-
-    def compiled_loss_and_grads(x: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        try:
-            return loss_and_grads(compiled, x)
-        except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
-            raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {e}") from e
-
-    with forked_rng(probe.device), warnings.catch_warnings():
-        # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
-        # Its TracerWarnings ("might cause the trace to be incorrect") are what this check settles.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        compiled_loss_and_grads(probe)  # the first call traces the Python program; later calls run the graph
-        for x in (probe, probe[: (len(probe) + 1) // 2]):
-            got, want = compiled_loss_and_grads(x), loss_and_grads(reference, x)
-            for key, value in want.items():
-                difference = _relative_difference(got[key], value)
-                if difference > COMPILE_RTOL:
-                    raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
-                                       f"same seed (in {key}: relative difference {difference:.2g})")
-
-
-def _relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
-    """max |got - want| / max |want|; 0 when both are None (an unused parameter), inf when one is."""
-    if got is None or want is None:
-        return 0.0 if got is None and want is None else float("inf")
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
 def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
@@ -258,33 +190,6 @@ def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, s
     return -loss / len(x)
 
 
-class _StopRequest:
-    """Ctrl-C (SIGINT) sets ``requested``; the loop checks it between steps.
-
-    Stopping between steps keeps parameters and optimiser state consistent for
-    the checkpoint. A second Ctrl-C aborts at once. Outside the main thread
-    (where signal handlers cannot be set) it does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 @dataclass
 class TrainResult:
     """What `train` leaves: the trained model, its metric history and where it wrote."""
@@ -295,8 +200,14 @@ class TrainResult:
     out_dir: Path
     interrupted: bool = False
     position: tuple[int, int] = (0, 0)  # (epochs completed, steps into the next)
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     data: DataSplits | None = field(default=None, repr=False)
     compiled: bool = False  # whether the steps ran a JIT-compiled loss (see `build_step`)
+
+    @property
+    def exit_status(self) -> int:
+        """0, or 128 + the signal number after an interruption (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.stop_signal if self.stop_signal is not None else 0
 
 
 def _default_out() -> str:
@@ -345,33 +256,47 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
     ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
     via `pyro_vae.data.Images`). ``model``: your own `models.base.LatentModel`
-    (a variant); its class must be importable for the checkpoint to rebuild
-    it. Ctrl-C checkpoints the current step and
-    returns with ``interrupted=True``; a NaN/inf loss raises `TrainingDiverged`
-    and leaves the last good checkpoint as it was.
+    (a variant); its class must be registered (`models.register_model`) for
+    the checkpoint to rebuild it. Ctrl-C or SIGTERM checkpoints the current
+    step and returns with ``interrupted=True``; a NaN/inf loss raises
+    `TrainingDiverged` and leaves the last good checkpoint as it was. Bad
+    settings, data or output folders are refused before anything is written.
     """
+    config.validated()
     device = resolve_device(config.device)
     out_dir = Path(config.out or _default_out())
     config = dataclasses.replace(config, out=str(out_dir))
     ckpt_path = out_dir / "checkpoint.pt"
+    if model is not None:
+        name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
     if resume:
         saved = checkpoint.read(ckpt_path, map_location=device)
-        _check_resumable(config, TrainConfig.from_dict(saved["config"]), ckpt_path)
+        _check_resumable(config, checkpoint.config_of(saved), ckpt_path)
+        stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters
+        if model is not None and type(model) is not type(stored):
+            raise CheckpointError(f"{ckpt_path} holds a {name_of(stored)!r} model, not the {name_of(model)!r} given")
+        model = model or stored
     elif ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out")
+    check_writable_dir(out_dir)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
         data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
                            config.seed, config.test_seed, device)
+    elif data.source != config.dataset:  # record what was really trained on; evaluate will not guess
+        config = dataclasses.replace(config, dataset=data.source)
     model = (model or VAE.from_config(config.model)).to(device)
     _check_data(model, data, config.binarize)
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
     if resume:
-        model.load_state_dict(saved["model_state"])
-        optim.load_state_dict(saved["optim_state"])
+        try:
+            model.load_state_dict(saved["model_state"])
+            optim.load_state_dict(saved["optim_state"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {str(e).splitlines()[0]}") from None
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
@@ -397,8 +322,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     num_batches = data.train.num_batches(config.batch_size)
     # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.
     kl_input = torch.ones((), device=device) if compiled else None
-    interrupted = False
-    with _StopRequest() as stop:
+    interrupted, stop_signal = False, None
+    with StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
             window = _LossWindow(start_step)
@@ -422,7 +347,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                     seconds += time.perf_counter() - t0
                     save(epoch, step + 1, {"loss": loss_sum, "images": images, "seconds": seconds})
                     bar.close()
-                    interrupted, start_epoch, start_step = True, epoch, step + 1
+                    interrupted, stop_signal, start_epoch, start_step = True, stop.signum, epoch, step + 1
                     break
             if interrupted:
                 break
@@ -440,7 +365,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             start_epoch = epoch + 1
 
     _save_figures(model, data, history, out_dir, config.test_seed)
-    return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), data, compiled)
+    return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
+                       compiled)
 
 
 # --- command line -------------------------------------------------------------------
@@ -455,22 +381,15 @@ def _dims(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m inference.svi`` parser. Every default is None: unset flags keep
     the preset's (or, with --resume, the checkpoint's) value."""
-    p = argparse.ArgumentParser(prog="python -m inference.svi", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m inference.svi", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = TrainConfig()
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS), help=f"published setup (default {DEFAULT_PRESET})")
-    m.add_argument("--latent-dim", type=_positive, help=f"size of z (default {d.model.z_dim})")
+    m.add_argument("--latent-dim", type=positive_int, help=f"size of z (default {d.model.z_dim})")
     m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, e.g. 200,200")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
     m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default) or conv (28x28 images)")
@@ -478,14 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="p(x|z): bernoulli (default); the others train on grey levels (--binarize none by default)")
     m.add_argument("--obs-scale", type=float, help="standard deviation sqrt(c) of the gaussian likelihood (default 1)")
     m.add_argument("--guide", choices=list(GUIDES), help="q(z|x): diagonal (default), full (scale_tril), iaf")
-    m.add_argument("--flow-steps", type=_positive, help="IAF transforms of --guide iaf (default 2)")
+    m.add_argument("--flow-steps", type=positive_int, help="IAF transforms of --guide iaf (default 2)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_positive, help=f"total epochs (default {d.epochs})")
-    t.add_argument("--batch-size", type=_positive, help=f"default {d.batch_size}")
+    t.add_argument("--epochs", type=positive_int, help=f"total epochs (default {d.epochs})")
+    t.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
     t.add_argument("--elbo", choices=list(ELBOS),
                    help="trace: Trace_ELBO (default); meanfield: TraceMeanField_ELBO; iwae: RenyiELBO(alpha=0)")
-    t.add_argument("--num-particles", type=_positive, metavar="K", help="samples per datapoint, vectorised (k of iwae)")
+    t.add_argument("--num-particles", type=positive_int, metavar="K", help="samples per datapoint, vectorised (k of iwae)")
     t.add_argument("--kl-weight", type=float, help="beta: weight of the KL term (default 1)")
     t.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
     t.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
@@ -496,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
     dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
     dd.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
-    dd.add_argument("--train-limit", type=_positive, metavar="N", help="use the first N training images")
-    dd.add_argument("--test-limit", type=_positive, metavar="N", help="use the first N test images")
+    dd.add_argument("--train-limit", type=positive_int, metavar="N", help="use the first N training images")
+    dd.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
     dd.add_argument("--test-seed", type=int, help=f"seed of the test split's one binarisation (default {d.test_seed})")
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=DEVICE_CHOICES, help="auto: CUDA when present (default)")
@@ -505,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default runs/<timestamp>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--eval-samples", type=_positive, metavar="K",
+    r.add_argument("--eval-samples", type=positive_int, metavar="K",
                    help="after training, write the log p(x) report (python -m inference.evaluate) with K samples into OUT/report/")
     return p
 
@@ -515,30 +434,58 @@ _MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation
 _RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: Path) -> TrainConfig:
+    """The checkpoint's config with the allowed changes in ``given``; `CheckpointError` naming any flag whose value
+    differs from the run's (a flag repeated with the run's own value is fine: the same command line resumes)."""
+    differing = []
+    for key, value in given.items():
+        if key in RESUMABLE_CHANGES:
+            continue
+        old = getattr(saved.model, _MODEL_FLAGS[key]) if key in _MODEL_FLAGS else getattr(saved, key)
+        if value != old:
+            differing.append(f"{_flag(key)} {_shown(value)} (the run's: {_shown(old)})")
+    if preset is not None and preset != saved.preset:
+        differing.append(f"--preset {preset} (the run's: {saved.preset})")
+    if differing:
+        raise CheckpointError(f"cannot resume {path} with {'; '.join(differing)}: the model and data are the "
+                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit may change")
+    return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}).validated()
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Turn parsed flags into a `TrainConfig` (on --resume: the checkpoint's, with allowed changes)."""
+    """Turn parsed flags into a validated `TrainConfig` (on --resume: the checkpoint's, with allowed changes)."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in _RUN_FLAGS}
     if args.resume:
         if not args.out:
             raise CheckpointError("--resume needs --out DIR, the folder of the run to continue")
-        saved = TrainConfig.from_dict(checkpoint.read(Path(args.out) / "checkpoint.pt")["config"])
-        fixed = sorted(k for k in given if k not in RESUMABLE_CHANGES) + (["preset"] if args.preset else [])
-        if fixed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise CheckpointError(f"{flags} cannot change on --resume (the model and data are the checkpoint's); "
-                                  f"only --epochs, --device, --data-dir, --jit/--no-jit may")
-        return dataclasses.replace(saved, **given)
+        path = Path(args.out) / "checkpoint.pt"
+        return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     model = dataclasses.replace(preset.model, **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    if args.obs_scale is not None and model.likelihood != "gaussian":
+        raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
+                          "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
     if model.likelihood != "bernoulli":
         given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", _default_out())
-    return TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given)
+    return TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given).validated()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m inference.svi``; returns the exit status."""
+    """Entry point of ``python -m inference.svi``; returns the exit status.
+
+    0 when training finished; 2 and one ``error:`` line for bad input; 128 +
+    the signal number when SIGINT/SIGTERM stopped it (checkpoint written).
+    """
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
@@ -547,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             epoch, step = result.position
             print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {result.out_dir / 'checkpoint.pt'}\n"
                   f"resume with: python -m inference.svi --resume --out {shlex.quote(str(result.out_dir))}")
-            return 0
+            return result.exit_status
         print(f"done: {result.out_dir} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
         if args.eval_samples:
             report = evaluate(result.out_dir, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
@@ -557,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     except PyroVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while stopping: the last checkpoint written stands
+        print("error: interrupted again while stopping; the last checkpoint written is kept", file=sys.stderr)
+        return 130
     return 0
 
 

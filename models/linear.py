@@ -23,8 +23,10 @@ from torch import nn
 
 from models.base import LatentModel
 from models.guides import make_guide
+from models.registry import register_model
 
 
+@register_model("linear-gaussian")
 class LinearGaussianVAE(LatentModel):
     """Linear decoder with Gaussian noise of fixed scale; linear encoder into a guide head (``diagonal``, ``full``)."""
 

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.registry import register_model
 from models.vae import VAE
 
 
+@register_model("mixture-prior")
 class MixturePriorVAE(VAE):
     """`VAE` whose prior is a mixture of ``num_components`` diagonal Gaussians, learned with the rest."""
 

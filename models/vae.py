@@ -28,10 +28,12 @@ import torch
 from models.base import LatentModel
 from models.guides import make_guide
 from models.likelihoods import make_likelihood
+from models.registry import register_model
 from pyro_vae.config import ModelConfig
 from pyro_vae.nets import make_networks
 
 
+@register_model("vae")
 class VAE(LatentModel):
     """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP (or conv) encoder and mirrored decoder.
 

@@ -1,19 +1,26 @@
 """Checkpoints: one file that resumes a run or rebuilds its model alone.
 
-A checkpoint holds the model's class (``"module:QualName"``) and constructor
-arguments, its parameters, the run's config, the optimiser state, every RNG
-state, the position (epoch, step) and the metric history. It is written
-atomically (temporary file in the same folder, then ``os.replace``), so a
-crash never leaves a half-written file where a good one was. It loads with
-``torch.load(weights_only=True)``: plain containers and tensors only.
+A checkpoint holds the model's registered name (``"vae"``; see
+`models.registry`) and constructor arguments, its parameters, the run's
+config, the optimiser state, every RNG state, the position (epoch, step) and
+the metric history. It is written atomically (a temporary file in the same
+folder, then ``os.replace``), so a crash never leaves a half-written file where
+a good one was; a crash's leftover temporary file is removed at the next save.
+
+A checkpoint is untrusted input. It loads with ``torch.load(weights_only=True)``
+(plain containers and tensors only), and the model class comes from the
+registry by name, never from an import path in the file: `build_model` is the
+one place this module reaches into ``models`` (at call time, since ``models``
+imports this toolkit). Format 1 files, which stored ``"module:QualName"``, load
+when that path is a registered class's own.
 """
 
 from __future__ import annotations
 
-import importlib
+import io
 import os
 import random
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,8 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,17 +67,19 @@ def save(
     history: list[dict[str, float]] | None = None,
     partial: dict[str, float] | None = None,
 ) -> None:
-    """Write a checkpoint atomically.
+    """Write a checkpoint atomically, with the same file mode as any file the process creates.
 
     ``epoch``: epochs completed; ``step``: batches done in the epoch after that
     (0 at an epoch boundary); ``partial``: that epoch's running sums so far
     (``loss``, ``images``, ``seconds``) when stopped mid-epoch. ``model`` must
-    offer ``init_kwargs()``.
+    be of a registered class (`models.register_model`) and offer ``init_kwargs()``.
     """
+    from models.registry import name_of  # models imports this toolkit; see the module doc
+
     path = Path(path)
     payload = {
         "format_version": FORMAT_VERSION,
-        "model_class": f"{type(model).__module__}:{type(model).__qualname__}",
+        "model": name_of(model),
         "model_kwargs": model.init_kwargs(),
         "model_state": model.state_dict(),
         "config": config.to_dict(),
@@ -81,49 +91,85 @@ def save(
         "partial": partial,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a crash mid-save
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     try:
+        # 0o666 less the umask, as open() gives config.json; mkstemp would make it 0o600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def read(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint's contents; `CheckpointError` when missing or unreadable."""
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run folder."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The checkpoint file's bytes (read once: hash these, then `parse` them); `CheckpointError` if unreadable."""
+    path = resolve_path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (python -m inference.svi --out DIR) or give the right path")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); it may be truncated or corrupt") from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a pyro-vae checkpoint of format {FORMAT_VERSION}")
+        return path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path} ({e.strerror or e})") from None
+
+
+_REQUIRED = {"model_kwargs": dict, "model_state": dict, "config": dict, "epoch": int, "step": int}
+
+
+def parse(data: bytes, path: str | os.PathLike = "checkpoint", map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents from its bytes; `CheckpointError` when they are not a checkpoint of a known format."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged or hostile file
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
+                              "it may be truncated or corrupt") from None
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if type(version) is not int or version not in READABLE_FORMATS:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {version!r}; this version reads "
+                              f"{', '.join(map(str, READABLE_FORMATS))})")
+    name_key = "model" if version >= 2 else "model_class"
+    wrong = [k for k, kind in {name_key: str, **_REQUIRED}.items() if not isinstance(payload.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"{path} is damaged: {', '.join(wrong)} missing or of the wrong type")
     return payload
 
 
+def read(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint's contents; `CheckpointError` when missing, unreadable or not a checkpoint."""
+    return parse(read_bytes(path), resolve_path(path), map_location)
+
+
+def model_name(payload: dict[str, Any]) -> str:
+    """The registered name of the payload's model (format 1: its stored ``module:QualName``)."""
+    return payload["model"] if payload["format_version"] >= 2 else payload["model_class"]
+
+
+def config_of(payload: dict[str, Any]) -> TrainConfig:
+    """The run's `TrainConfig`; `CheckpointError` when the stored one does not make one."""
+    try:
+        return TrainConfig.from_dict(payload["config"]).validated()
+    except (TypeError, ValueError, KeyError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"the checkpoint's config is damaged: {e}") from None
+
+
 def build_model(payload: dict[str, Any]) -> torch.nn.Module:
-    """Construct the checkpoint's model class with its arguments and load its parameters."""
-    module_name, _, qualname = payload["model_class"].partition(":")
-    try:
-        cls: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as e:
-        raise CheckpointError(f"cannot import the checkpoint's model class {payload['model_class']} ({e})") from None
-    model = cls(**payload["model_kwargs"])
-    try:
-        model.load_state_dict(payload["model_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's parameters do not fit {payload['model_class']}: {e}") from None
-    return model
+    """The payload's registered model class built with its checked arguments and finite parameters."""
+    from models.registry import build_model as build_registered  # see the module doc
+
+    return build_registered(model_name(payload), payload["model_kwargs"], payload["model_state"],
+                            legacy_path=payload["format_version"] < 2)
 
 
 def load(path: str | os.PathLike, device: str = "auto") -> tuple[torch.nn.Module, TrainConfig]:
@@ -135,4 +181,4 @@ def load(path: str | os.PathLike, device: str = "auto") -> tuple[torch.nn.Module
     target = resolve_device(device)
     payload = read(path, map_location=target)
     model = build_model(payload).to(target).eval()
-    return model, TrainConfig.from_dict(payload["config"])
+    return model, config_of(payload)

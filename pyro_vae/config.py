@@ -9,8 +9,27 @@ checkpoint describe it completely.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyro_vae.errors import ConfigError
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite(value: Any, low: float, strict: bool) -> bool:
+    """A real number, finite, and above ``low`` (``strict``) or at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -34,7 +53,23 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the tuple so configs compare equal after a round trip.
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+        if isinstance(self.hidden_dims, (list, tuple)) and all(isinstance(h, int) for h in self.hidden_dims):
+            object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+
+    def validated(self) -> "ModelConfig":
+        """``self``, or `ConfigError` naming the first setting no model can take (as its flag)."""
+        _require(_positive_int(self.x_dim), f"x_dim must be a positive integer, got {self.x_dim!r}")
+        _require(_positive_int(self.z_dim), f"--latent-dim must be a positive integer, got {self.z_dim!r}")
+        _require(isinstance(self.hidden_dims, tuple) and len(self.hidden_dims) > 0
+                 and all(_positive_int(h) for h in self.hidden_dims),
+                 f"--hidden-dims must be one or more positive integers, got {self.hidden_dims!r}")
+        _require(_positive_int(self.flow_steps), f"--flow-steps must be a positive integer, got {self.flow_steps!r}")
+        _require(_finite(self.obs_scale, 0.0, strict=True),
+                 f"--obs-scale must be a positive finite number, got {self.obs_scale!r}")
+        _require(self.likelihood == "gaussian" or self.obs_scale == 1.0,
+                 f"--obs-scale sets the gaussian likelihood's standard deviation; the {self.likelihood!r} likelihood "
+                 "does not use it: drop it, or use --likelihood gaussian")
+        return self
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,31 @@ class TrainConfig:
     test_seed: int = 0
     out: str | None = None
 
+    def validated(self) -> "TrainConfig":
+        """``self``, or `ConfigError` naming the first setting that cannot train (as its flag)."""
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        self.model.validated()
+        _require(_positive_int(self.epochs), f"--epochs must be a positive integer, got {self.epochs!r}")
+        _require(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size!r}")
+        _require(_positive_int(self.num_particles), f"--num-particles must be a positive integer, got {self.num_particles!r}")
+        _require(_finite(self.lr, 0.0, strict=True), f"--lr must be a positive finite number, got {self.lr!r}")
+        _require(_finite(self.kl_weight, 0.0, strict=False), f"--kl-weight must be finite and at least 0, got {self.kl_weight!r}")
+        _require(_finite(self.kl_warmup, 0.0, strict=False),
+                 f"--kl-warmup must be a finite number of epochs, at least 0, got {self.kl_warmup!r}")
+        for name in ("train_limit", "test_limit"):
+            value = getattr(self, name)
+            _require(value is None or _positive_int(value),
+                     f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("seed", "test_seed"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                     f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+        _require(self.jit in (None, True, False), f"jit must be True, False or None, got {self.jit!r}")
+        for name in ("dataset", "binarize", "elbo", "device"):
+            _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"]["hidden_dims"] = list(self.model.hidden_dims)
@@ -103,6 +163,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
+        if not isinstance(d.get("model"), dict):
+            raise ConfigError("the config has no model section")
         d["model"] = ModelConfig(**d["model"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -54,35 +54,58 @@ def load_pixels(
     """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
 
     Reads ``ROOT/<MNIST|FashionMNIST>/raw/*-ubyte`` (torchvision's layout).
-    When the files are missing and ``download`` is true, torchvision fetches
+    When files are missing and ``download`` is true, torchvision fetches
     them; if that fails (offline) or ``download`` is false, `DataError` names
-    the missing files and the folder they belong in.
+    the missing files and the folder they belong in. A file that is there but
+    cannot be read as IDX images (truncated, garbage, empty, not a file) is a
+    `DataError` that names it.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     from torchvision import datasets
+    from torchvision.datasets.mnist import read_image_file
 
     cls = getattr(datasets, DATASETS[dataset])
     root = data_root(data_dir)
+    raw = root / cls.__name__ / "raw"
+    if any(not (raw / f).exists() for f in _expected_files(cls)):
+        _download(cls, dataset, root, raw, download)
+    path = raw / f"{'train' if train else 't10k'}-images-idx3-ubyte"
     try:
-        data = cls(str(root), train=train, download=False).data
-    except RuntimeError:
-        cause = ""
-        if download:
-            try:
-                data = cls(str(root), train=train, download=True).data
-                return data.reshape(len(data), -1).contiguous()
-            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-                lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
-                cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
-        raw = root / cls.__name__ / "raw"
-        missing = [f for f in _expected_files(cls) if not (raw / f).exists()]
-        raise DataError(
-            f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none (files unreadable)'}. "
-            f"Put the four uncompressed IDX files there, or point --data-dir or ${DATA_ENV_VAR} "
-            f"at a folder that holds {cls.__name__}/raw/."
-        ) from None
-    return data.reshape(len(data), -1).contiguous()
+        images = read_image_file(str(path))
+        if images.dim() != 3 or images.dtype != torch.uint8 or len(images) == 0:
+            raise ValueError(f"holds {images.dtype} data of shape {list(images.shape)}, not uint8 images [N, H, W]")
+    except Exception as e:  # noqa: BLE001 - torchvision raises many types for a damaged file
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
+        raise DataError(f"{path} is unreadable ({why}): it may be truncated or corrupt; replace it with an intact "
+                        f"copy of the {dataset} file") from None
+    return images.reshape(len(images), -1).contiguous()
+
+
+def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) -> None:
+    """Fetch the split's files with torchvision, or raise `DataError` saying which are missing and where they go."""
+    cause = ""
+    if download:
+        try:
+            cls(str(root), train=True, download=True)
+            return
+        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+            lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
+            cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
+    missing = [f for f in _expected_files(cls) if not (raw / f).exists()]
+    raise DataError(
+        f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none'}. "
+        f"Put the four uncompressed IDX files there, or point --data-dir or ${DATA_ENV_VAR} "
+        f"at a folder that holds {cls.__name__}/raw/."
+    )
+
+
+def take_first(pixels: torch.Tensor, limit: int | None, flag: str, what: str) -> torch.Tensor:
+    """The first ``limit`` rows of ``pixels``; `DataError` when ``limit`` asks for more than there are."""
+    if limit is not None and limit > len(pixels):
+        raise DataError(f"{flag} {limit} asks for more images than the {len(pixels)} in {what}; "
+                        f"use at most {len(pixels)} or drop {flag}")
+    return pixels[:limit]
 
 
 def check_images(x: torch.Tensor, x_dim: int | None = None, binary: bool = False) -> None:
@@ -207,11 +230,17 @@ class Images:
 
 @dataclass
 class DataSplits:
-    """Training images (served batch by batch) and evaluation images (frozen floats)."""
+    """Training images (served batch by batch) and evaluation images (frozen floats).
+
+    ``source`` names where they came from: a ``--dataset`` name when
+    `load_splits` read them, else ``"custom"`` (images handed over from Python,
+    which ``python -m inference.evaluate`` cannot load again by name).
+    """
 
     train: Images
     test: torch.Tensor  # [N_test, D] floats, binarised once with test_seed
     test_seed: int
+    source: str = "custom"
 
 
 def evaluation_images(
@@ -224,7 +253,7 @@ def evaluation_images(
     download: bool = True,
 ) -> torch.Tensor:
     """The first ``limit`` test images as floats ``[N, 784]`` on ``device``, binarised once with ``test_seed``."""
-    pixels = load_pixels(dataset, False, data_dir, download)[:limit]
+    pixels = take_first(load_pixels(dataset, False, data_dir, download), limit, "--test-limit", f"the {dataset} test split")
     return Images(pixels, binarize, seed=test_seed, device=device).frozen(test_seed)
 
 
@@ -240,6 +269,7 @@ def load_splits(
     download: bool = True,
 ) -> DataSplits:
     """Load train and test splits onto ``device`` (first ``*_limit`` images when given)."""
-    train = load_pixels(dataset, True, data_dir, download)[:train_limit]
+    train = take_first(load_pixels(dataset, True, data_dir, download), train_limit, "--train-limit",
+                       f"the {dataset} training split")
     test = evaluation_images(dataset, binarize, data_dir, test_limit, test_seed, device, download)
-    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed)
+    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=dataset)

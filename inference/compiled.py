@@ -1,0 +1,91 @@
+r"""The compiled (JIT) loss, and the check that it computes what the plain loss does.
+
+``torch.jit.trace`` (under Pyro's ``JitTrace_ELBO``) records one run of a Pyro
+program as a graph, which removes Pyro's Python from each training step. It
+also freezes anything the program computes in Python from the data, so
+`check_compiled` runs the compiled and the plain loss side by side before the
+first step, and training uses the compiled one only when they agree.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from pyro.infer import JitTrace_ELBO
+from pyro.infer.elbo import ELBO
+
+from pyro_vae.device import forked_rng
+from pyro_vae.errors import CompileError
+
+
+class JitTraceELBO(JitTrace_ELBO):
+    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient, not twice it.
+
+    Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with
+    ``loss`` still attached to the graph inside the compiled function, so its
+    gradient is 2x ``Trace_ELBO``'s (Adam hardly notices; SGD would).
+    `check_compiled` compares the two, so a change in Pyro shows.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+#: How far the compiled loss and each gradient may sit from the plain ones, relative to the plain
+#: value's largest magnitude: float32 rounding of the same sums done in another order.
+COMPILE_RTOL = 1e-4
+
+
+def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled: ELBO, reference: ELBO,
+                   probe: torch.Tensor) -> None:
+    """Compile ``compiled`` on ``probe [B, D]`` and raise `CompileError` unless it matches ``reference``.
+
+    ``torch.jit.trace`` records one run of the Python program as a graph, so a value the program
+    computes in Python from the data (a size, a branch, a ``float(x.mean())``) is frozen into it. Here
+    both losses run on the same random draws, on all of ``probe`` and on its first ceil(B/2) rows (a
+    frozen batch size shows there), and their values and gradients for every tensor in ``params``
+    must agree to `COMPILE_RTOL`. It all runs under a forked RNG: tracing runs the program more often
+    than a step does, and those draws must not shift the training stream (or a resumed run, which
+    compiles at another point of it, would diverge from an uninterrupted one). Pyro 1.9's
+    ``JitTraceMeanField_ELBO`` fails it (loss and gradients differ from ``TraceMeanField_ELBO``'s on the
+    same seed; not traced further), so ``meanfield`` trains uncompiled unless ``--jit`` insists.
+    """
+    names, tensors = list(params), list(params.values())
+    weight = torch.ones((), device=probe.device)
+
+    def loss_and_grads(elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        torch.manual_seed(0)
+        loss = elbo.differentiable_loss(model_fn, guide_fn, x, weight)
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        return {"loss": loss.detach(), **dict(zip(names, grads))}
+
+    def compiled_loss_and_grads(x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        try:
+            return loss_and_grads(compiled, x)
+        except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
+            raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {e}") from e
+
+    with forked_rng(probe.device), warnings.catch_warnings():
+        # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
+        # Its TracerWarnings ("might cause the trace to be incorrect") are what this check settles.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        compiled_loss_and_grads(probe)  # the first call traces the Python program; later calls run the graph
+        for x in (probe, probe[: (len(probe) + 1) // 2]):
+            got, want = compiled_loss_and_grads(x), loss_and_grads(reference, x)
+            for key, value in want.items():
+                difference = _relative_difference(got[key], value)
+                if difference > COMPILE_RTOL:
+                    raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
+                                       f"same seed (in {key}: relative difference {difference:.2g})")
+
+
+def _relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
+    """max |got - want| / max |want|; 0 when both are None (an unused parameter), inf when one is."""
+    if got is None or want is None:
+        return 0.0 if got is None and want is None else float("inf")
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+

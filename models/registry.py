@@ -1,0 +1,221 @@
+"""The names a checkpoint may use for a model class, and building a model from one safely.
+
+A checkpoint is untrusted input: it names its model by a registered name
+(``"vae"``), never by an import path, and nothing in it chooses code to run.
+A class enters the registry only through `register_model`, and only if it is a
+`models.base.LatentModel`; `build_model` looks the name up, checks the stored
+constructor arguments against the constructor's signature (names and types),
+and only then calls it. A user's variant registers itself the same way::
+
+    @register_model("my-vae")
+    class MyVAE(VAE):
+        ...
+
+Its module must be imported before a checkpoint of it is loaded (importing
+it is what registers it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from models.base import LatentModel
+from pyro_vae.errors import CheckpointError, ConfigError
+
+_BY_NAME: dict[str, type[LatentModel]] = {}
+_NAME_OF: dict[type[LatentModel], str] = {}
+
+M = TypeVar("M", bound=type[LatentModel])
+
+
+def register_model(name: str) -> Callable[[M], M]:
+    """Class decorator: checkpoints may name this `LatentModel` subclass as ``name``.
+
+    Re-registering the same class under the same name is allowed (a module
+    imported twice); another class under a taken name is a `ConfigError`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a model's registered name must be a non-empty string, got {name!r}")
+
+    def decorate(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, LatentModel)):
+            raise ConfigError(f"register_model({name!r}) takes a models.base.LatentModel subclass, got {cls!r}")
+        taken = _BY_NAME.get(name)
+        if taken is not None and _qualified(taken) != _qualified(cls):
+            raise ConfigError(f"the model name {name!r} is taken by {_qualified(taken)}; register {_qualified(cls)} "
+                              "under another name")
+        _NAME_OF.pop(taken, None)
+        _BY_NAME[name] = cls
+        _NAME_OF[cls] = name
+        return cls
+
+    return decorate
+
+
+def registered_models() -> dict[str, type[LatentModel]]:
+    """Registered name -> class (a copy)."""
+    return dict(_BY_NAME)
+
+
+def name_of(model: LatentModel | type[LatentModel]) -> str:
+    """The registered name of ``model``'s exact class; `ConfigError` if it has none.
+
+    A subclass does not inherit its parent's name: rebuilding it as the parent
+    would lose what it changed.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    if cls not in _NAME_OF:
+        raise ConfigError(f"{_qualified(cls)} is not a registered model, so a checkpoint could not rebuild it; "
+                          "decorate the class with @models.register_model(\"some-name\")")
+    return _NAME_OF[cls]
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def model_class(name: Any, *, legacy_path: bool = False) -> type[LatentModel]:
+    """The registered class named ``name``; `CheckpointError` for anything else.
+
+    ``legacy_path``: ``name`` is a format-1 checkpoint's ``"module:QualName"``,
+    matched against the registered classes' own paths (nothing is imported).
+    """
+    if isinstance(name, str):
+        if legacy_path:
+            found = next((cls for cls in _BY_NAME.values() if _qualified(cls) == name), None)
+        else:
+            found = _BY_NAME.get(name)
+        if found is not None and issubclass(found, LatentModel):
+            return found
+    known = ", ".join(sorted(_BY_NAME)) or "none"
+    hint = (" A model class of your own must be registered (@models.register_model) and its module imported "
+            "before loading.")
+    raise CheckpointError(f"the checkpoint names model {name!r}, which is not a registered model (registered: {known}); "
+                          f"nothing was loaded.{hint}")
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy.
+
+    A subclass written ``__init__(self, *args, extra=1, **kwargs)`` that passes
+    the rest to ``super().__init__`` accepts its own keywords and its parent's.
+    """
+    accepted: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass in (LatentModel, torch.nn.Module, object):
+            continue
+        signature = inspect.signature(klass.__init__)
+        params = list(signature.parameters.values())[1:]  # drop self
+        try:
+            hints = typing.get_type_hints(klass.__init__)
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve: check names only
+            hints = {}
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in accepted:
+                accepted[p.name] = p.replace(annotation=hints.get(p.name, inspect.Parameter.empty))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return accepted
+
+
+def check_init_kwargs(cls: type, kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` if they fit ``cls``'s constructor (known names, annotated types), else `CheckpointError`."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"the checkpoint's model arguments must be a mapping of names to values, got {type(kwargs).__name__}")
+    accepted = constructor_parameters(cls)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise CheckpointError(f"the checkpoint gives {cls.__name__} arguments it does not take: {', '.join(unknown)} "
+                              f"(it takes {', '.join(accepted)})")
+    missing = sorted(n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in kwargs)
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {cls.__name__} arguments: {', '.join(missing)}")
+    for name, value in kwargs.items():
+        hint = accepted[name].annotation
+        if not _fits(value, hint):
+            want = "plain data" if hint is inspect.Parameter.empty else _hint_name(hint)
+            raise CheckpointError(f"the checkpoint's model argument {name}={value!r} is not {want}")
+    return kwargs
+
+
+def _hint_name(hint: Any) -> str:
+    if typing.get_args(hint):  # tuple[float, ...], int | None: the written form
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from a checkpoint: JSON-like data) is of the annotated type ``hint``.
+
+    Understood: int, float, bool, str, None, tuples/lists of those, unions;
+    without an annotation only plain data (no tensors, no other objects) fits.
+    """
+    if hint is inspect.Parameter.empty or hint is Any:
+        return _plain(value)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return all(_fits(v, args[0]) for v in value) if args else all(_plain(v) for v in value)
+    return False  # an annotation this check does not know: refuse rather than pass anything through
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def build_model(name: Any, kwargs: Any, state: Any, *, legacy_path: bool = False) -> LatentModel:
+    """Construct the registered model ``name`` from checked ``kwargs`` and load ``state`` (its parameters).
+
+    Every parameter and buffer must be finite. Raises `CheckpointError`
+    naming the problem; nothing from the checkpoint decides what code runs.
+    """
+    cls = model_class(name, legacy_path=legacy_path)
+    kwargs = check_init_kwargs(cls, kwargs)
+    try:
+        model = cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - our own constructor refusing the stored values
+        raise CheckpointError(f"the checkpoint's arguments do not build {cls.__name__}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("the checkpoint's parameters are not a mapping of names to tensors")
+    check_finite(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's parameters do not fit {cls.__name__}: {e}") from None
+    return model
+
+
+def check_finite(state: dict[str, torch.Tensor]) -> None:
+    """`CheckpointError` naming the first parameter (or buffer) that holds NaN or inf."""
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"the checkpoint's parameter {key} holds {bad} NaN or infinite values; the file is "
+                                  "damaged or was written by a run that diverged: use an earlier checkpoint")
