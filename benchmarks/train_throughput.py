@@ -10,7 +10,7 @@ over ``--images`` images each:
   (b) the conventional Pyro loop as Pyro's VAE example writes it: torchvision
       ``DataLoader``, per-batch ``.to(device)``, ``svi.step`` with ``Trace_ELBO``.
   (c) this project's ``inference.svi.train`` (its recorded training seconds of
-      one epoch), default settings: ``Trace_ELBO``, JIT-compiled and checked
+      one epoch), default settings: ``TraceMeanField_ELBO``, JIT-compiled and checked
       against the plain loss before the first step; and the same with ``--no-jit``.
 
 Prints images/s and the ratios time(c)/time(a), time(c --no-jit)/time(a) and
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=60000, help="images per timed pass")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir")
+    p.add_argument("--also-elbo", metavar="NAME", help="also time (c) with --elbo NAME (e.g. trace), same rounds")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     pixels = load_pixels("mnist", True, args.data_dir)[: args.images]
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                                  device=str(device), data_dir=args.data_dir)
             runs = iter(range(10**6))
 
-            def ours(jit: bool | None = None) -> float:
-                settings = {**config.__dict__, "out": f"{tmp}/{next(runs)}", "jit": jit}
+            def ours(jit: bool | None = None, **changes) -> float:
+                settings = {**config.__dict__, "out": f"{tmp}/{next(runs)}", "jit": jit, **changes}
                 result = train(TrainConfig(**settings), progress=False)
                 assert result.compiled == (jit is not False), "the default run did not compile"
                 return result.history[0]["seconds"]
@@ -127,9 +128,15 @@ def main(argv: list[str] | None = None) -> None:
                 warm()
             ours(), ours(jit=False)
             pyro.clear_param_store()
-            seconds = interleaved_medians({"a": lambda: timed(a, device), "b": lambda: timed(b, device), "c": ours,
-                                           "cp": lambda: ours(jit=False)}, args.repeats)
+            contenders = {"a": lambda: timed(a, device), "b": lambda: timed(b, device), "c": ours,
+                          "cp": lambda: ours(jit=False)}
+            if args.also_elbo:
+                contenders["ce"] = lambda: ours(elbo=args.also_elbo)
+            seconds = interleaved_medians(contenders, args.repeats)
         rate = {k: args.images / v for k, v in seconds.items()}
+        if args.also_elbo:
+            print(f"(c) --elbo {args.also_elbo}: {rate['ce']:.0f} img/s, time ratio to (a) {seconds['ce'] / seconds['a']:.2f}, "
+                  f"to (c) {seconds['ce'] / seconds['c']:.2f}", flush=True)
         print(f"| {batch_size} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} | {rate['cp']:.0f} | "
               f"{seconds['c'] / seconds['a']:.2f} | {seconds['cp'] / seconds['a']:.2f} | "
               f"{seconds['b'] / seconds['c']:.2f} | {compile_seconds(pixels, batch_size, device):.2f} |", flush=True)

@@ -32,15 +32,18 @@ from tqdm.auto import tqdm
 
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
+from inference.stopping import Interrupted, interrupt_on_signals
 from pyro_vae import checkpoint, figures
-from pyro_vae.cli import ArgumentParser, positive_int
+from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.config import PRESETS, ModelConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
-from pyro_vae.errors import ConfigError, DataError, PyroVAEError
+from pyro_vae.errors import ConfigError, DataError, EstimationError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
+#: The files a report writes into its folder.
+REPORT_FILES = ("report.json", "report.md", "khat.png", "gaps.png", "ladder.png")
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
@@ -117,15 +120,16 @@ def evaluate(
     payload = checkpoint.parse(data, ckpt_path, map_location=target)
     model = checkpoint.build_model(payload).to(target).eval()
     config = checkpoint.config_of(payload).to_dict()
-    check_writable_dir(out_dir)
+    check_writable_dir(out_dir, files=REPORT_FILES)
     if images is not None:
         x = images.to(target)[:test_limit]
     elif config["dataset"] == "custom":
         raise DataError(f"{ckpt_path} was trained on images handed over from Python, not on a dataset that can be "
                         "loaded by name; evaluate it from Python: inference.evaluate.evaluate(RUN_DIR, images=x)")
     else:
+        # download only into a folder the user named: the checkpoint's own data_dir is untrusted input
         x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
-                              config["test_seed"], target)
+                              config["test_seed"], target, download=data_dir is not None)
     x_dim = model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "
@@ -134,8 +138,15 @@ def evaluate(
     parts = []
     batches = list(enumerate(x.split(batch_size)))
     for i, xb in tqdm(batches, desc=f"log p(x), K={num_samples}", disable=not progress, leave=False):
-        parts.append(estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size,
-                                           DEFAULT_LADDER, seed=seed + i))
+        try:
+            parts.append(estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size,
+                                               DEFAULT_LADDER, seed=seed + i))
+        except EstimationError:
+            raise
+        except ValueError as e:  # a distribution refused its parameters: the network output NaN or inf
+            raise EstimationError(f"the model gives invalid distribution parameters on test images {i * batch_size}.."
+                                  f"{i * batch_size + len(xb) - 1} ({' '.join(str(e).split())[:120]}); its "
+                                  "parameters are unusable (a diverged or damaged checkpoint)") from None
     est = MarginalEstimate.concat(parts)
     estimate_seconds = time.perf_counter() - started
 
@@ -287,11 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m inference.evaluate``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        report = evaluate(args.source, args.num_samples, args.chunk_size, args.batch_size, args.test_limit, args.gaps,
-                          args.gap_limit, args.seed, args.device, args.out, args.data_dir, not args.no_progress)
+        with interrupt_on_signals():
+            report = evaluate(args.source, args.num_samples, args.chunk_size, args.batch_size, args.test_limit,
+                              args.gaps, args.gap_limit, args.seed, args.device, args.out, args.data_dir,
+                              not args.no_progress)
     except PyroVAEError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return error(f"out of memory ({' '.join(str(e).split())[:160]}); lower --chunk-size or --batch-size")
+    except Interrupted as e:
+        print(f"error: stopped by {e}; the report was not finished", file=sys.stderr)
+        return e.exit_status
     print(render_markdown(report))
     return 0
 

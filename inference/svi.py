@@ -8,9 +8,11 @@ ELBO summed over the batch,
 estimated by Pyro's ``Trace_ELBO`` (reparameterised samples) or
 ``TraceMeanField_ELBO`` (the KL term in closed form), or the tighter IWAE bound
 ``E[log (1/k) sum_j w_j] <= log p(x)`` by ``RenyiELBO(alpha=0)`` with k
-vectorised particles (Burda et al. 2015). ``--kl-weight`` beta and
-``--kl-warmup`` scale the latent site (see ``models.base``). Reported ELBOs are
-nats per image and negative: a lower bound on log p(x), higher is better.
+vectorised particles (Burda et al. 2015); ``--gradient`` picks the gradient
+estimator (sticking the landing, DReG). Objectives and estimators live in
+`inference.objectives`. ``--kl-weight`` beta and ``--kl-warmup`` scale the
+latent site (see ``models.base``). Reported ELBOs are nats per image and
+negative: a lower bound on log p(x), higher is better.
 
 A step is what ``pyro.infer.SVI.step`` does, written out (`make_step`): the
 objective's ``differentiable_loss``, ``backward``, and one ``torch.optim.Adam``
@@ -37,21 +39,22 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
-from inference.compiled import JitTraceELBO, check_compiled
+from inference.compiled import check_compiled
 from inference.evaluate import evaluate, render_markdown
-from inference.stopping import StopRequest
+from inference.objectives import ELBO_NAMES, GRADIENTS, jit_available, make_elbo
+from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from models.registry import name_of
 from models.vae import VAE
 from pyro_vae import checkpoint, figures
-from pyro_vae.cli import ArgumentParser, positive_int
-from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
+from pyro_vae.cli import ArgumentParser, error, positive_int
+from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig, is_finite_number
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
 from pyro_vae.paths import check_writable_dir
@@ -59,34 +62,8 @@ from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataErro
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
 
 
-#: ``--elbo`` name -> (plain, JIT-compiled or None) loss class and its fixed arguments.
-ELBOS: dict[str, tuple[type[ELBO], type[ELBO] | None, dict]] = {
-    "trace": (Trace_ELBO, JitTraceELBO, {}),
-    "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO, {}),
-    "iwae": (RenyiELBO, None, {"alpha": 0.0}),  # Pyro has no JIT RenyiELBO
-}
 #: Settings that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
-
-
-def make_elbo(name: str = "trace", jit: bool = False, num_particles: int = 1) -> ELBO:
-    """The SVI loss named ``name`` (see `ELBOS`) with ``num_particles`` vectorised particles.
-
-    The datapoints' plate is the only one (``max_plate_nesting=1``), which is
-    what keeps ``iwae``'s log-sum-exp per datapoint.
-    """
-    if name not in ELBOS:
-        raise ConfigError(f"unknown --elbo {name!r}; choose one of {', '.join(ELBOS)}")
-    plain, compiled, fixed = ELBOS[name]
-    if jit and compiled is None:
-        raise ConfigError(f"--jit is not available for --elbo {name}: Pyro has no JIT-compiled version of it")
-    return (compiled if jit else plain)(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                                        max_plate_nesting=1, **fixed)
-
-
-def jit_available(name: str) -> bool:
-    """Whether Pyro has a JIT-compiled version of the ``--elbo`` named ``name``."""
-    return ELBOS[name][1] is not None
 
 
 def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
@@ -134,10 +111,10 @@ def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optim
     compiles; None (the default) compiles when Pyro can and `check_compiled`
     passes on ``probe``, else logs why and runs the plain loss.
     """
-    plain = make_elbo(config.elbo, False, config.num_particles)
-    if config.jit is False or (config.jit is None and not jit_available(config.elbo)):
+    plain = make_elbo(config.elbo, False, config.num_particles, config.gradient)
+    if config.jit is False or (config.jit is None and not jit_available(config.elbo, config.gradient)):
         return make_step(model, plain, optim), False
-    compiled = make_elbo(config.elbo, True, config.num_particles)
+    compiled = make_elbo(config.elbo, True, config.num_particles, config.gradient)
     try:
         return make_step(model, compiled, optim, probe=probe, reference=plain), True
     except CompileError as e:
@@ -214,6 +191,23 @@ def _default_out() -> str:
     return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
 
 
+#: The files a run writes into its folder (besides figures/).
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
+
+
+def _check_adam_state(optim: torch.optim.Optimizer, path: Path) -> None:
+    """`CheckpointError` unless the loaded Adam state has usable settings and moments shaped like the parameters."""
+    for group in optim.param_groups:
+        settings = [group.get(k) for k in ("lr", "eps", "weight_decay")] + list(group.get("betas") or [None])
+        if len(settings) != 5 or not all(is_finite_number(v) and v >= 0 for v in settings):
+            raise CheckpointError(f"{path} holds unusable optimiser settings (lr, betas, eps, weight decay)")
+        for param in group["params"]:
+            for key, value in optim.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor) or (key != "step" and value.shape != param.shape) \
+                        or not torch.isfinite(value).all():
+                    raise CheckpointError(f"{path} holds a damaged optimiser state ({key})")
+
+
 def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
     now, then = config.to_dict(), saved.to_dict()
     changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
@@ -228,8 +222,10 @@ def _needs_binary_pixels(model: LatentModel) -> bool:
 
 def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
     x_dim = model.init_kwargs().get("x_dim", data.train.dim)
-    if data.train.dim != x_dim or data.test.shape[1] != x_dim:
-        raise DataError(f"the model takes {x_dim} pixels per image but the data have {data.train.dim}; set x_dim to match")
+    for split, width in (("training", data.train.dim), ("test", data.test.shape[1])):
+        if width != x_dim:
+            raise DataError(f"the model takes {x_dim} pixels per image but the {split} images have {width}; "
+                            "set x_dim to match, or check the data files")
     if _needs_binary_pixels(model) and not data.train.is_binary():
         raise DataError(
             f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
@@ -267,18 +263,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     out_dir = Path(config.out or _default_out())
     config = dataclasses.replace(config, out=str(out_dir))
     ckpt_path = out_dir / "checkpoint.pt"
+    check_writable_dir(out_dir, files=RUN_FILES, folders=("figures",))
     if model is not None:
         name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
     if resume:
         saved = checkpoint.read(ckpt_path, map_location=device)
         _check_resumable(config, checkpoint.config_of(saved), ckpt_path)
+        checkpoint.check_resume_state(saved)
         stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters
         if model is not None and type(model) is not type(stored):
             raise CheckpointError(f"{ckpt_path} holds a {name_of(stored)!r} model, not the {name_of(model)!r} given")
         model = model or stored
     elif ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out")
-    check_writable_dir(out_dir)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
@@ -295,11 +292,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         try:
             model.load_state_dict(saved["model_state"])
             optim.load_state_dict(saved["optim_state"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
+            raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
+        _check_adam_state(optim, ckpt_path)
         checkpoint.set_rng_state(saved["rng_state"])
         start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
         partial = saved.get("partial") or partial
+        if start_step > data.train.num_batches(config.batch_size):
+            raise CheckpointError(f"{ckpt_path} stopped at step {start_step} of epoch {start_epoch + 1}, but an epoch "
+                                  f"here has {data.train.num_batches(config.batch_size)} steps")
     log = tqdm.write if progress else print
     step_fn, compiled = build_step(model, config, optim, probe=data.test[: config.batch_size], log=log)
 
@@ -364,6 +365,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
             start_epoch = epoch + 1
 
+        stop_signal = stop.signum  # a signal after the last step: training is complete, but it was asked to stop
     _save_figures(model, data, history, out_dir, config.test_seed)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled)
@@ -402,8 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=positive_int, help=f"total epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
-    t.add_argument("--elbo", choices=list(ELBOS),
-                   help="trace: Trace_ELBO (default); meanfield: TraceMeanField_ELBO; iwae: RenyiELBO(alpha=0)")
+    t.add_argument("--elbo", choices=ELBO_NAMES,
+                   help=f"trace: Trace_ELBO; meanfield: TraceMeanField_ELBO, the KL in closed form; iwae: "
+                        f"RenyiELBO(alpha=0) (default {d.elbo})")
+    t.add_argument("--gradient", choices=GRADIENTS,
+                   help="gradient estimator: standard (default); stl, sticking the landing (--elbo trace); "
+                        "dreg, doubly reparameterised (--elbo iwae)")
     t.add_argument("--num-particles", type=positive_int, metavar="K", help="samples per datapoint, vectorised (k of iwae)")
     t.add_argument("--kl-weight", type=float, help="beta: weight of the KL term (default 1)")
     t.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="raise the KL weight linearly from 0 over EPOCHS")
@@ -446,7 +452,7 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
     """The checkpoint's config with the allowed changes in ``given``; `CheckpointError` naming any flag whose value
     differs from the run's (a flag repeated with the run's own value is fine: the same command line resumes)."""
     differing = []
-    for key, value in given.items():
+    for key, value in given.items():  # the flag's value against the run's
         if key in RESUMABLE_CHANGES:
             continue
         old = getattr(saved.model, _MODEL_FLAGS[key]) if key in _MODEL_FLAGS else getattr(saved, key)
@@ -487,26 +493,39 @@ def main(argv: list[str] | None = None) -> int:
     the signal number when SIGINT/SIGTERM stopped it (checkpoint written).
     """
     args = build_parser().parse_args(argv)
+    out = None
     try:
         config = config_from_args(args)
+        out = Path(config.out)
         result = train(config, resume=args.resume, progress=not args.no_progress)
         if result.interrupted:
             epoch, step = result.position
-            print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {result.out_dir / 'checkpoint.pt'}\n"
-                  f"resume with: python -m inference.svi --resume --out {shlex.quote(str(result.out_dir))}")
+            print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {out / 'checkpoint.pt'}\n"
+                  f"resume with: python -m inference.svi --resume --out {shlex.quote(str(out))}")
             return result.exit_status
-        print(f"done: {result.out_dir} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
+        print(f"done: {out} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
+        if result.stop_signal is not None:  # asked to stop as the last step finished: no report
+            print("stopped by a signal after the last step; training is complete, the report was not written")
+            return result.exit_status
         if args.eval_samples:
-            report = evaluate(result.out_dir, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
-                              test_limit=config.test_limit, device=config.device, data_dir=config.data_dir,
-                              progress=not args.no_progress)
+            with interrupt_on_signals():
+                report = evaluate(out, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
+                                  test_limit=config.test_limit, device=config.device, data_dir=config.data_dir,
+                                  progress=not args.no_progress)
             print(render_markdown(report))
     except PyroVAEError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while stopping: the last checkpoint written stands
-        print("error: interrupted again while stopping; the last checkpoint written is kept", file=sys.stderr)
-        return 130
+        return error(e)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return error(f"out of memory ({' '.join(str(e).split())[:160]}); use a smaller model, batch or --num-particles")
+    except Interrupted as e:
+        kept = (f"{out / 'checkpoint.pt'} is the last checkpoint written" if out and (out / "checkpoint.pt").exists()
+                else "no checkpoint was written")
+        print(f"error: stopped by {e} before it could finish cleanly; {kept}", file=sys.stderr)
+        return e.exit_status
+    except RuntimeError as e:
+        if "alloc" not in str(e).lower():
+            raise
+        return error(f"out of memory ({' '.join(str(e).split())[:160]}); use a smaller model, batch or --num-particles")
     return 0
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from models.base import LatentModel
 from models.guides import make_guide
 from models.registry import register_model
+from pyro_vae.errors import ConfigError
 
 
 @register_model("linear-gaussian")
@@ -32,6 +33,9 @@ class LinearGaussianVAE(LatentModel):
 
     def __init__(self, x_dim: int, z_dim: int, noise_scale: float = 0.5, guide: str = "diagonal"):
         super().__init__()
+        if min(x_dim, z_dim) < 1 or not 1e-6 <= noise_scale < float("inf"):
+            raise ConfigError(f"LinearGaussianVAE needs x_dim, z_dim >= 1 and a noise_scale in [1e-6, inf), got "
+                              f"{x_dim}, {z_dim}, {noise_scale}")
         self.x_dim, self.z_dim, self.noise_scale = x_dim, z_dim, float(noise_scale)
         self.weight = nn.Parameter(torch.randn(x_dim, z_dim) / z_dim**0.5)
         self.bias = nn.Parameter(torch.zeros(x_dim))

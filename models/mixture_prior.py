@@ -18,6 +18,7 @@ from torch import nn
 
 from models.registry import register_model
 from models.vae import VAE
+from pyro_vae.errors import ConfigError
 
 
 @register_model("mixture-prior")
@@ -26,6 +27,8 @@ class MixturePriorVAE(VAE):
 
     def __init__(self, *args, num_components: int = 10, **kwargs):
         super().__init__(*args, **kwargs)
+        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
+            raise ConfigError(f"num_components must be a positive integer, got {num_components!r}")
         self.num_components = num_components
         self.mixture_logits = nn.Parameter(torch.zeros(num_components))
         self.mixture_locs = nn.Parameter(torch.randn(num_components, self.z_dim))

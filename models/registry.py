@@ -18,7 +18,6 @@ it is what registers it).
 from __future__ import annotations
 
 import inspect
-import math
 import types
 import typing
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from models.base import LatentModel
+from pyro_vae.config import is_finite_number
 from pyro_vae.errors import CheckpointError, ConfigError
 
 _BY_NAME: dict[str, type[LatentModel]] = {}
@@ -169,7 +169,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return is_finite_number(value)
     if hint is str:
         return isinstance(value, str)
     if origin in (tuple, list) or hint in (tuple, list):
@@ -184,7 +184,7 @@ def _plain(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int, str)):
         return True
     if isinstance(value, float):
-        return math.isfinite(value)
+        return is_finite_number(value)
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
     return False
@@ -193,28 +193,53 @@ def _plain(value: Any) -> bool:
 def build_model(name: Any, kwargs: Any, state: Any, *, legacy_path: bool = False) -> LatentModel:
     """Construct the registered model ``name`` from checked ``kwargs`` and load ``state`` (its parameters).
 
-    Every parameter and buffer must be finite. Raises `CheckpointError`
-    naming the problem; nothing from the checkpoint decides what code runs.
+    The model is first built on PyTorch's ``meta`` device (shapes only, no
+    memory), so arguments that would ask for more memory than the stored
+    parameters hold are refused before anything is allocated (a class whose
+    constructor cannot run on ``meta``, like the IAF guide's, is built for
+    real instead and only its shapes are compared); ``state`` must
+    have exactly the model's keys and shapes, as dense, real, finite tensors.
+    Raises `CheckpointError` naming the problem; nothing from the checkpoint
+    decides what code runs.
     """
     cls = model_class(name, legacy_path=legacy_path)
     kwargs = check_init_kwargs(cls, kwargs)
+    check_tensors(state)
     try:
-        model = cls(**kwargs)
-    except Exception as e:  # noqa: BLE001 - our own constructor refusing the stored values
-        raise CheckpointError(f"the checkpoint's arguments do not build {cls.__name__}: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("the checkpoint's parameters are not a mapping of names to tensors")
-    check_finite(state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's parameters do not fit {cls.__name__}: {e}") from None
+        with torch.device("meta"):
+            skeleton = cls(**kwargs)
+    except Exception:  # noqa: BLE001 - a constructor that cannot run on meta (Pyro's IAF nets call .item()):
+        skeleton = _construct(cls, kwargs)  # build it for real; its arguments were type-checked above
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        resized = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        details = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("other shape", resized)) if keys)
+        raise CheckpointError(f"the checkpoint's parameters do not fit {cls.__name__}({', '.join(map(str, kwargs))}=...) "
+                              f"({details})")
+    model = _construct(cls, kwargs)
+    model.load_state_dict(state)
     return model
 
 
-def check_finite(state: dict[str, torch.Tensor]) -> None:
-    """`CheckpointError` naming the first parameter (or buffer) that holds NaN or inf."""
+def _construct(cls: type[LatentModel], kwargs: dict[str, Any]) -> LatentModel:
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - our own constructor refusing the stored values
+        message = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"the checkpoint's arguments do not build {cls.__name__}: {type(e).__name__}: {message}") from None
+
+
+def check_tensors(state: Any) -> None:
+    """`CheckpointError` unless ``state`` maps names to dense real tensors with no NaN or inf (named if any)."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError("the checkpoint's parameters are not a mapping of names to tensors")
     for key, value in state.items():
+        if value.layout != torch.strided or value.is_complex():
+            raise CheckpointError(f"the checkpoint's parameter {key} is not a dense real tensor ({value.layout}, {value.dtype})")
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"the checkpoint's parameter {key} holds {bad} NaN or infinite values; the file is "

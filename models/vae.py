@@ -57,7 +57,7 @@ class VAE(LatentModel):
     ):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
-                                  flow_steps, arch)
+                                  flow_steps, arch).validated()
         self.z_dim = z_dim
         self.likelihood = make_likelihood(likelihood, obs_scale)
         self.posterior_head = make_guide(guide, z_dim, flow_steps)

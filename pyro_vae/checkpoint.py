@@ -21,13 +21,14 @@ import io
 import os
 import random
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pyro_vae.config import TrainConfig
+from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import CheckpointError
 
@@ -48,13 +49,16 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` returned (CUDA states only where CUDA is present)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    try:
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"the checkpoint's RNG state is damaged ({type(e).__name__})") from None
 
 
 def save(
@@ -110,15 +114,19 @@ def save(
 def resolve_path(path: str | os.PathLike) -> Path:
     """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run folder."""
     path = Path(path)
-    return path / "checkpoint.pt" if path.is_dir() else path
+    try:
+        return path / "checkpoint.pt" if path.is_dir() else path
+    except OSError:  # a name too long to look up: read_bytes says so
+        return path
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The checkpoint file's bytes (read once: hash these, then `parse` them); `CheckpointError` if unreadable."""
     path = resolve_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train first (python -m inference.svi --out DIR) or give the right path")
     try:
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}; train first (python -m inference.svi --out DIR) or give "
+                                  "the right path")
         return path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read the checkpoint {path} ({e.strerror or e})") from None
@@ -130,11 +138,14 @@ _REQUIRED = {"model_kwargs": dict, "model_state": dict, "config": dict, "epoch":
 def parse(data: bytes, path: str | os.PathLike = "checkpoint", map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint's contents from its bytes; `CheckpointError` when they are not a checkpoint of a known format."""
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about legacy formats; the error below says what matters
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged or hostile file
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
-                              "it may be truncated or corrupt") from None
+        why = ("it holds objects other than tensors and plain containers, which are never loaded"
+               if "weights_only" in str(e) else f"{type(e).__name__}: {str(e).strip()[:120]}")
+        raise CheckpointError(f"{path} is not a readable checkpoint ({why}); it may be truncated, corrupt "
+                              "or not a pyro-vae checkpoint") from None
     version = payload.get("format_version") if isinstance(payload, dict) else None
     if type(version) is not int or version not in READABLE_FORMATS:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {version!r}; this version reads "
@@ -144,6 +155,33 @@ def parse(data: bytes, path: str | os.PathLike = "checkpoint", map_location: tor
     if wrong:
         raise CheckpointError(f"{path} is damaged: {', '.join(wrong)} missing or of the wrong type")
     return payload
+
+
+def check_resume_state(payload: dict[str, Any]) -> None:
+    """`CheckpointError` unless the position, history, partial sums and RNG state make sense to resume from.
+
+    Checked before anything is written, so a damaged or crafted file cannot
+    leave a run folder half-rewritten.
+    """
+    epoch, step, history, partial = payload["epoch"], payload["step"], payload.get("history"), payload.get("partial")
+    problems = []
+    if not (is_finite_number(epoch, True) and epoch >= 0 and is_finite_number(step, True) and step >= 0):
+        problems.append(f"position epoch {epoch!r}, step {step!r}")
+    if not (isinstance(history, list) and len(history) == epoch and all(
+            isinstance(h, dict) and all(isinstance(k, str) and is_finite_number(v) for k, v in h.items()) for h in history)):
+        problems.append("history (one record of numbers per completed epoch)")
+    if partial is not None and not (isinstance(partial, dict) and set(partial) == {"loss", "images", "seconds"}
+                                    and all(is_finite_number(v) for v in partial.values())):
+        problems.append("partial-epoch sums")
+    rng = payload.get("rng_state")
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and isinstance(rng.get("cuda"), list) and isinstance(rng.get("python"), (tuple, list))
+            and isinstance(rng.get("numpy"), dict)):
+        problems.append("RNG state")
+    if not isinstance(payload.get("optim_state"), dict):
+        problems.append("optimiser state")
+    if problems:
+        raise CheckpointError(f"the checkpoint cannot be resumed: its {'; '.join(problems)} are damaged")
 
 
 def read(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
@@ -160,7 +198,7 @@ def config_of(payload: dict[str, Any]) -> TrainConfig:
     """The run's `TrainConfig`; `CheckpointError` when the stored one does not make one."""
     try:
         return TrainConfig.from_dict(payload["config"]).validated()
-    except (TypeError, ValueError, KeyError) as e:  # ConfigError is a ValueError
+    except (TypeError, ValueError, KeyError, OverflowError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"the checkpoint's config is damaged: {e}") from None
 
 

@@ -16,6 +16,12 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def error(problem: object) -> int:
+    """Print ``error: PROBLEM`` as one line on stderr (any line breaks in it folded) and return exit status 2."""
+    print("error: " + " ".join(str(problem).split()), file=sys.stderr)
+    return 2
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:

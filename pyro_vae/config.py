@@ -20,11 +20,22 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _finite(value: Any, low: float, strict: bool) -> bool:
-    """A real number, finite, and above ``low`` (``strict``) or at least ``low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def is_finite_number(value: Any, integer: bool = False) -> bool:
+    """``value`` is an int (or, unless ``integer``, a float), not a bool, and finite as a float.
+
+    For values read from files: an int too large for a float is refused, not an OverflowError.
+    """
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         return False
-    return value > low if strict else value >= low
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _finite(value: Any, low: float, strict: bool) -> bool:
+    """A finite real number above ``low`` (``strict``) or at least ``low``."""
+    return is_finite_number(value) and (value > low if strict else value >= low)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -64,8 +75,10 @@ class ModelConfig:
                  and all(_positive_int(h) for h in self.hidden_dims),
                  f"--hidden-dims must be one or more positive integers, got {self.hidden_dims!r}")
         _require(_positive_int(self.flow_steps), f"--flow-steps must be a positive integer, got {self.flow_steps!r}")
-        _require(_finite(self.obs_scale, 0.0, strict=True),
-                 f"--obs-scale must be a positive finite number, got {self.obs_scale!r}")
+        _require(_finite(self.obs_scale, 0.0, strict=True) and self.obs_scale >= 1e-6,
+                 f"--obs-scale must be a positive finite number (at least 1e-6), got {self.obs_scale!r}")
+        for name in ("activation", "likelihood", "guide", "arch"):
+            _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
         _require(self.likelihood == "gaussian" or self.obs_scale == 1.0,
                  f"--obs-scale sets the gaussian likelihood's standard deviation; the {self.likelihood!r} likelihood "
                  "does not use it: drop it, or use --likelihood gaussian")
@@ -106,7 +119,7 @@ class TrainConfig:
 
     Units: ``lr`` is Adam's step size on the summed (per-batch) loss, as in
     Pyro's examples; ``train_limit``/``test_limit`` take the first N images.
-    ``elbo`` names the objective (``inference.svi.ELBOS``), ``num_particles``
+    ``elbo`` names the objective and ``gradient`` its estimator (``inference.objectives``), ``num_particles``
     its samples per datapoint (k of the IWAE bound for ``iwae``).
     """
 
@@ -120,7 +133,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    elbo: str = "trace"
+    elbo: str = "meanfield"  # the ELBO with the KL in closed form; BENCHMARKS.md, "Equal budget, equal model"
+    gradient: str = "standard"  # gradient estimator (inference.objectives.GRADIENTS): standard, stl, dreg
     num_particles: int = 1
     kl_weight: float = 1.0
     kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to kl_weight
@@ -148,11 +162,15 @@ class TrainConfig:
                      f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("seed", "test_seed"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                     f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+            _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32,
+                     f"--{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
         _require(self.jit in (None, True, False), f"jit must be True, False or None, got {self.jit!r}")
-        for name in ("dataset", "binarize", "elbo", "device"):
+        for name in ("dataset", "binarize", "elbo", "gradient", "device"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
+        for name in ("preset", "data_dir", "out"):
+            value = getattr(self, name)
+            _require(value is None or (isinstance(value, str) and value != ""),
+                     f"--{name.replace('_', '-')} must be a non-empty name or path, got {value!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -103,7 +103,7 @@ TRAIN_CASES = {
     "test-limit above the split": (["--test-limit", "20000"], "--test-limit 20000", "10000"),
     "out is a file": (["--out", FILE], "is a file, not a folder"),
     "out under a file": (["--out", FILE + "/run"], "cannot be created", "is a file"),
-    "seed negative": (["--seed", "-1"], "--seed must be a non-negative integer"),
+    "seed negative": (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1"),
 }
 
 
@@ -403,3 +403,164 @@ def test_a_signal_mid_epoch_checkpoints_exits_128_plus_signal_and_resumes_exactl
     got, _ = checkpoint.load(out, device="cpu")
     want = straight.model.state_dict()
     assert all(torch.equal(got.state_dict()[k], v) for k, v in want.items())
+
+
+# --- found by probing: damaged resume state, crafted values, edge-of-epoch signals ------------------------
+
+def _set(path: str, value):
+    """A ``change(payload)`` that sets ``payload[a][b]... = value`` for ``path`` "a.b"."""
+    def change(payload):
+        *parents, last = path.split(".")
+        target = payload
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return change
+
+
+RESUME_STATE_CASES = {
+    "history not a list": (_set("history", 5), "history"),
+    "history of tensors": (_set("history", [{"train_elbo": torch.ones(2)}]), "history"),
+    "partial sums garbage": (_set("partial", {"x": 1}), "partial-epoch sums"),
+    "step past the epoch": (_set("step", 10**6), "stopped at step 1000000"),
+    "negative step": (_set("step", -2), "position"),
+    "negative epoch": (_set("epoch", -3), "position"),
+    "rng state garbage": (_set("rng_state", {"torch": 5}), "RNG state"),
+    "optimiser state garbage": (_set("optim_state", 5), "optimiser state"),
+}
+
+
+@pytest.mark.parametrize("change, words", RESUME_STATE_CASES.values(), ids=RESUME_STATE_CASES.keys())
+def test_a_damaged_resume_state_is_refused_before_anything_is_written(mnist_root, run_copy, capsys, change, words):
+    rewrite_checkpoint(run_copy, change)
+    before = hashes(run_copy)
+    status, stderr = run(svi.main, ["--out", str(run_copy), "--resume", "--epochs", "2", "--no-progress",
+                                    "--data-dir", str(mnist_root)], capsys)
+    assert_refused(status, stderr, words)
+    assert hashes(run_copy) == before
+
+
+def test_unusable_optimiser_settings_are_refused_before_training(mnist_root, run_copy, capsys):
+    def bad_lr(payload):
+        payload["optim_state"]["param_groups"][0]["lr"] = "x"
+
+    rewrite_checkpoint(run_copy, bad_lr)
+    before = hashes(run_copy)
+    status, stderr = run(svi.main, ["--out", str(run_copy), "--resume", "--epochs", "2", "--no-progress",
+                                    "--data-dir", str(mnist_root)], capsys)
+    assert_refused(status, stderr, "optimiser settings")
+    assert hashes(run_copy) == before
+
+
+CRAFTED_VALUE_CASES = {
+    "huge int for a float argument": (_set("model_kwargs.obs_scale", 10**400), "is not float"),
+    "huge int in the config": (_set("config.lr", 10**400), "config is damaged"),
+    "preset of the wrong type": (_set("config.preset", [1]), "config is damaged"),
+    "data folder of the wrong type": (_set("config.data_dir", 5), "config is damaged"),
+    "a parameter under an int key": (lambda p: p["model_state"].__setitem__(3, torch.zeros(1)), "mapping of names"),
+    "a sparse parameter": (lambda p: p["model_state"].__setitem__("decoder.0.bias",
+                                                                 p["model_state"]["decoder.0.bias"].to_sparse()),
+                           "not a dense real tensor"),
+    "a complex NaN parameter": (lambda p: p["model_state"].__setitem__(
+        "decoder.0.bias", torch.full_like(p["model_state"]["decoder.0.bias"], float("nan"), dtype=torch.complex64)),
+        "not a dense real tensor"),
+    "zero latent dimensions": (_set("model_kwargs.z_dim", 0), "--latent-dim must be a positive integer"),
+    "no hidden layers": (_set("model_kwargs.hidden_dims", []), "--hidden-dims"),
+    "a huge model from a small file": (_set("model_kwargs.x_dim", 10**7), "do not fit VAE"),
+    "parameters of another shape": (_set("model_kwargs.z_dim", 5), "other shape: decoder.0.weight"),
+}
+
+
+@pytest.mark.parametrize("change, words", CRAFTED_VALUE_CASES.values(), ids=CRAFTED_VALUE_CASES.keys())
+def test_crafted_values_are_one_line_errors(run_copy, capsys, change, words):
+    rewrite_checkpoint(run_copy, change)
+    before = hashes(run_copy)
+    status, stderr = run(evaluate_module.main, [str(run_copy), "--num-samples", "5", "--no-progress"], capsys)
+    assert_refused(status, stderr, words)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(run_copy, device="cpu")
+    assert hashes(run_copy) == before
+
+
+def test_evaluate_creates_nothing_at_a_data_folder_named_by_the_checkpoint(run_copy, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    rewrite_checkpoint(run_copy, _set("config.data_dir", str(elsewhere)))
+    status, stderr = run(evaluate_module.main, [str(run_copy), "--num-samples", "5", "--no-progress"], capsys)
+    assert_refused(status, stderr, "files not found")
+    assert not elsewhere.exists()
+
+
+def test_huge_seeds_and_models_are_one_line_errors(mnist_root, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run"), "--data-dir", str(mnist_root)]
+    assert_refused(*run(svi.main, [*TINY, *out, "--seed", str(2**32)], capsys), "from 0 to 2**32 - 1")
+    assert_refused(*run(svi.main, [*TINY, *out, "--test-seed", str(10**30)], capsys), "--test-seed")
+    assert_refused(*run(svi.main, [*TINY, *out, "--hidden-dims", "10000000000"], capsys), "out of memory")
+
+
+def _long_name(tmp: Path) -> Path:
+    return tmp / ("x" * 300)
+
+
+def _dangling_link(tmp: Path) -> Path:
+    (tmp / "link").symlink_to(tmp / "nowhere")
+    return tmp / "link"
+
+
+def _folder_for_config_json(tmp: Path) -> Path:
+    (tmp / "o" / "config.json").mkdir(parents=True)
+    return tmp / "o"
+
+
+def _file_for_figures(tmp: Path) -> Path:
+    (tmp / "o").mkdir()
+    (tmp / "o" / "figures").write_text("")
+    return tmp / "o"
+
+
+OUT_CASES = {
+    "a name longer than 255 bytes": (_long_name, "longer than 255 bytes"),
+    "a link to nothing": (_dangling_link, "a link to nothing"),
+    "config.json is a folder": (_folder_for_config_json, "holds a folder config.json"),
+    "figures is a file": (_file_for_figures, "holds a file figures"),
+    "an empty name": (lambda tmp: "", "--out must be a non-empty"),
+}
+
+
+@pytest.mark.parametrize("make, words", OUT_CASES.values(), ids=OUT_CASES.keys())
+def test_outputs_that_cannot_be_written_are_refused_first(mnist_root, tmp_path, capsys, make, words):
+    out = make(tmp_path)
+    before = hashes(tmp_path)
+    status, stderr = run(svi.main, [*TINY, "--data-dir", str(mnist_root), "--out", str(out)], capsys)
+    assert_refused(status, stderr, words)
+    assert hashes(tmp_path) == before
+
+
+def test_evaluate_refuses_a_report_folder_with_a_folder_where_a_file_goes(run_copy, capsys):
+    (run_copy / "report" / "report.json").mkdir(parents=True)
+    status, stderr = run(evaluate_module.main, [str(run_copy), "--num-samples", "5", "--no-progress"], capsys)
+    assert_refused(status, stderr, "holds a folder report.json")
+
+
+def test_a_signal_as_the_last_epoch_ends_still_stops_with_its_status(mnist_root, tmp_path, capsys, monkeypatch):
+    """SIGTERM while the last epoch's test ELBO is computed: training is complete, but no report, and exit 143."""
+    real = svi.evaluate_elbo
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(svi, "evaluate_elbo", evaluate_then_sigterm)
+    status, _ = run(svi.main, [*TINY, "--data-dir", str(mnist_root), "--out", str(tmp_path / "run"),
+                               "--eval-samples", "5"], capsys)
+    assert status == 128 + signal.SIGTERM
+    assert checkpoint.read(tmp_path / "run")["epoch"] == 1 and not (tmp_path / "run" / "report").exists()
+
+
+def test_a_second_signal_stops_at_once_with_its_own_status():
+    from inference.stopping import Interrupted, StopRequest
+
+    with pytest.raises(Interrupted) as info, StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_status == 143
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert info.value.exit_status == 143

@@ -168,7 +168,7 @@ def test_config_from_args_applies_preset_and_overrides():
     assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus")
     assert config.lr == 0.01 and config.device == "cuda" and config.preset == "pyro-example"
     default = svi.config_from_args(svi.build_parser().parse_args([]))
-    assert default.model == ModelConfig() and default.elbo == "trace" and default.binarize == "dynamic"
+    assert default.model == ModelConfig() and default.elbo == "meanfield" and default.binarize == "dynamic"
     assert default.out.startswith("runs")
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
@@ -255,8 +255,9 @@ def test_a_loss_that_does_not_trace_faithfully_is_caught_before_training(mnist_r
     assert not (tmp_path / "insist").exists()
 
 
-def test_default_compiles_trace_and_falls_back_where_pyro_cannot(mnist_root, tmp_path):
-    assert train(small_config(mnist_root, tmp_path / "trace"), progress=False).compiled
+def test_default_compiles_and_falls_back_where_it_cannot(mnist_root, tmp_path):
+    assert train(small_config(mnist_root, tmp_path / "default"), progress=False).compiled  # meanfield
+    assert train(small_config(mnist_root, tmp_path / "trace", elbo="trace"), progress=False).compiled
     assert not train(small_config(mnist_root, tmp_path / "off", jit=False), progress=False).compiled
     iwae = train(small_config(mnist_root, tmp_path / "iwae", elbo="iwae", num_particles=2), progress=False)
     assert not iwae.compiled and -700 < iwae.history[0]["test_elbo"] < 0
