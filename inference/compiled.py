@@ -69,12 +69,12 @@ class CompiledSurrogate:
 
             @pyro.ops.jit.trace(ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options)
             def compiled(*args, **kwargs):
-                kwargs.pop("_pyro_model_id")
-                kwargs.pop("_pyro_guide_id")
+                # model and guide travel as keyword arguments, so each pair is its own compiled key and trace
+                model, guide = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_guide")
                 return super(CompiledSurrogate, weakself()).loss_and_surrogate_loss(model, guide, *args, **kwargs)
 
             self._compiled_surrogate = compiled
-        return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
+        return compiled(*args, _pyro_model=model, _pyro_guide=guide, **kwargs)
 
 
 #: How far the compiled loss and each gradient may sit from the plain ones, relative to the plain
@@ -97,7 +97,7 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
     same seed: it recompiled on every call, see `JitTraceMeanFieldELBO`, which passes).
     """
     names, tensors = list(params), list(params.values())
-    weight = torch.ones((), device=probe.device)
+    weight = torch.full((), 0.7, device=probe.device)  # not 1: a KL weight frozen into the trace would show
 
     def loss_and_grads(elbo: ELBO, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         torch.manual_seed(0)

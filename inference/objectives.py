@@ -34,6 +34,8 @@ import math
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.distributions import TransformedDistribution
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_identically_zero
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
@@ -59,10 +61,7 @@ def _score_cancelling(site: dict) -> torch.Tensor:
     _, score_function_term, _ = site["score_parts"]
     if not is_identically_zero(score_function_term):
         raise ConfigError(f"--gradient stl/dreg need a reparameterised guide; site {site['name']!r} is not")
-    log_prob = site["fn"].log_prob(site["value"].detach())
-    if site["mask"] is not None:
-        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
-    log_prob = log_prob * site["scale"]
+    log_prob = scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
     return log_prob - log_prob.detach()
 
 
@@ -90,6 +89,12 @@ class TraceSTL_ELBO(Trace_ELBO):
         warn_if_nan(loss, "loss")
         return loss + (surrogate - surrogate.detach())
 
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """For ``pyro.infer.SVI``: the same STL gradient (Trace_ELBO's own would be the standard one)."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss)
+
 
 class JitTraceSTL_ELBO(CompiledSurrogate, TraceSTL_ELBO):
     """`TraceSTL_ELBO` JIT-compiled (checked against it by `inference.compiled.check_compiled`)."""
@@ -103,7 +108,10 @@ class IWAE_DReG(Trace_ELBO):
     vectorised. Eager only: the weight hook is not something tracing records.
     """
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: int = 1, **kwargs):
+    def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, **kwargs):
+        if num_particles < 2:
+            raise ConfigError("--gradient dreg needs --num-particles of at least 2 (with one particle it is "
+                              "--elbo trace --gradient stl)")
         kwargs["vectorize_particles"] = True
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
 
@@ -112,13 +120,22 @@ class IWAE_DReG(Trace_ELBO):
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
         latents = _latent_sites(guide_trace)
+        for site in latents:
+            fn = getattr(site["fn"], "base_dist", site["fn"])
+            if isinstance(site["fn"], TransformedDistribution) or isinstance(fn, TransformedDistribution):
+                # a flow caches z -> base sample, so log q would skip the hook on z: the encoder would get w~, not w~^2
+                raise ConfigError("--gradient dreg does not support flow guides (--guide iaf); use --guide diagonal or full")
+        if len(latents) != 1:  # a latent that depends on another would get both hooks' factors
+            raise ConfigError("--gradient dreg supports one latent site; this guide has "
+                              f"{', '.join(s['name'] for s in latents)}")
+        shape = (self.num_particles, len(args[0]))
+        sites = [*model_sites, *latents]
+        if any(tuple(s["log_prob"].shape) != shape for s in sites):
+            raise ConfigError(f"--gradient dreg needs every sample site in the datapoints' plate; log-densities have "
+                              f"shapes {[list(s['log_prob'].shape) for s in sites]}, not {list(shape)}")
         log_w = sum(s["log_prob"] for s in model_sites) - sum(s["log_prob"] for s in latents)
         cancel = sum(_score_cancelling(s) for s in latents)
-        shape = torch.broadcast_shapes(log_w.shape, torch.as_tensor(cancel).shape)
-        if len(shape) != 2 or shape[0] != self.num_particles:
-            raise ConfigError(f"--gradient dreg needs every sample site in the datapoints' plate; log weights have "
-                              f"shape {list(shape)}, not [num_particles, batch]")
-        return log_w.expand(shape), torch.as_tensor(cancel).expand(shape), latents
+        return log_w, cancel, latents
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         log_w, cancel, latents = self._log_weights(model, guide, args, kwargs)
@@ -127,7 +144,11 @@ class IWAE_DReG(Trace_ELBO):
         for site in latents:
             value = site["value"]
             if value.requires_grad:  # the encoder's path: w~ more, so w~^2 in all (module doc)
-                scale = weights.reshape(weights.shape + (1,) * (value.dim() - weights.dim()))
+                # Under a KL weight beta on the site, log w = log p(x|z) + beta (log p(z) - log q(z)); the
+                # reparameterisation identity then gives (1 - beta) w~ + beta w~^2 (beta = 1: w~^2).
+                beta = site["scale"]
+                factor = weights if not torch.is_tensor(beta) and beta == 1.0 else (1 - beta) + beta * weights
+                scale = factor.reshape(factor.shape + (1,) * (value.dim() - factor.dim()))
                 value.register_hook(lambda grad, scale=scale: grad * scale)
         surrogate = (weights * (log_w + cancel)).sum()
         loss = -bound.sum()

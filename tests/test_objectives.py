@@ -49,18 +49,19 @@ def near_posterior_model(nudge: float = 0.05, guide: str = "full") -> tuple[Line
     return model, x
 
 
-def gradients(elbo, model: LinearGaussianVAE, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+def gradients(elbo, model: LinearGaussianVAE, x: torch.Tensor, params: list[torch.Tensor], kl_weight: float = 1.0,
+              via_loss_and_grads: bool = False) -> torch.Tensor:
     """``[DRAWS, P]``: the loss gradient w.r.t. ``params`` (flattened) for seeds 0..DRAWS-1."""
     rows = []
     for seed in range(DRAWS):
         torch.manual_seed(seed)
-        if hasattr(elbo, "differentiable_loss"):
-            loss = elbo.differentiable_loss(model.model, model.guide, x)
+        if hasattr(elbo, "differentiable_loss") and not via_loss_and_grads:
+            loss = elbo.differentiable_loss(model.model, model.guide, x, kl_weight)
             grads = torch.autograd.grad(loss, params)
-        else:  # RenyiELBO: gradients land in .grad
-            for p in params:
+        else:  # RenyiELBO, or what pyro.infer.SVI calls: gradients land in .grad
+            for p in model.parameters():
                 p.grad = None
-            elbo.loss_and_grads(model.model, model.guide, x)
+            elbo.loss_and_grads(model.model, model.guide, x, kl_weight)
             grads = [p.grad.clone() for p in params]
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(rows).double()
@@ -174,3 +175,36 @@ def test_stl_surrogate_leaves_the_loss_value_alone():
     torch.manual_seed(1)
     plain = pyro.infer.Trace_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, x)
     assert float(stl) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_stl_leaves_the_decoder_gradient_alone_and_svi_gets_the_stl_gradient():
+    pyro.clear_param_store()
+    model, x = near_posterior_model()
+    decoder = [model.weight, model.bias]
+    stl, standard = make_elbo("trace", gradient="stl"), make_elbo("trace")
+    assert torch.allclose(gradients(stl, model, x, decoder), gradients(standard, model, x, decoder), atol=1e-6)
+    encoder = guide_params(model)  # what pyro.infer.SVI calls (loss_and_grads) gives the same STL gradient
+    assert torch.allclose(gradients(stl, model, x, encoder, via_loss_and_grads=True), gradients(stl, model, x, encoder),
+                          atol=1e-6)
+
+
+def test_dreg_under_a_kl_weight_matches_the_iwae_gradient_of_that_weight():
+    """With beta scaling the latent site, the encoder factor is (1 - beta) w~ + beta w~^2, not w~^2."""
+    pyro.clear_param_store()
+    model, x = near_posterior_model()
+    encoder = guide_params(model)
+    iwae, dreg = make_elbo("iwae", num_particles=5), make_elbo("iwae", num_particles=5, gradient="dreg")
+    assert_same_expectation(gradients(dreg, model, x, encoder, kl_weight=0.3),
+                            gradients(iwae, model, x, encoder, kl_weight=0.3))
+
+
+def test_dreg_refuses_what_it_cannot_estimate():
+    from models.vae import VAE
+
+    with pytest.raises(ConfigError, match="at least 2"):
+        make_elbo("iwae", num_particles=1, gradient="dreg")
+    pyro.clear_param_store()
+    vae = VAE(z_dim=3, hidden_dims=(8,), guide="iaf")
+    with pytest.raises(ConfigError, match="does not support flow guides"):
+        make_elbo("iwae", num_particles=2, gradient="dreg").differentiable_loss(
+            vae.model, vae.guide, torch.bernoulli(torch.full((4, 784), 0.3)), 1.0)
