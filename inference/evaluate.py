@@ -304,11 +304,13 @@ def main(argv: list[str] | None = None) -> int:
                               not args.no_progress)
     except PyroVAEError as e:
         return error(e)
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        return error(f"out of memory ({' '.join(str(e).split())[:160]}); lower --chunk-size or --batch-size")
     except Interrupted as e:
         print(f"error: stopped by {e}; the report was not finished", file=sys.stderr)
         return e.exit_status
+    except (MemoryError, RuntimeError) as e:  # as in inference.svi.main: the CPU allocator raises RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        return error(f"out of memory ({' '.join(str(e).split())[:160]}); lower --chunk-size or --batch-size")
     print(render_markdown(report))
     return 0
 

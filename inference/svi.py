@@ -290,7 +290,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
     if resume:
         try:
-            model.load_state_dict(saved["model_state"])
+            if model is not stored:  # a model handed in; the stored one already holds its parameters
+                model.load_state_dict(saved["model_state"])
             optim.load_state_dict(saved["optim_state"])
         except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
             raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
@@ -515,15 +516,13 @@ def main(argv: list[str] | None = None) -> int:
             print(render_markdown(report))
     except PyroVAEError as e:
         return error(e)
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        return error(f"out of memory ({' '.join(str(e).split())[:160]}); use a smaller model, batch or --num-particles")
     except Interrupted as e:
         kept = (f"{out / 'checkpoint.pt'} is the last checkpoint written" if out and (out / "checkpoint.pt").exists()
                 else "no checkpoint was written")
         print(f"error: stopped by {e} before it could finish cleanly; {kept}", file=sys.stderr)
         return e.exit_status
-    except RuntimeError as e:
-        if "alloc" not in str(e).lower():
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
             raise
         return error(f"out of memory ({' '.join(str(e).split())[:160]}); use a smaller model, batch or --num-particles")
     return 0

@@ -207,9 +207,9 @@ def build_model(name: Any, kwargs: Any, state: Any, *, legacy_path: bool = False
     check_tensors(state)
     try:
         with torch.device("meta"):
-            skeleton = cls(**kwargs)
+            skeleton, on_meta = cls(**kwargs), True
     except Exception:  # noqa: BLE001 - a constructor that cannot run on meta (Pyro's IAF nets call .item()):
-        skeleton = _construct(cls, kwargs)  # build it for real; its arguments were type-checked above
+        skeleton, on_meta = _construct(cls, kwargs), False  # build it for real; its arguments were type-checked
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if want != got:
@@ -220,7 +220,7 @@ def build_model(name: Any, kwargs: Any, state: Any, *, legacy_path: bool = False
                                                 ("other shape", resized)) if keys)
         raise CheckpointError(f"the checkpoint's parameters do not fit {cls.__name__}({', '.join(map(str, kwargs))}=...) "
                               f"({details})")
-    model = _construct(cls, kwargs)
+    model = _construct(cls, kwargs) if on_meta else skeleton  # a real skeleton is the model already
     model.load_state_dict(state)
     return model
 
