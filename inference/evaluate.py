@@ -7,7 +7,14 @@ optionally decomposes the ELBO gap on a subset (`inference.gaps`), and writes
 - ``report.json``: the numbers (nats per image unless named otherwise);
 - ``report.md``: the same as a table, with one line on whether PSIS k-hat
   says the estimate can be trusted;
-- ``khat.png``, ``gaps.png``, ``ladder.png``.
+- ``khat.png``, ``gaps.png``, ``ladder.png``, and with AIS ``ais.png``.
+
+With ``--ais-steps T`` it also runs annealed importance sampling
+(`inference.ais`) on the first ``--ais-limit`` images, shown beside the ELBO
+and importance sampling on the same images; with ``--bdmc N`` it simulates N
+images from the model and brackets their log p(x) between forward and reverse
+AIS at steps T/100, T/10 and T (the BDMC sandwich), which says how far AIS can
+be off at this schedule.
 
 Standard errors are over images (sd / sqrt(n)): they say how much the mean
 would move on another test set of the same size, not the Monte Carlo error of
@@ -30,11 +37,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from inference.ais import AISEstimate, ais_log_marginal, bdmc
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from inference.stopping import Interrupted, interrupt_on_signals
 from pyro_vae import checkpoint, figures
-from pyro_vae.cli import ArgumentParser, error, positive_int
+from pyro_vae.cli import ArgumentParser, error, non_negative_int, positive_int
 from pyro_vae.config import PRESETS, ModelConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
@@ -43,7 +51,7 @@ from pyro_vae.paths import check_writable_dir
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 #: The files a report writes into its folder.
-REPORT_FILES = ("report.json", "report.md", "khat.png", "gaps.png", "ladder.png")
+REPORT_FILES = ("report.json", "report.md", "khat.png", "gaps.png", "ladder.png", "ais.png")
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
@@ -99,6 +107,10 @@ def evaluate(
     data_dir: str | None = None,
     progress: bool = True,
     images: torch.Tensor | None = None,
+    ais_steps: int = 0,
+    ais_chains: int = 16,
+    ais_limit: int | None = None,
+    bdmc_images: int = 0,
 ) -> dict[str, Any]:
     """Write the report for the checkpoint at ``source`` (a file or a run folder); return ``report.json``'s dict.
 
@@ -107,11 +119,18 @@ def evaluate(
     ``out`` defaults to ``RUN_DIR/report``. ``images`` (``[N, D]`` floats)
     replaces the run's test split: required for a run trained on images handed
     to `inference.svi.train` from Python. The report's ``checkpoint.sha256`` is
-    the hash of the very bytes that were loaded.
+    the hash of the very bytes that were loaded. ``ais_steps`` T > 0 adds AIS
+    with ``ais_chains`` chains on the first ``ais_limit`` images (default all);
+    ``bdmc_images`` N > 0 adds the BDMC sandwich on N simulated images.
     """
     started = time.perf_counter()
     _check_counts(num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size, test_limit=test_limit,
-                  gap_limit=gap_limit)
+                  gap_limit=gap_limit, ais_chains=ais_chains, ais_limit=ais_limit)
+    for name, value in (("ais_steps", ais_steps), ("bdmc", bdmc_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+    if bdmc_images and not ais_steps:
+        raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
     ckpt_path = checkpoint.resolve_path(source)
     out_dir = Path(out) if out else ckpt_path.parent / "report"
     target = resolve_device(device)
@@ -149,6 +168,7 @@ def evaluate(
                                   "parameters are unusable (a diverged or damaged checkpoint)") from None
     est = MarginalEstimate.concat(parts)
     estimate_seconds = time.perf_counter() - started
+    ais = _run_ais(model, x[:ais_limit], ais_steps, ais_chains, batch_size, seed, progress) if ais_steps else None
 
     n_images, x_dim = x.shape
     log_px = _mean_se(est.log_px)
@@ -170,17 +190,44 @@ def evaluate(
         "ess": {"mean": est.ess.mean().item()},
     }
     gap_values = {"total (log p(x) - ELBO)": elbo_gap.tolist()}
+    if ais is not None:
+        estimate, seconds = ais
+        m = len(estimate.log_px)
+        report["ais"] = {
+            "log_px": _mean_se(estimate.log_px),
+            "elbo_gap": _mean_se(estimate.log_px - est.elbo[:m]),
+            "elbo": _mean_se(est.elbo[:m]),
+            "importance": _mean_se(est.log_px[:m]),
+            "mc_se": {"mean": estimate.se.mean().item()},
+            "n_images": m,
+            "num_steps": ais_steps,
+            "num_chains": ais_chains,
+            "leapfrog_steps": estimate.leapfrog_steps,
+            "acceptance": None if ais_steps == 1 else estimate.acceptance.mean().item(),
+            "seconds": seconds,
+        }
     if gaps:
         m = min(gap_limit, n_images)
         found = [inference_gaps(model, xb, est.slice(lo, lo + len(xb)), num_samples=num_samples, seed=seed)
                  for lo, xb in tqdm(list(zip(range(0, m, batch_size), x[:m].split(batch_size))),
                                     desc="inference gaps", disable=not progress, leave=False)]
-        approximation = torch.cat([g.approximation for g in found])
-        amortization = torch.cat([g.amortization for g in found])
+        candidates = {"importance sampling from q": est.log_px[:m],
+                      "importance sampling from q*": torch.cat([g.log_px for g in found])}
+        if ais is not None and len(ais[0].log_px) >= m:
+            candidates[f"AIS, {ais_steps} steps"] = ais[0].log_px[:m]
+        source, best = max(candidates.items(), key=lambda item: item[1].mean().item())
+        elbo_q = torch.cat([g.elbo_amortized for g in found])
+        elbo_q_star = torch.cat([g.elbo_optimal for g in found])
+        approximation, amortization = best - elbo_q_star, elbo_q_star - elbo_q
+        gap_values = {"total (log p(x) - ELBO)": (best - elbo_q).tolist()}
         report["gaps"] = {"approximation": approximation.mean().item(), "amortization": amortization.mean().item(),
-                          "total": torch.cat([g.total for g in found]).mean().item(), "n_images": m,
+                          "total": (best - elbo_q).mean().item(), "n_images": m, "log_px_source": source,
                           "max_steps_taken": max(g.steps for g in found)}
         gap_values.update({"approximation": approximation.tolist(), "amortization": amortization.tolist()})
+    sandwich = None
+    if bdmc_images:
+        report["bdmc"], sandwich = _run_bdmc(model, x[:1], bdmc_images, ais_steps, ais_chains, batch_size, seed,
+                                             progress)
     report.update({
         "seconds": time.perf_counter() - started,
         "seconds_log_px": estimate_seconds,
@@ -206,13 +253,50 @@ def evaluate(
     figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
     figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
+    if ais is None and sandwich is None:
+        (out_dir / "ais.png").unlink(missing_ok=True)  # a stale figure of an earlier report would mislead
+    else:
+        difference = None if ais is None else (ais[0].log_px - est.log_px[: len(ais[0].log_px)]).tolist()
+        ladder = None if sandwich is None else {int(k): v for k, v in report["bdmc"]["ladder"].items()}
+        figures.plot_ais(difference, ladder, out_dir / "ais.png")
     return report
+
+
+def _run_ais(model: torch.nn.Module, x: torch.Tensor, steps: int, chains: int, batch_size: int, seed: int,
+             progress: bool) -> tuple[AISEstimate, float]:
+    """AIS from the guide on ``x`` in batches (randomness keyed by image index); the estimate and its seconds."""
+    started = time.perf_counter()
+    parts = [ais_log_marginal(model.model, model.guide, xb, chains, steps, seed=seed, first_index=lo)
+             for lo, xb in tqdm(list(zip(range(0, len(x), batch_size), x.split(batch_size))),
+                                desc=f"AIS, T={steps}", disable=not progress, leave=False)]
+    return AISEstimate.concat(parts), time.perf_counter() - started
+
+
+def bdmc_step_ladder(steps: int) -> list[int]:
+    """The schedules BDMC runs at: T/100, T/10 and T (at least 1 step, each once)."""
+    return sorted({max(1, steps // 100), max(1, steps // 10), steps})
+
+
+def _run_bdmc(model: torch.nn.Module, like: torch.Tensor, num_images: int, steps: int, chains: int, batch_size: int,
+              seed: int, progress: bool) -> tuple[dict[str, Any], Any]:
+    """The ``bdmc`` entry of the report: the sandwich at ``steps``, and its gap at the shorter schedules."""
+    started = time.perf_counter()
+    ladder, sandwich = {}, None
+    for t in tqdm(bdmc_step_ladder(steps), desc="BDMC", disable=not progress, leave=False):
+        sandwich = bdmc(model.model, model.guide, num_images, like, chains, t, seed=seed, batch_size=batch_size)
+        ladder[str(t)] = sandwich.gap.mean().item()
+    gap = sandwich.gap
+    entry = {"lower": _mean_se(sandwich.lower), "upper": _mean_se(sandwich.upper),
+             "gap": {"mean": gap.mean().item(), "p95": torch.quantile(gap, 0.95).item()},
+             "n_images": num_images, "num_steps": steps, "num_chains": chains, "ladder": ladder,
+             "seconds": time.perf_counter() - started}
+    return entry, sandwich
 
 
 def _check_counts(**counts: int | None) -> None:
     """`ConfigError` for a count below 1 (``None`` is allowed: no limit, or all K at once for ``chunk_size``)."""
     for name, value in counts.items():
-        if value is None and name in ("chunk_size", "test_limit"):
+        if value is None and name in ("chunk_size", "test_limit", "ais_limit"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -253,6 +337,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**{report['trust']}**",
     ]
+    if "ais" in report:
+        a = report["ais"]
+        lines += ["", f"On the first {a['n_images']} images, the three estimates side by side (nats per image, ± standard "
+                      "error over images; each is a lower bound on log p(x) in expectation, the highest the best):", "",
+                  "| estimator | log p(x) |", "| --- | --- |",
+                  f"| ELBO | {pm(a['elbo'])} |",
+                  f"| importance sampling, K = {report['num_samples']} | {pm(a['importance'])} |",
+                  f"| AIS, T = {a['num_steps']}, {a['num_chains']} chains, {a['leapfrog_steps']} leapfrog steps | "
+                  f"{pm(a['log_px'])} |", "",
+                  f"AIS: mean HMC acceptance {fmt(a['acceptance'])}, mean Monte Carlo standard error per image "
+                  f"{a['mc_se']['mean']:.3f} nats, ELBO gap {pm(a['elbo_gap'])}, {a['seconds']:.0f} s."]
+        lines += ["", f"**{citable_sentence(report)}**"]
+    if "bdmc" in report:
+        b = report["bdmc"]
+        lines += ["", f"BDMC on {b['n_images']} images simulated from the model ({b['num_chains']} chains): "
+                      f"forward AIS {pm(b['lower'])} <= log p(x) <= reverse AIS {pm(b['upper'])}; gap mean "
+                      f"{b['gap']['mean']:.2f}, 95th percentile {b['gap']['p95']:.2f} nats; by steps: "
+                      + ", ".join(f"T = {t}: {g:.2f}" for t, g in b["ladder"].items()) + f"; {b['seconds']:.0f} s."]
     if report["model"].get("likelihood", "bernoulli") != "bernoulli":
         lines += ["", f"Likelihood `{report['model']['likelihood']}` on `binarize {report['binarize']}` images: "
                       "log p(x) is a log-density of grey levels, not comparable with binarised-MNIST numbers."]
@@ -264,16 +366,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         g = report["gaps"]
         lines += [
             "",
-            f"Inference gaps (Cremer et al. 2018) on the first {g['n_images']} images, nats per image "
-            "(log p(x) here is estimated with the per-image optimal q* as proposal):",
+            f"Inference gaps (Cremer et al. 2018) on the first {g['n_images']} images, nats per image:",
             "",
             "| gap | mean |",
             "| --- | --- |",
             f"| approximation: log p(x) - ELBO[q*] | {g['approximation']:.2f} |",
             f"| amortization: ELBO[q*] - ELBO[q] | {g['amortization']:.2f} |",
             f"| total: log p(x) - ELBO[q] | {g['total']:.2f} |",
+            "",
+            f"log p(x) for all three: {g['log_px_source']} (the best estimate computed on these images).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def citable_sentence(report: dict[str, Any]) -> str:
+    """The report's claim in one sentence: the AIS bound, and the BDMC bracket when it was run."""
+    a = report["ais"]
+    sentence = (f"log p(x) >= {a['log_px']['mean']:.2f} nats per image on average over the first {a['n_images']} "
+                f"test images (AIS, {a['num_steps']} steps, {a['num_chains']} chains: a stochastic lower bound)")
+    if "bdmc" in report:
+        b = report["bdmc"]
+        sentence += (f"; on {b['n_images']} images simulated from the model, BDMC brackets the truth within "
+                     f"{b['gap']['mean']:.2f} nats on average (95th percentile {b['gap']['p95']:.2f}) at "
+                     "this schedule; real images are usually harder than the model's own")
+    return sentence + "."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
     p.add_argument("--gaps", action="store_true", help="also decompose the ELBO gap (slow: fits q* per image)")
     p.add_argument("--gap-limit", type=positive_int, default=1000, help="images for the gap decomposition")
+    p.add_argument("--ais-steps", type=non_negative_int, default=0, metavar="T",
+                   help="annealed importance sampling with T intermediate distributions (0: off)")
+    p.add_argument("--ais-chains", type=positive_int, default=16, metavar="C", help="AIS chains per image")
+    p.add_argument("--ais-limit", type=positive_int, metavar="N", help="run AIS on the first N images (default all)")
+    p.add_argument("--bdmc", type=non_negative_int, default=0, metavar="N",
+                   help="BDMC sandwich on N images simulated from the model, at --ais-steps (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--data-dir", help="dataset root, if not the one the run recorded")
@@ -301,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt_on_signals():
             report = evaluate(args.source, args.num_samples, args.chunk_size, args.batch_size, args.test_limit,
                               args.gaps, args.gap_limit, args.seed, args.device, args.out, args.data_dir,
-                              not args.no_progress)
+                              not args.no_progress, ais_steps=args.ais_steps, ais_chains=args.ais_chains,
+                              ais_limit=args.ais_limit, bdmc_images=args.bdmc)
     except PyroVAEError as e:
         return error(e)
     except Interrupted as e:

@@ -7,10 +7,12 @@ member of the same family for that datapoint alone, q*(z|x) = family(phi*_x),
     approximation gap = log p(x) - ELBO[q*]     (the family cannot do better)
     amortization gap  = ELBO[q*] - ELBO[q]      (the encoder does not find phi*_x)
 
-so total = approximation + amortization. log p(x) here is the importance-sampling
-estimate with q* as the proposal: q* is fitted to each datapoint, so it is the
-better proposal, and an estimate from a poor amortised q can fall below ELBO[q*]
-(that would make the approximation gap negative). phi*_x starts at encoder(x) and is
+so total = approximation + amortization. `inference_gaps` estimates log p(x) by
+importance sampling with q* as the proposal: q* is fitted to each datapoint, so
+it is the better proposal, and an estimate from a poor amortised q can fall
+below ELBO[q*] (that would make the approximation gap negative). The report
+(`inference.evaluate`) then uses, for all three gaps, whichever estimate of
+log p(x) has the highest mean on those datapoints: this one, IS from q, or AIS. phi*_x starts at encoder(x) and is
 optimised with Adam on a multi-sample ``Trace_ELBO``, all datapoints at once
 (their objectives are independent, so one summed loss gives each its own
 gradient), until the mean ELBO stops improving. Works for models whose guide

@@ -77,34 +77,52 @@ def _sample_sites(trace: poutine.Trace) -> dict[str, dict]:
             if site["type"] == "sample" and not site_is_subsample(site)}
 
 
-def _site_log_prob(name: str, site: dict, particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
-    """log-density of one site, summed within each datapoint: ``[num_particles, batch_size]``."""
+def data_frame_dim(name: str, site: dict) -> int:
+    """The (negative) batch dim of ``pyro.plate("data")`` for a sample site; `EstimationError` if outside it."""
     data_frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
     if not data_frames:
         raise EstimationError(
             f"site {name!r} is outside pyro.plate({DATA_PLATE!r}); a per-datapoint log p(x) needs every sample "
             f"site of model and guide inside the data plate")
+    return data_frames[0].dim
+
+
+def sum_within_datapoint(name: str, values: torch.Tensor, data_dim: int, particle_dim: int, num_particles: int,
+                         batch_size: int) -> torch.Tensor:
+    """Sum batch-shaped ``values`` of site ``name`` within each datapoint: float64 ``[num_particles, batch_size]``.
+
+    ``values`` has the site's batch shape (the particle plate at ``particle_dim``,
+    the data plate at ``data_dim``, other plates and broadcast dims anywhere);
+    every dim but the particle and data dims is summed out.
+    """
+    ndim = -particle_dim
+    if values.dim() > ndim:
+        raise EstimationError(f"site {name!r} has batch dimensions outside any plate: {list(values.shape)}")
+    values = values.reshape((1,) * (ndim - values.dim()) + values.shape)
+    keep = (0, ndim + data_dim)  # the particle dim and the data dim, as positive indices
+    others = [d for d in range(ndim) if d not in keep]
+    if others:
+        values = values.sum(others, keepdim=True)
+    return values.reshape(values.shape[0], values.shape[keep[1]]).expand(num_particles, batch_size).double()
+
+
+def _site_log_prob(name: str, site: dict, particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
+    """log-density of one site, summed within each datapoint: ``[num_particles, batch_size]``."""
+    data_dim = data_frame_dim(name, site)
     log_prob = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
-    ndim = -particle_dim
-    if log_prob.dim() > ndim:
-        raise EstimationError(f"site {name!r} has batch dimensions outside any plate: {list(log_prob.shape)}")
-    log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
-    keep = (0, ndim + data_frames[0].dim)  # the particle dim and the data dim, as positive indices
-    others = [d for d in range(ndim) if d not in keep]
-    if others:
-        log_prob = log_prob.sum(others, keepdim=True)
-    return log_prob.reshape(log_prob.shape[0], log_prob.shape[keep[1]]).expand(num_particles, batch_size).double()
+    return sum_within_datapoint(name, log_prob, data_dim, particle_dim, num_particles, batch_size)
 
 
-def _trace_sum(trace: poutine.Trace, sites: Sequence[str], particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
+def trace_sum(trace: poutine.Trace, sites: Sequence[str], particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
+    """Unscaled log-densities of ``sites`` in ``trace``, summed within each datapoint: float64 ``[num_particles, batch_size]``."""
     nodes = trace.nodes
     return sum(_site_log_prob(n, nodes[n], particle_dim, num_particles, batch_size) for n in sites)
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """What one inspection trace tells about a model/guide pair."""
 
     particle_dim: int
@@ -112,7 +130,7 @@ class _Layout:
     model_sites: tuple[str, ...]
 
 
-def _inspect(model: Callable, guide: Callable, x: torch.Tensor) -> _Layout:
+def inspect_programs(model: Callable, guide: Callable, x: torch.Tensor) -> Layout:
     """Trace once (one particle, no particle plate) to find plate nesting and check the structure."""
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
@@ -127,30 +145,30 @@ def _inspect(model: Callable, guide: Callable, x: torch.Tensor) -> _Layout:
         raise EstimationError(f"model latent site(s) {missing} have no guide counterpart; the guide must sample every latent")
     nesting = max([-f.dim for t in (guide_trace, model_trace) for s in _sample_sites(t).values()
                    for f in s["cond_indep_stack"] if f.vectorized] + [1])
-    return _Layout(-nesting - 1, guide_sites, model_sites)
+    return Layout(-nesting - 1, guide_sites, model_sites)
 
 
 def _seed_for(seed: int, block: int) -> int:
     return (seed * 1_000_003 + block * 7_919 + 0x5DEECE66D) % (2**63 - 1)
 
 
-def _guide_block(guide: Callable, x: torch.Tensor, layout: _Layout, seed: int, block: int) -> tuple[dict, torch.Tensor, poutine.Trace]:
+def _guide_block(guide: Callable, x: torch.Tensor, layout: Layout, seed: int, block: int) -> tuple[dict, torch.Tensor, poutine.Trace]:
     """Run the guide for particles ``[block * DRAW_BLOCK, (block + 1) * DRAW_BLOCK)`` with their own seed."""
     torch.manual_seed(_seed_for(seed, block))
     with pyro.plate("_particles", DRAW_BLOCK, dim=layout.particle_dim):
         trace = poutine.trace(guide).get_trace(x)
     values = {n: trace.nodes[n]["value"] for n in layout.guide_sites}
-    return values, _trace_sum(trace, layout.guide_sites, layout.particle_dim, DRAW_BLOCK, len(x)), trace
+    return values, trace_sum(trace, layout.guide_sites, layout.particle_dim, DRAW_BLOCK, len(x)), trace
 
 
 def log_weights_chunk(model: Callable, guide: Callable, x: torch.Tensor, start: int, stop: int, seed: int,
-                      layout: _Layout | None = None) -> torch.Tensor:
+                      layout: Layout | None = None) -> torch.Tensor:
     """log w for particles ``start..stop-1`` of every datapoint: float64 ``[stop - start, B]``.
 
     Particle k's draw depends only on ``(seed, k)``. Differentiable with
     respect to model and guide parameters (reparameterised sites).
     """
-    layout = layout or _inspect(model, guide, x)
+    layout = layout or inspect_programs(model, guide, x)
     first, last = start // DRAW_BLOCK, (stop - 1) // DRAW_BLOCK
     blocks = [_guide_block(guide, x, layout, seed, b) for b in range(first, last + 1)]
     lo, hi = start - first * DRAW_BLOCK, stop - first * DRAW_BLOCK
@@ -165,7 +183,7 @@ def log_weights_chunk(model: Callable, guide: Callable, x: torch.Tensor, start: 
         replay_trace.nodes[name] = {**replay_trace.nodes[name], "value": value}
     with pyro.plate("_particles", stop - start, dim=pdim):
         model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(x)
-    return _trace_sum(model_trace, layout.model_sites, pdim, stop - start, len(x)) - log_q
+    return trace_sum(model_trace, layout.model_sites, pdim, stop - start, len(x)) - log_q
 
 
 # --- streaming reductions ----------------------------------------------------------------
@@ -285,7 +303,7 @@ def estimate_log_marginal(
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     with torch.no_grad(), forked_rng(x.device):
-        layout = _inspect(model, guide, x)
+        layout = inspect_programs(model, guide, x)
         total = _StreamingLogSumExp()
         total_sq = _StreamingLogSumExp()
         mean_sum = torch.zeros(len(x), dtype=torch.float64, device=x.device)

@@ -109,3 +109,32 @@ def plot_ladder(ladder: dict[int, float], log_px: float, path: str | os.PathLike
     ax.set_title("The K ladder: bounds tighten toward log p(x)")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_ais(ais_minus_is: Sequence[float] | None, bdmc_gaps: dict[int, float] | None,
+             path: str | os.PathLike) -> Path:
+    """Left: per-image AIS minus IS estimate (nats). Right: mean BDMC gap against AIS steps (log axis)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    left, right = fig.subplots(1, 2)
+    if ais_minus_is is None:
+        left.text(0.5, 0.5, "AIS not run on test images", ha="center", va="center", transform=left.transAxes)
+    else:
+        left.plot(range(len(ais_minus_is)), ais_minus_is, ".", markersize=3, alpha=0.7)
+        left.axhline(0, color="black", linewidth=0.8)
+        left.set_xlabel("test image")
+        left.set_ylabel("AIS - IS (nats)")
+        left.set_title("AIS minus importance sampling, per image")
+    if bdmc_gaps is None:
+        right.text(0.5, 0.5, "BDMC not run", ha="center", va="center", transform=right.transAxes)
+    else:
+        steps = sorted(bdmc_gaps)
+        right.plot(steps, [bdmc_gaps[t] for t in steps], "o-")
+        right.set_xscale("log")
+        if all(bdmc_gaps[t] > 0 for t in steps):
+            right.set_yscale("log")
+        right.set_xlabel("AIS steps T")
+        right.set_ylabel("mean BDMC gap (nats)")
+        right.set_title("Upper - lower bound on simulated images")
+    return _save(fig, path)

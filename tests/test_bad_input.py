@@ -196,6 +196,10 @@ EVALUATE_CASES = {
     "gap-limit 0": (["--gaps", "--gap-limit", "0"], "--gap-limit: expected a positive integer"),
     "test-limit above the split": (["--test-limit", "20000"], "--test-limit 20000", "10000"),
     "out under a file": (["--out", "config.json/report"], "cannot be created"),
+    "ais-steps -1": (["--ais-steps", "-1"], "--ais-steps: expected a non-negative integer"),
+    "ais-chains 0": (["--ais-steps", "5", "--ais-chains", "0"], "--ais-chains: expected a positive integer"),
+    "ais-limit 0": (["--ais-steps", "5", "--ais-limit", "0"], "--ais-limit: expected a positive integer"),
+    "bdmc without ais-steps": (["--bdmc", "5"], "--bdmc needs --ais-steps"),
 }
 
 

@@ -1,0 +1,147 @@
+"""AIS throughput: a hand-written batched AIS in plain tensors vs ``inference.ais.ais_log_marginal``.
+
+Same trained checkpoint (diagonal-Normal guide, Bernoulli decoder), same test
+images, chains, steps and leapfrog steps, one process, interleaved rounds:
+
+  (a) hand-written: the same algorithm (guide start, sigmoid schedule, a
+      tuning pass adapting one step size per chain toward acceptance 0.65, then
+      the frozen pass), with closed-form log q(z|x), log p(z) and their
+      gradients, log p(x|z) from the decoder's logits and one
+      ``torch.autograd.grad`` per leapfrog step; global RNG, float64 weights;
+  (c) ``ais_log_marginal`` (Pyro traces, per-datapoint RNG, any model).
+
+Prints seconds per image for each, the ratio c/a (target <= 1.3) and the
+mean log p(x) of both (they should agree within their Monte Carlo error).
+
+    python benchmarks/ais_throughput.py runs/RUN --device cpu --images 100 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_medians, machine, timed  # noqa: E402
+
+from inference.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
+                           ais_log_marginal, annealing_schedule)
+from pyro_vae.checkpoint import load  # noqa: E402
+from pyro_vae.data import evaluation_images  # noqa: E402
+from pyro_vae.device import resolve_device  # noqa: E402
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@torch.no_grad()
+def handwritten_ais(vae, x: torch.Tensor, chains: int, steps: int, leapfrog: int, step_size: float = 0.01) -> torch.Tensor:
+    """(a): log p(x) ``[B]`` by AIS from q(z|x) for the diagonal-Normal / Bernoulli VAE, plain tensors."""
+    loc, scale_raw = vae.encoder(x).chunk(2, -1)
+    scale = F.softplus(scale_raw) + 1e-3
+    betas = annealing_schedule(steps, "sigmoid").tolist()
+
+    def densities(z: torch.Tensor):
+        """log q, log p(x, z) ``[C, B]`` and their gradients in z."""
+        eps = (z - loc) / scale
+        log_q = (-0.5 * eps.pow(2) - scale.log() - HALF_LOG_2PI).sum(-1)
+        with torch.enable_grad():
+            z_ = z.detach().requires_grad_(True)
+            logits = vae.decoder(z_)
+            log_lik = (x * logits - F.softplus(logits)).sum(-1)
+            (grad_lik,) = torch.autograd.grad(log_lik.sum(), z_)
+        log_joint = log_lik.detach() + (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
+        return log_q.double(), log_joint.double(), -eps / scale, grad_lik - z
+
+    def hmc(state, b: float, eps: torch.Tensor):
+        z, log_q, log_joint, g_q, g_joint = state
+        log_f = lambda lq, lj: lq + b * (lj - lq)  # noqa: E731
+        e = eps.unsqueeze(-1).float()
+        r0 = torch.randn_like(z)
+        r = r0 + 0.5 * e * (g_q + b * (g_joint - g_q))
+        z_new = z
+        for i in range(leapfrog):
+            z_new = z_new + e * r
+            new = densities(z_new)
+            grad = new[2] + b * (new[3] - new[2])
+            r = r + (e if i < leapfrog - 1 else 0.5 * e) * grad
+        log_accept = (log_f(new[0], new[1]) - 0.5 * r.double().pow(2).sum(-1)) - (
+            log_f(log_q, log_joint) - 0.5 * r0.double().pow(2).sum(-1))
+        acceptance = log_accept.clamp(max=0).exp().nan_to_num(0.0)
+        accept = torch.rand_like(acceptance) < acceptance
+        a = accept.unsqueeze(-1)
+        state = (torch.where(a, z_new, z), torch.where(accept, new[0], log_q), torch.where(accept, new[1], log_joint),
+                 torch.where(a, new[2], g_q), torch.where(a, new[3], g_joint))
+        return state, acceptance
+
+    def anneal(schedule):
+        z = loc + scale * torch.randn(chains, *loc.shape, device=x.device)
+        state = (z, *densities(z))
+        log_w = torch.zeros(chains, len(x), dtype=torch.float64, device=x.device)
+        tuning = schedule is None
+        if tuning:
+            log_eps = torch.full_like(log_w, math.log(step_size))
+            schedule = []
+            for _ in range(WARMUP_TRANSITIONS):
+                state, acc = hmc(state, 0.0, log_eps.exp())
+                log_eps += WARMUP_ADAPT_RATE * (acc - TARGET_ACCEPT)
+        for t in range(1, steps + 1):
+            log_w += (betas[t] - betas[t - 1]) * (state[2] - state[1])
+            if t == steps:
+                break
+            eps = log_eps.exp() if tuning else schedule[t - 1]
+            state, acc = hmc(state, betas[t], eps)
+            if tuning:
+                schedule.append(eps)
+                log_eps += ADAPT_RATE * (acc - TARGET_ACCEPT)
+        return log_w, schedule
+
+    _, schedule = anneal(None)
+    log_w, _ = anneal(schedule)
+    return torch.logsumexp(log_w, 0) - math.log(chains)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run folder (default VAE)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--chains", type=int, default=16)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--leapfrog", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    vae, config = load(args.run, device=str(device))
+    vae.eval()
+    x = evaluation_images(config.dataset, config.binarize, args.data_dir or config.data_dir, args.images,
+                          config.test_seed, device)
+    results = {}
+
+    def run_a() -> float:
+        return timed(lambda: results.__setitem__("a", handwritten_ais(vae, x, args.chains, args.steps, args.leapfrog)),
+                     device)
+
+    def run_c() -> float:
+        return timed(lambda: results.__setitem__("c", ais_log_marginal(vae.model, vae.guide, x, args.chains, args.steps,
+                                                                       args.leapfrog).log_px), device)
+
+    medians = interleaved_medians({"a": run_a, "c": run_c}, args.repeats)
+    print(f"machine: {machine(device)}; torch {torch.__version__}")
+    print(f"{args.images} images, C={args.chains} chains, T={args.steps} steps, L={args.leapfrog} leapfrog steps, "
+          f"median of {args.repeats} interleaved rounds")
+    for name, label in (("a", "(a) hand-written tensors"), ("c", "(c) ais_log_marginal")):
+        print(f"  {label:<28} {medians[name] / args.images:8.4f} s/image   "
+              f"mean log p(x) {results[name].mean().item():9.3f}")
+    print(f"  ratio c/a: {medians['c'] / medians['a']:.2f} (target <= 1.3)")
+    per_image_t1000 = medians["c"] / args.images * 1000 / args.steps
+    print(f"  (c) at T=1000 (scaled linearly from T={args.steps}): {per_image_t1000:.2f} s/image")
+
+
+if __name__ == "__main__":
+    main()

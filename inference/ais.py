@@ -1,0 +1,599 @@
+r"""log p(x) by annealed importance sampling (AIS), and BDMC sandwich bounds on it.
+
+AIS (Neal 2001) walks from a normalised start f_0 to the unnormalised
+posterior f_T(z) = p(x, z) through T intermediate targets
+
+    f_t(z) = q(z|x)^(1 - b_t) p(x, z)^(b_t)        init = "guide"  (Wu et al. 2017)
+    f_t(z) = p(z) p(x|z)^(b_t)                      init = "prior"
+
+with 0 = b_0 < b_1 < ... < b_T = 1. A chain draws z_0 ~ f_0, then for t = 1..T
+adds log f_t(z_{t-1}) - log f_{t-1}(z_{t-1}) = (b_t - b_{t-1}) log[p(x, z) / base(z)]
+to its log weight (base = q(z|x) or p(z)) and moves z by one HMC transition that
+leaves f_t invariant (none after the last increment: it cannot change the
+weight). Each weight w has E[w] = p(x), so
+
+    log p-hat(x) = log mean_c w_c    (over C chains)
+
+is a stochastic lower bound: E[log p-hat] <= log p(x) (Jensen). With T = 1 it is
+importance sampling with C draws from the start distribution.
+
+Run the same chain backwards (BDMC, Grosse et al. 2015) from an exact posterior
+sample, which is available for data simulated from the model, (z, x) ~ p(z) p(x|z),
+and the reverse weights have E[w_rev] = 1 / p(x): -log mean_c w_rev,c is a
+stochastic *upper* bound. The two sandwich log p(x) of simulated data; their
+gap bounds the error of forward AIS at that schedule on data like it.
+
+Densities come from Pyro traces of the model and the guide, conditioned on the
+chain's z and summed within each datapoint by `inference.importance`, so any
+model/guide pair the importance sampler takes works here: datapoints in
+``pyro.plate("data")``, continuous latent sites (several, and constrained ones,
+which HMC moves in unconstrained space u = biject_to(support)^-1(z) with the
+log-Jacobian added to every f_t). Chains x datapoints run as one batch (a
+particle plate left of the model's plates).
+
+HMC: fresh momentum r ~ N(0, I), ``leapfrog_steps`` leapfrog steps, Metropolis
+accept/reject. Each chain has its own step size (an ``[C, B]`` tensor), which
+`pyro.ops.integrator.velocity_verlet` cannot take (one step size for every
+site), hence the few lines of leapfrog here. The step sizes are adapted toward
+acceptance 0.65 during a first, tuning pass (its weights are discarded); the
+step size each chain had at each t is then replayed, frozen, in a second pass
+with fresh randomness, the one whose weights are returned: with transitions
+fixed in advance the weights are unbiased for p(x). Reverse AIS replays the
+forward run's step sizes in reverse order rather than tuning its own: its
+chains start at the exact draw, and step sizes that depend on that draw would
+break E[w_rev] = 1 / p(x).
+
+Limits: a latent's support may not depend on other latents' values (each
+bijection is built once, from the start draws); the guide must have the
+model's supports (checked; importance sampling needs that too).
+
+Randomness is keyed by datapoint (``seed``, ``first_index + i``), so for a fixed
+seed the result does not depend on how images are batched. Weights are
+accumulated in float64. Memory: the chains' state is ``C x B`` latents; the
+step-size schedule of the tuning pass is ``T x C x B`` numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.distributions.transforms import biject_to
+from pyro.poutine.util import site_is_subsample
+from torch.distributions.transforms import Transform
+from tqdm.auto import tqdm
+
+from inference.importance import Layout, data_frame_dim, inspect_programs, sum_within_datapoint, trace_sum
+from pyro_vae.device import forked_rng
+from pyro_vae.errors import EstimationError
+
+INITS = ("guide", "prior")
+SCHEDULES = ("sigmoid", "linear")
+TARGET_ACCEPT = 0.65
+#: How fast the tuning pass moves log(step size): += ADAPT_RATE * (acceptance - TARGET_ACCEPT) per transition.
+ADAPT_RATE = 0.2
+#: Extra transitions at b_0 that move the tuning pass's step sizes from `initial_step_size` toward the target
+#: acceptance, at the faster rate `WARMUP_ADAPT_RATE` (up to x1.4 or x0.5 per transition).
+WARMUP_TRANSITIONS = 20
+WARMUP_ADAPT_RATE = 1.0
+SIGMOID_SHARPNESS = 4.0
+
+
+@dataclass
+class AISEstimate:
+    """Per-datapoint AIS results (float64 tensors on the CPU), nats.
+
+    ``log_px [B]``: log-mean-exp of the chains' weights (for a reverse run, minus
+    that of the reverse weights: an upper bound); ``se [B]``: its Monte Carlo
+    standard error over chains (delta method: sd(w) / (sqrt(C) mean(w)));
+    ``log_weights [C, B]``; ``acceptance [B]``: mean HMC acceptance probability of
+    the returned pass (NaN for T = 1: no transitions); ``step_size [C, B]``: each chain's step size at the last
+    transition (tuned in the tuning pass, replayed in the returned one).
+    """
+
+    log_px: torch.Tensor
+    se: torch.Tensor
+    log_weights: torch.Tensor
+    acceptance: torch.Tensor
+    step_size: torch.Tensor
+    num_steps: int
+    num_chains: int
+    leapfrog_steps: int
+
+    def slice(self, start: int, stop: int) -> "AISEstimate":
+        """The results of datapoints ``start..stop-1``."""
+        return AISEstimate(self.log_px[start:stop], self.se[start:stop], self.log_weights[:, start:stop],
+                           self.acceptance[start:stop], self.step_size[:, start:stop], self.num_steps,
+                           self.num_chains, self.leapfrog_steps)
+
+    @staticmethod
+    def concat(parts: Sequence["AISEstimate"]) -> "AISEstimate":
+        """Join estimates of consecutive batches of datapoints (same settings)."""
+        first = parts[0]
+        return AISEstimate(torch.cat([p.log_px for p in parts]), torch.cat([p.se for p in parts]),
+                           torch.cat([p.log_weights for p in parts], dim=1),
+                           torch.cat([p.acceptance for p in parts]), torch.cat([p.step_size for p in parts], dim=1),
+                           first.num_steps, first.num_chains, first.leapfrog_steps)
+
+
+@dataclass
+class Sandwich:
+    """BDMC on images simulated from the model: ``x [N, ...]`` and, per image, bounds on log p(x) (float64 ``[N]``)."""
+
+    x: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    forward: AISEstimate
+    reverse: AISEstimate
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """upper - lower, nats: how far forward AIS can be from log p(x) on these images at this schedule."""
+        return self.upper - self.lower
+
+
+def annealing_schedule(num_steps: int, schedule: str = "sigmoid") -> torch.Tensor:
+    """b_0 = 0 < ... < b_T = 1 (float64 ``[T + 1]``); sigmoid: Grosse et al. (2015), sharpness 4."""
+    if schedule not in SCHEDULES:
+        raise EstimationError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    t = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
+    if schedule == "linear" or num_steps == 1:
+        return t
+    s = torch.sigmoid(SIGMOID_SHARPNESS * (2 * t - 1))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+# --- the latent state and its densities ------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a latent site's chains and datapoints sit in its value ``[C, ..., B, ..., *event]``."""
+
+    name: str
+    transform: Transform | None  # unconstrained -> the site's support (None: the identity)
+    event_dim: int  # of the constrained value z
+    data_pos: int  # index of the data dim in the value
+
+    @property
+    def u_event_dim(self) -> int:
+        """Event dims of the unconstrained value u (a bijection may change the rank: LKJ's Cholesky factor)."""
+        return self.event_dim if self.transform is None else self.transform.domain.event_dim + (
+            self.event_dim - self.transform.codomain.event_dim)
+
+    def per_chain(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
+        """A ``[C, B]`` tensor viewed to broadcast against this site's value (``ndim`` dims)."""
+        shape = [1] * ndim
+        shape[0], shape[self.data_pos] = v.shape
+        return v.reshape(shape)
+
+
+class _Target:
+    """log base(z) and log p(x, z) at unconstrained latents ``u``: float64 ``[C, B]``, log|dz/du| in both."""
+
+    def __init__(self, model: Callable, guide: Callable, x: torch.Tensor, layout: Layout, sites: list[_Site],
+                 num_chains: int, init: str):
+        self.model, self.guide, self.x, self.layout, self.sites = model, guide, x, layout, sites
+        self.num_chains, self.init = num_chains, init
+        self.latents = tuple(s.name for s in sites)
+
+    def _sum(self, trace: poutine.Trace, names: Sequence[str]) -> torch.Tensor:
+        return trace_sum(trace, names, self.layout.particle_dim, self.num_chains, len(self.x))
+
+    def __call__(self, u: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        z, log_jacobian = {}, 0.0
+        for s in self.sites:
+            if s.transform is None:
+                z[s.name] = u[s.name]
+                continue
+            z[s.name] = s.transform(u[s.name])
+            ladj = s.transform.log_abs_det_jacobian(u[s.name], z[s.name])
+            extra = s.event_dim - s.transform.codomain.event_dim
+            if extra:
+                ladj = ladj.sum(list(range(-extra, 0)))
+            log_jacobian = log_jacobian + sum_within_datapoint(s.name, ladj, s.data_pos - ladj.dim(),
+                                                               self.layout.particle_dim, self.num_chains, len(self.x))
+        with pyro.plate("_chains", self.num_chains, dim=self.layout.particle_dim):
+            model_trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.x)
+            target = self._sum(model_trace, self.layout.model_sites)
+            if self.init == "guide":
+                guide_trace = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.x)
+                base = self._sum(guide_trace, self.latents)
+            else:
+                base = self._sum(model_trace, self.latents)
+        return base + log_jacobian, target + log_jacobian
+
+
+def _transform_to(support: constraints.Constraint) -> Transform | None:
+    """The bijection from unconstrained space onto ``support``; None where the support is all of R^n."""
+    return None if _unwrap(support) is constraints.real else biject_to(support)
+
+
+@dataclass
+class _State:
+    """Chains at ``u`` with log base, log target (``[C, B]``) and their gradients in u."""
+
+    u: dict[str, torch.Tensor]
+    base: torch.Tensor
+    target: torch.Tensor
+    grad_base: dict[str, torch.Tensor]
+    grad_target: dict[str, torch.Tensor]
+
+    def log_f(self, b: float) -> torch.Tensor:
+        return self.base + b * (self.target - self.base)
+
+    def grad_log_f(self, b: float) -> dict[str, torch.Tensor]:
+        return {n: g + b * (self.grad_target[n] - g) for n, g in self.grad_base.items()}
+
+
+def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
+    """The chains' state at ``u``: one forward pass, then two backward passes (the second only through the base)."""
+    u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
+    with torch.enable_grad():
+        base, tgt = target(u)
+        leaves = list(u.values())
+        g_target = torch.autograd.grad(tgt.sum(), leaves, retain_graph=True, allow_unused=True)
+        g_base = torch.autograd.grad(base.sum(), leaves, allow_unused=True)
+    zero = lambda g, v: torch.zeros_like(v) if g is None else g  # noqa: E731
+    return _State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(),
+                  {n: zero(g, v) for (n, v), g in zip(u.items(), g_base)},
+                  {n: zero(g, v) for (n, v), g in zip(u.items(), g_target)})
+
+
+def _select(accept: torch.Tensor, new: _State, old: _State, sites: list[_Site]) -> _State:
+    """Per chain: ``new`` where ``accept [C, B]`` is true, else ``old``."""
+    def pick(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {s.name: torch.where(s.per_chain(accept, a[s.name].dim()), a[s.name], b[s.name]) for s in sites}
+
+    return _State(pick(new.u, old.u), torch.where(accept, new.base, old.base),
+                  torch.where(accept, new.target, old.target), pick(new.grad_base, old.grad_base),
+                  pick(new.grad_target, old.grad_target))
+
+
+# --- randomness keyed by datapoint ---------------------------------------------------------
+
+def _seed_for(seed: int, stream: int, index: int) -> int:
+    return (seed * 1_000_003 + stream * 998_244_353 + index * 7_919 + 0x2545F491) % (2**63 - 1)
+
+
+class _Noise:
+    """Momenta and uniforms for ``[C, B]`` chains, each datapoint drawn from its own generator."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device, num_chains: int):
+        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        self.device, self.num_chains = device, num_chains
+
+    def momentum(self, like: dict[str, torch.Tensor], sites: list[_Site]) -> dict[str, torch.Tensor]:
+        shapes = {s.name: _without(like[s.name].shape, s.data_pos) for s in sites}
+        sizes = [math.prod(shapes[s.name]) for s in sites]
+        draws = [torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators]
+        out = {}
+        offset = 0
+        for s, size in zip(sites, sizes):
+            pieces = [d[offset : offset + size].reshape(shapes[s.name]) for d in draws]
+            out[s.name] = torch.stack(pieces, dim=s.data_pos).to(like[s.name].dtype)
+            offset += size
+        return out
+
+    def uniform(self) -> torch.Tensor:
+        return torch.stack([torch.rand(self.num_chains, generator=g, device=self.device, dtype=torch.float64)
+                            for g in self.generators], dim=1)
+
+
+def _without(shape: torch.Size, pos: int) -> tuple[int, ...]:
+    return tuple(shape[:pos]) + tuple(shape[pos + 1 :])
+
+
+# --- one pass of AIS ------------------------------------------------------------------------
+
+def _kinetic(r: dict[str, torch.Tensor], sites: list[_Site], target: _Target) -> torch.Tensor:
+    total = 0.0
+    for s in sites:
+        sq = r[s.name].double().pow(2)
+        if s.u_event_dim:
+            sq = sq.sum(list(range(-s.u_event_dim, 0)))
+        total = total + sum_within_datapoint(s.name, sq, s.data_pos - sq.dim(), target.layout.particle_dim,
+                                             target.num_chains, len(target.x))
+    return 0.5 * total
+
+
+def _hmc(target: _Target, state: _State, b: float, step_size: torch.Tensor, leapfrog_steps: int,
+         noise: _Noise) -> tuple[_State, torch.Tensor]:
+    """One HMC transition leaving f_b invariant, for every chain at once; returns the state and acceptance [C, B]."""
+    sites = target.sites
+    eps = {s.name: s.per_chain(step_size, state.u[s.name].dim()).to(state.u[s.name].dtype) for s in sites}
+    r0 = noise.momentum(state.u, sites)
+    u, r, grad, new = state.u, r0, state.grad_log_f(b), state
+    for _ in range(leapfrog_steps):
+        r = {n: r[n] + 0.5 * eps[n] * grad[n] for n in r}
+        u = {n: u[n] + eps[n] * r[n] for n in u}
+        new = _evaluate(target, u)
+        grad = new.grad_log_f(b)
+        r = {n: r[n] + 0.5 * eps[n] * grad[n] for n in r}
+    log_accept = (new.log_f(b) - _kinetic(r, sites, target)) - (state.log_f(b) - _kinetic(r0, sites, target))
+    acceptance = torch.exp(log_accept.clamp(max=0)).nan_to_num(nan=0.0)  # a diverged proposal is rejected
+    accept = noise.uniform() < acceptance
+    return _select(accept, new, state, sites), acceptance
+
+
+def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor, leapfrog_steps: int,
+            noise: _Noise, step_sizes: torch.Tensor | None, initial_step_size: float, progress: bool,
+            desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the chains from ``start`` along ``betas``; return (log weights ``[C, B]``, mean acceptance ``[B]``, step sizes).
+
+    ``step_sizes [T-1, C, B]`` replays a schedule (frozen); ``None`` adapts one
+    (the tuning pass), returned as the third item.
+    """
+    with pyro.validation_enabled(False):  # a diverged leapfrog gives NaN parameters: rejected, not an exception
+        state = _evaluate(target, start)
+        num_steps = len(betas) - 1
+        log_w = torch.zeros_like(state.base)
+        accept_sum = torch.zeros_like(state.base)
+        tuning = step_sizes is None
+        if tuning:
+            log_eps = torch.full_like(state.base, math.log(initial_step_size))
+            schedule = []
+            for _ in range(WARMUP_TRANSITIONS):
+                state, acc = _hmc(target, state, betas[0].item(), log_eps.exp(), leapfrog_steps, noise)
+                log_eps = log_eps + WARMUP_ADAPT_RATE * (acc - TARGET_ACCEPT)
+        for t in tqdm(range(1, num_steps + 1), desc=desc, disable=not progress, leave=False):
+            b_prev, b = betas[t - 1].item(), betas[t].item()
+            log_w = log_w + (b - b_prev) * (state.target - state.base)
+            if t == num_steps:
+                break
+            eps = log_eps.exp() if tuning else step_sizes[t - 1].to(log_w)
+            state, acc = _hmc(target, state, b, eps, leapfrog_steps, noise)
+            accept_sum += acc
+            if tuning:
+                schedule.append(eps.float())
+                log_eps = log_eps + ADAPT_RATE * (acc - TARGET_ACCEPT)
+    # with T = 1 there is no transition (plain importance sampling): no acceptance to report
+    acceptance = (accept_sum / (num_steps - 1)).mean(0) if num_steps > 1 else torch.full_like(log_w[0], float("nan"))
+    if tuning:
+        step_sizes = torch.stack(schedule) if schedule else log_eps.exp().float()[None]
+    return log_w, acceptance, step_sizes
+
+
+# --- setting up ---------------------------------------------------------------------------
+
+def _latent_sites(trace: poutine.Trace, names: Sequence[str], particle_dim: int) -> list[_Site]:
+    """`_Site` of each latent in a chains-plated model ``trace``; `EstimationError` for a discrete one."""
+    sites = []
+    for name in names:
+        node = trace.nodes[name]
+        fn = node["fn"]
+        if fn.support.is_discrete:
+            raise EstimationError(f"latent site {name!r} is discrete ({type(fn).__name__}); AIS moves latents with "
+                                  "HMC, which needs continuous ones. Use inference.importance for this model")
+        sites.append(_Site(name, _transform_to(fn.support), fn.event_dim, -particle_dim + data_frame_dim(name, node)))
+    return sites
+
+
+def _check(num_chains: int, num_steps: int, leapfrog_steps: int, init: str, x: torch.Tensor,
+           initial_step_size: float) -> None:
+    for name, value in (("num_chains", num_chains), ("num_steps", num_steps), ("leapfrog_steps", leapfrog_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EstimationError(f"{name} must be a positive integer, got {value!r}")
+    if init not in INITS:
+        raise EstimationError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if not (isinstance(initial_step_size, (int, float)) and math.isfinite(initial_step_size) and initial_step_size > 0):
+        raise EstimationError(f"initial_step_size must be a positive finite number, got {initial_step_size!r}")
+    if len(x) == 0:
+        raise EstimationError("the batch of datapoints is empty")
+
+
+def _check_supports(model: Callable, guide: Callable, x: torch.Tensor) -> None:
+    """`EstimationError` unless every guide site has the support of the model's site of that name."""
+    with poutine.block():
+        model_trace = poutine.trace(model).get_trace(x)
+        guide_trace = poutine.trace(guide).get_trace(x)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or model_trace.nodes.get(name, {}).get("type") != "sample":
+            continue
+        ours, theirs = _unwrap(site["fn"].support), _unwrap(model_trace.nodes[name]["fn"].support)
+        if type(ours) is not type(theirs):
+            raise EstimationError(f"guide site {name!r} has support {ours} but the model's has {theirs}; AIS from "
+                                  "the guide needs the guide to propose inside the model's support")
+
+
+def _latent_names(model: Callable, guide: Callable, x: torch.Tensor, layout: Layout) -> tuple[str, ...]:
+    """The model's latent sites, checked against the guide's."""
+    with poutine.block():
+        model_trace = poutine.trace(model).get_trace(x)
+    latents = tuple(n for n in layout.model_sites if not model_trace.nodes[n]["is_observed"])
+    extra = [n for n in layout.guide_sites if n not in latents]
+    if extra:
+        raise EstimationError(f"guide site(s) {extra} are not latent sites of the model; AIS anneals between q(z|x) "
+                              "and p(x, z) on the same z")
+    return latents
+
+
+def _unwrap(support: constraints.Constraint) -> constraints.Constraint:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support
+
+
+def _start_draws(program: Callable, x: torch.Tensor, names: Sequence[str], particle_dim: int, num_chains: int,
+                 seed: int, stream: int, first_index: int) -> dict[str, torch.Tensor]:
+    """C draws per datapoint from ``program``, each datapoint run alone with its own seed: ``{site: [C, ..., B, ...]}``."""
+    traces = []
+    for i in range(len(x)):
+        torch.manual_seed(_seed_for(seed, stream, first_index + i))
+        with pyro.plate("_chains", num_chains, dim=particle_dim):
+            traces.append(poutine.trace(program).get_trace(x[i : i + 1]))
+    return {n: torch.cat([t.nodes[n]["value"].detach() for t in traces],
+                         dim=-particle_dim + data_frame_dim(n, traces[0].nodes[n])) for n in names}
+
+
+def _summary(log_w: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-mean-exp over chains (times ``sign``) and its delta-method standard error: ``[B]`` each."""
+    num = log_w.shape[0]
+    lme = torch.logsumexp(log_w, 0) - math.log(num)
+    if num < 2:
+        return sign * lme, torch.full_like(lme, float("nan"))
+    w = torch.exp(log_w - log_w.max(0).values)
+    se = w.std(0) / (math.sqrt(num) * w.mean(0))
+    return sign * lme, se
+
+
+def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num_steps: int, leapfrog_steps: int,
+         init: str, schedule: str, seed: int, first_index: int, initial_step_size: float, progress: bool,
+         exact: dict[str, torch.Tensor] | None = None,
+         step_sizes: torch.Tensor | None = None) -> tuple[AISEstimate, torch.Tensor]:
+    """Forward AIS (a tuning pass, then the returned pass); or, given ``exact`` posterior draws
+    ``{site: [C, ..., B, ...]}`` and a forward run's ``step_sizes``, reverse AIS with that schedule reversed.
+
+    The reverse run must not tune on its own chains: they start at the exact
+    draw, and step sizes that depend on it would break E[w_rev] = 1 / p(x).
+    The forward schedule depends on x only. Returns the estimate and the step
+    sizes ``[T-1, C, B]`` its transitions used.
+    """
+    _check(num_chains, num_steps, leapfrog_steps, init, x, initial_step_size)
+    reverse = exact is not None
+    betas = annealing_schedule(num_steps, schedule)
+    noise = lambda stream: _Noise([_seed_for(seed, stream, first_index + i) for i in range(len(x))],  # noqa: E731
+                                  x.device, num_chains)
+    with torch.no_grad(), forked_rng(x.device):
+        _check_supports(model, guide, x)
+        layout = inspect_programs(model, guide, x)
+        latents = _latent_names(model, guide, x, layout)
+        if reverse:
+            starts = {"returned": exact}
+        else:
+            program = guide if init == "guide" else poutine.block(model, hide_fn=lambda site: site["is_observed"])
+            starts = {pass_: _start_draws(program, x, latents, layout.particle_dim, num_chains, seed, stream,
+                                          first_index) for pass_, stream in (("tuning", 1), ("returned", 2))}
+        with pyro.plate("_chains", num_chains, dim=layout.particle_dim):
+            chains_trace = poutine.trace(poutine.condition(model, data=starts["returned"])).get_trace(x)
+        sites = _latent_sites(chains_trace, latents, layout.particle_dim)
+        target = _Target(model, guide, x, layout, sites, num_chains, init)
+        u = {pass_: {s.name: z[s.name] if s.transform is None else s.transform.inv(z[s.name]) for s in sites}
+             for pass_, z in starts.items()}
+        if reverse:
+            log_w, acceptance, step_sizes = _anneal(target, u["returned"], betas.flip(0), leapfrog_steps, noise(5),
+                                                    step_sizes.flip(0), initial_step_size, progress, "reverse AIS")
+        else:
+            _, _, step_sizes = _anneal(target, u["tuning"], betas, leapfrog_steps, noise(3), None,
+                                       initial_step_size, progress, "AIS (tuning)")
+            log_w, acceptance, _ = _anneal(target, u["returned"], betas, leapfrog_steps, noise(4), step_sizes,
+                                           initial_step_size, progress, "AIS")
+    if torch.isnan(log_w).any() or (log_w == float("inf")).any():
+        bad = (torch.isnan(log_w) | (log_w == float("inf"))).any(0).nonzero().flatten().tolist()
+        raise EstimationError(f"AIS log weights are NaN or +inf for datapoints {bad[:10]}"
+                              f"{'...' if len(bad) > 10 else ''}; check the model's parameters and the data")
+    log_px, se = _summary(log_w.cpu(), -1.0 if reverse else 1.0)
+    estimate = AISEstimate(log_px, se, log_w.cpu(), acceptance.cpu(), step_sizes[-1].double().cpu(), num_steps,
+                           num_chains, leapfrog_steps)
+    return estimate, step_sizes
+
+
+def ais_log_marginal(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_chains: int = 16,
+    num_steps: int = 1000,
+    leapfrog_steps: int = 10,
+    init: str = "guide",
+    schedule: str = "sigmoid",
+    seed: int = 0,
+    first_index: int = 0,
+    initial_step_size: float = 0.01,
+    progress: bool = False,
+) -> AISEstimate:
+    """Estimate log p(x_i) for each datapoint of ``x [B, ...]`` by AIS with ``num_chains`` chains each.
+
+    ``model(x)``/``guide(x)``: Pyro programs with the datapoints in
+    ``pyro.plate("data")`` and continuous latent sites (the guide samples
+    exactly the model's latents). ``num_steps`` T intermediate distributions on
+    the ``schedule`` (``sigmoid`` or ``linear``), from ``init`` (``guide``:
+    q(z|x); ``prior``: p(z)); ``leapfrog_steps`` per HMC transition. Randomness
+    is keyed by (``seed``, ``first_index + i``): pass the index of ``x[0]`` in
+    the whole data set to batch a large one. Runs on ``x``'s device; the
+    global RNG is left alone. Cost: about 2 x T x ``leapfrog_steps`` gradient
+    evaluations of log p(x, z) at ``C x B`` points (tuning pass, then the returned pass).
+    """
+    return _run(model, guide, x, num_chains, num_steps, leapfrog_steps, init, schedule, seed, first_index,
+                initial_step_size, progress)[0]
+
+
+def simulate(model: Callable, like: torch.Tensor, num_images: int, seed: int = 0) -> tuple[torch.Tensor, poutine.Trace]:
+    """Draw ``num_images`` (z, x) ~ p(z) p(x|z) (``poutine.uncondition``): x ``[N, ...]`` and the trace holding z.
+
+    ``like``: datapoints shaped as the model takes them (only shape, dtype and
+    device are used). The model must have exactly one observed site, the data.
+    """
+    template = like[:1].expand(num_images, *like.shape[1:]).clone()
+    with torch.no_grad(), forked_rng(like.device), poutine.block():
+        conditioned = poutine.trace(model).get_trace(template)
+        torch.manual_seed(_seed_for(seed, 0, 0))
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(template)
+    observed = [n for n, site in conditioned.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+    if len(observed) != 1:
+        raise EstimationError(f"simulating data needs a model with exactly one observed site, found {observed}")
+    return trace.nodes[observed[0]]["value"].detach(), trace
+
+
+def _exact_chains(trace: poutine.Trace, names: Sequence[str], lo: int, hi: int, particle_dim: int,
+                  num_chains: int) -> dict[str, torch.Tensor]:
+    """Datapoints ``lo..hi-1`` of each simulated latent, repeated for every chain: ``{site: [C, ..., hi-lo, ...]}``."""
+    out = {}
+    for name in names:
+        node = trace.nodes[name]
+        value, event_dim = node["value"].detach(), node["fn"].event_dim
+        batch_dims = value.dim() - event_dim
+        value = value.narrow(batch_dims + data_frame_dim(name, node), lo, hi - lo)
+        value = value.reshape((1,) * (-particle_dim - 1 - batch_dims) + value.shape)
+        out[name] = value.unsqueeze(0).expand(num_chains, *value.shape)
+    return out
+
+
+def bdmc(
+    model: Callable,
+    guide: Callable,
+    num_images: int,
+    like: torch.Tensor,
+    num_chains: int = 16,
+    num_steps: int = 1000,
+    leapfrog_steps: int = 10,
+    init: str = "guide",
+    schedule: str = "sigmoid",
+    seed: int = 0,
+    batch_size: int = 100,
+    initial_step_size: float = 0.01,
+    progress: bool = False,
+) -> Sandwich:
+    """Bidirectional Monte Carlo (Grosse et al. 2015) on ``num_images`` images simulated from the model.
+
+    Forward AIS on each simulated x is a stochastic lower bound on log p(x);
+    reverse AIS from the simulated z (an exact posterior sample; all chains
+    start there), run with the forward run's step sizes in reverse order, is
+    a stochastic upper bound. ``like``: a datapoint shaped as the model takes
+    them. Other arguments as in `ais_log_marginal`. The reverse estimate's
+    ``se`` treats its chains as independent; they share their start, so it
+    understates the Monte Carlo error of the upper bound.
+    """
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise EstimationError(f"num_images must be a positive integer, got {num_images!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EstimationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x, trace = simulate(model, like, num_images, seed)
+    with torch.no_grad(), forked_rng(x.device):
+        layout = inspect_programs(model, guide, x[:1])
+        latents = _latent_names(model, guide, x[:1], layout)
+    forward, reverse = [], []
+    for lo in range(0, num_images, batch_size):
+        xb = x[lo : lo + batch_size]
+        args = (model, guide, xb, num_chains, num_steps, leapfrog_steps, init, schedule, seed, lo, initial_step_size,
+                progress)
+        estimate, step_sizes = _run(*args)
+        forward.append(estimate)
+        exact = _exact_chains(trace, latents, lo, lo + len(xb), layout.particle_dim, num_chains)
+        reverse.append(_run(*args, exact=exact, step_sizes=step_sizes)[0])
+    fwd, rev = AISEstimate.concat(forward), AISEstimate.concat(reverse)
+    return Sandwich(x.cpu(), fwd.log_px, rev.log_px, fwd, rev)
