@@ -373,11 +373,15 @@ def _latent_sites(trace: poutine.Trace, names: Sequence[str], particle_dim: int)
     return sites
 
 
-def _check(num_chains: int, num_steps: int, leapfrog_steps: int, init: str, x: torch.Tensor,
-           initial_step_size: float) -> None:
-    for name, value in (("num_chains", num_chains), ("num_steps", num_steps), ("leapfrog_steps", leapfrog_steps)):
+def _check_positive_ints(**values: int) -> None:
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EstimationError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check(num_chains: int, num_steps: int, leapfrog_steps: int, init: str, x: torch.Tensor,
+           initial_step_size: float) -> None:
+    _check_positive_ints(num_chains=num_chains, num_steps=num_steps, leapfrog_steps=leapfrog_steps)
     if init not in INITS:
         raise EstimationError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if not (isinstance(initial_step_size, (int, float)) and math.isfinite(initial_step_size) and initial_step_size > 0):
@@ -386,30 +390,31 @@ def _check(num_chains: int, num_steps: int, leapfrog_steps: int, init: str, x: t
         raise EstimationError("the batch of datapoints is empty")
 
 
-def _check_supports(model: Callable, guide: Callable, x: torch.Tensor) -> None:
-    """`EstimationError` unless every guide site has the support of the model's site of that name."""
+def _latent_names(model: Callable, guide: Callable, x: torch.Tensor) -> tuple[str, ...]:
+    """The model's latent sites, checked against the guide's: the same sites, with the same supports.
+
+    Runs before `inspect_programs`, which replays the model on the guide's draws
+    and would fail inside the model on a draw outside the model's support.
+    """
     with poutine.block():
         model_trace = poutine.trace(model).get_trace(x)
         guide_trace = poutine.trace(guide).get_trace(x)
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or model_trace.nodes.get(name, {}).get("type") != "sample":
-            continue
-        ours, theirs = _unwrap(site["fn"].support), _unwrap(model_trace.nodes[name]["fn"].support)
-        if type(ours) is not type(theirs):
-            raise EstimationError(f"guide site {name!r} has support {ours} but the model's has {theirs}; AIS from "
-                                  "the guide needs the guide to propose inside the model's support")
 
+    def latent_sites(trace: poutine.Trace) -> dict[str, dict]:
+        return {n: site for n, site in trace.nodes.items()
+                if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]}
 
-def _latent_names(model: Callable, guide: Callable, x: torch.Tensor, layout: Layout) -> tuple[str, ...]:
-    """The model's latent sites, checked against the guide's."""
-    with poutine.block():
-        model_trace = poutine.trace(model).get_trace(x)
-    latents = tuple(n for n in layout.model_sites if not model_trace.nodes[n]["is_observed"])
-    extra = [n for n in layout.guide_sites if n not in latents]
+    latents, proposed = latent_sites(model_trace), latent_sites(guide_trace)
+    extra = [n for n in proposed if n not in latents]
     if extra:
         raise EstimationError(f"guide site(s) {extra} are not latent sites of the model; AIS anneals between q(z|x) "
                               "and p(x, z) on the same z")
-    return latents
+    for name in latents.keys() & proposed.keys():
+        ours, theirs = _unwrap(proposed[name]["fn"].support), _unwrap(latents[name]["fn"].support)
+        if type(ours) is not type(theirs):
+            raise EstimationError(f"guide site {name!r} has support {ours} but the model's has {theirs}; AIS from "
+                                  "the guide needs the guide to propose inside the model's support")
+    return tuple(latents)
 
 
 def _unwrap(support: constraints.Constraint) -> constraints.Constraint:
@@ -459,9 +464,8 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num
     noise = lambda stream: _Noise([_seed_for(seed, stream, first_index + i) for i in range(len(x))],  # noqa: E731
                                   x.device, num_chains)
     with torch.no_grad(), forked_rng(x.device):
-        _check_supports(model, guide, x)
+        latents = _latent_names(model, guide, x)
         layout = inspect_programs(model, guide, x)
-        latents = _latent_names(model, guide, x, layout)
         if reverse:
             starts = {"returned": exact}
         else:
@@ -578,14 +582,11 @@ def bdmc(
     ``se`` treats its chains as independent; they share their start, so it
     understates the Monte Carlo error of the upper bound.
     """
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise EstimationError(f"num_images must be a positive integer, got {num_images!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise EstimationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_positive_ints(num_images=num_images, batch_size=batch_size)
     x, trace = simulate(model, like, num_images, seed)
     with torch.no_grad(), forked_rng(x.device):
+        latents = _latent_names(model, guide, x[:1])
         layout = inspect_programs(model, guide, x[:1])
-        latents = _latent_names(model, guide, x[:1], layout)
     forward, reverse = [], []
     for lo in range(0, num_images, batch_size):
         xb = x[lo : lo + batch_size]

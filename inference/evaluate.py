@@ -126,9 +126,7 @@ def evaluate(
     started = time.perf_counter()
     _check_counts(num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size, test_limit=test_limit,
                   gap_limit=gap_limit, ais_chains=ais_chains, ais_limit=ais_limit)
-    for name, value in (("ais_steps", ais_steps), ("bdmc", bdmc_images)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+    _check_counts(minimum=0, ais_steps=ais_steps, bdmc=bdmc_images)
     if bdmc_images and not ais_steps:
         raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
     ckpt_path = checkpoint.resolve_path(source)
@@ -293,13 +291,14 @@ def _run_bdmc(model: torch.nn.Module, like: torch.Tensor, num_images: int, steps
     return entry, sandwich
 
 
-def _check_counts(**counts: int | None) -> None:
-    """`ConfigError` for a count below 1 (``None`` is allowed: no limit, or all K at once for ``chunk_size``)."""
+def _check_counts(minimum: int = 1, **counts: int | None) -> None:
+    """`ConfigError` for a count below ``minimum`` (``None`` is allowed: no limit, or all K at once for ``chunk_size``)."""
+    kind = "positive" if minimum == 1 else "non-negative"
     for name, value in counts.items():
         if value is None and name in ("chunk_size", "test_limit", "ais_limit"):
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a {kind} integer, got {value!r}")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
