@@ -24,6 +24,7 @@ each image's estimate (which k-hat and ESS speak to).
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -51,7 +52,7 @@ from pyro_vae.paths import check_writable_dir
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 #: The files a report writes into its folder.
-REPORT_FILES = ("report.json", "report.md", "khat.png", "gaps.png", "ladder.png", "ais.png")
+REPORT_FILES = ("report.json", "report.md", "per_image.csv", "khat.png", "gaps.png", "ladder.png", "ais.png")
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
@@ -248,6 +249,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
+    write_per_image(out_dir / "per_image.csv", est, None if ais is None else ais[0])
     figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
     figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
@@ -258,6 +260,19 @@ def evaluate(
         ladder = None if sandwich is None else {int(k): v for k, v in report["bdmc"]["ladder"].items()}
         figures.plot_ais(difference, ladder, out_dir / "ais.png")
     return report
+
+
+def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None) -> None:
+    """One CSV row per test image, in test-split order: ``image`` (index), ``log_px``, ``elbo``, ``khat``, ``ess``,
+    ``ais_log_px`` and ``ais_mc_se`` (empty beyond the images AIS ran on). Nats; ESS in samples."""
+    columns = [est.log_px, est.elbo, est.khat, est.ess]
+    ais_columns, n_ais = ([], 0) if ais is None else ([ais.log_px, ais.se], len(ais.log_px))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "log_px", "elbo", "khat", "ess", "ais_log_px", "ais_mc_se"])
+        for i in range(len(est.log_px)):
+            ais_row = [f"{c[i].item():.10g}" for c in ais_columns] if i < n_ais else ["", ""]
+            writer.writerow([i, *(f"{c[i].item():.10g}" for c in columns), *ais_row])
 
 
 def _run_ais(model: torch.nn.Module, x: torch.Tensor, steps: int, chains: int, batch_size: int, seed: int,

@@ -39,24 +39,25 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
 from inference.compiled import check_compiled
 from inference.evaluate import evaluate, render_markdown
+from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS, jit_available, make_elbo
+from inference.rate_distortion import rate_distortion
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from models.registry import name_of
 from models.vae import VAE
-from pyro_vae import checkpoint, figures
+from pyro_vae import checkpoint
 from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig, is_finite_number
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
-from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
+from pyro_vae.device import DEVICE_CHOICES, resolve_device
 from pyro_vae.paths import check_writable_dir
 from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
@@ -153,18 +154,22 @@ def kl_weight_at(config: TrainConfig, epoch: int, step: int, num_batches: int) -
     return config.kl_weight * min(1.0, (epoch + (step + 1) / num_batches) / config.kl_warmup)
 
 
-@torch.no_grad()
-def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
-    """Mean single-sample ``Trace_ELBO`` estimate over images ``x [N, D]``, nats per image.
+def epoch_metrics(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Test ELBO, rate and distortion: means over images ``x [N, D]`` of one-sample estimates, nats per image.
 
-    Runs under a forked RNG seeded by ``seed``, so it neither disturbs training
-    randomness nor changes its noise from one epoch to the next.
+    Keys ``test_elbo``, ``test_rate`` (KL(q(z|x) || p(z))) and ``test_distortion``
+    (-log p(x|z)); ``test_elbo = -(test_rate + test_distortion)``. Runs under a
+    forked RNG seeded by ``seed`` (`inference.rate_distortion`), so it neither
+    disturbs training randomness nor changes its noise from one epoch to the next.
     """
-    elbo = Trace_ELBO()
-    with forked_rng(x.device):
-        torch.manual_seed(seed)
-        loss = sum(elbo.loss(model.model, model.guide, xb) for xb in x.split(batch_size))
-    return -loss / len(x)
+    terms = rate_distortion(model.model, model.guide, x, seed=seed, batch_size=batch_size)
+    rate, distortion = terms.rate.mean().item(), terms.distortion.mean().item()
+    return {"test_elbo": -(rate + distortion), "test_rate": rate, "test_distortion": distortion}
+
+
+def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
+    """Mean single-sample ELBO over images ``x [N, D]``, nats per image (the ``test_elbo`` of `epoch_metrics`)."""
+    return epoch_metrics(model, x, batch_size, seed)["test_elbo"]
 
 
 @dataclass
@@ -231,17 +236,6 @@ def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
             f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
             "grey levels; use --binarize dynamic or static, or a likelihood for continuous data"
         )
-
-
-def _save_figures(model: LatentModel, data: DataSplits, history: list[dict[str, float]], out_dir: Path, seed: int) -> None:
-    fig_dir = out_dir / "figures"
-    with forked_rng(data.test.device):
-        torch.manual_seed(seed)
-        figures.save_image_grid(model.generate(64), fig_dir / "samples.png")
-        x = data.test[:32]
-        figures.save_reconstructions(x, model.reconstruct(x), fig_dir / "reconstructions.png")
-    if history:
-        figures.plot_elbo_curve(history, fig_dir / "elbo.png")
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None,
@@ -356,7 +350,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             bar.close()
             seconds += time.perf_counter() - t0
             record = {"epoch": epoch + 1, "train_elbo": -loss_sum / images,
-                      "test_elbo": evaluate_elbo(model, data.test, seed=config.test_seed), "seconds": seconds}
+                      **epoch_metrics(model, data.test, seed=config.test_seed), "seconds": seconds}
             history.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -367,7 +361,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             start_epoch = epoch + 1
 
         stop_signal = stop.signum  # a signal after the last step: training is complete, but it was asked to stop
-    _save_figures(model, data, history, out_dir, config.test_seed)
+    draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled)
 

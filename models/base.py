@@ -72,20 +72,30 @@ class LatentModel(PyroModule):
         """Mean images E[x|z] for ``z ~ p(z)``: ``[num_images, x_dim]``."""
         anchor = next(self.parameters())
         z = self.prior(anchor).sample((num_images,))
-        return self.observation(z).mean
+        return self.decode(z)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean images E[x|z] at a central z of q(z|x): ``[B, x_dim]``.
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """A central code of q(z|x) for images ``x [B, x_dim]``: ``[B, z_dim]``.
 
-        z is q's mean; for a flow (no closed-form mean), its base mean pushed
+        q's mean; for a flow (no closed-form mean), its base mean pushed
         through the transforms.
         """
         q = self.posterior(x)
         try:
-            z = q.mean
+            return q.mean
         except NotImplementedError:
             z = q.base_dist.mean
             for transform in q.transforms:
                 z = transform(z)
+            return z
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x|z] for codes ``z [..., z_dim]``: ``[..., x_dim]``."""
         return self.observation(z).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x|z] at the central code `encode` gives: ``[B, x_dim]``."""
+        return self.decode(self.encode(x))

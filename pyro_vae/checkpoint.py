@@ -167,8 +167,7 @@ def check_resume_state(payload: dict[str, Any]) -> None:
     problems = []
     if not (is_finite_number(epoch, True) and epoch >= 0 and is_finite_number(step, True) and step >= 0):
         problems.append(f"position epoch {epoch!r}, step {step!r}")
-    if not (isinstance(history, list) and len(history) == epoch and all(
-            isinstance(h, dict) and all(isinstance(k, str) and is_finite_number(v) for k, v in h.items()) for h in history)):
+    if not (_is_history(history) and len(history) == epoch):
         problems.append("history (one record of numbers per completed epoch)")
     if partial is not None and not (isinstance(partial, dict) and set(partial) == {"loss", "images", "seconds"}
                                     and all(is_finite_number(v) for v in partial.values())):
@@ -182,6 +181,21 @@ def check_resume_state(payload: dict[str, Any]) -> None:
         problems.append("optimiser state")
     if problems:
         raise CheckpointError(f"the checkpoint cannot be resumed: its {'; '.join(problems)} are damaged")
+
+
+def _is_history(history: Any) -> bool:
+    """Whether ``history`` is a list of metric records: dicts of numbers, each with its ``epoch``."""
+    return isinstance(history, list) and all(
+        isinstance(h, dict) and "epoch" in h and all(isinstance(k, str) and is_finite_number(v) for k, v in h.items())
+        for h in history)
+
+
+def history_of(payload: dict[str, Any]) -> list[dict[str, float]]:
+    """The run's metric records (one per completed epoch); `CheckpointError` when damaged."""
+    history = payload.get("history", [])
+    if not _is_history(history):
+        raise CheckpointError("the checkpoint's metric history is damaged (it should be one record of numbers per epoch)")
+    return history
 
 
 def read(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:

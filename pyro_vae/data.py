@@ -60,26 +60,48 @@ def load_pixels(
     cannot be read as IDX images (truncated, garbage, empty, not a file) is a
     `DataError` that names it.
     """
+    images = _read_idx(dataset, train, "images-idx3", data_dir, download, rank=3)
+    return images.reshape(len(images), -1).contiguous()
+
+
+def load_labels(
+    dataset: str = "mnist",
+    train: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> torch.Tensor:
+    """Read one split's class labels (digits 0-9 for MNIST) as int64 ``[N]``, on the CPU.
+
+    Same files, folder and errors as `load_pixels` (``*-labels-idx1-ubyte``);
+    row i labels image i of `load_pixels`.
+    """
+    return _read_idx(dataset, train, "labels-idx1", data_dir, download, rank=1).long()
+
+
+def _read_idx(dataset: str, train: bool, kind: str, data_dir: str | os.PathLike | None, download: bool,
+              rank: int) -> torch.Tensor:
+    """Read ``ROOT/<class>/raw/<train|t10k>-<kind>-ubyte`` as uint8 of ``rank`` dims, or raise `DataError`."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     from torchvision import datasets
-    from torchvision.datasets.mnist import read_image_file
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     cls = getattr(datasets, DATASETS[dataset])
     root = data_root(data_dir)
     raw = root / cls.__name__ / "raw"
     if any(not (raw / f).exists() for f in _expected_files(cls)):
         _download(cls, dataset, root, raw, download)
-    path = raw / f"{'train' if train else 't10k'}-images-idx3-ubyte"
+    path = raw / f"{'train' if train else 't10k'}-{kind}-ubyte"
     try:
-        images = read_image_file(str(path))
-        if images.dim() != 3 or images.dtype != torch.uint8 or len(images) == 0:
-            raise ValueError(f"holds {images.dtype} data of shape {list(images.shape)}, not uint8 images [N, H, W]")
+        values = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        if values.dim() != rank or values.dtype != torch.uint8 or len(values) == 0:
+            raise ValueError(f"holds {values.dtype} data of shape {list(values.shape)}, not uint8 {kind.split('-')[0]} "
+                             f"of {rank} dims")
     except Exception as e:  # noqa: BLE001 - torchvision raises many types for a damaged file
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
         raise DataError(f"{path} is unreadable ({why}): it may be truncated or corrupt; replace it with an intact "
                         f"copy of the {dataset} file") from None
-    return images.reshape(len(images), -1).contiguous()
+    return values
 
 
 def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) -> None:
@@ -235,12 +257,15 @@ class DataSplits:
     ``source`` names where they came from: a ``--dataset`` name when
     `load_splits` read them, else ``"custom"`` (images handed over from Python,
     which ``python -m inference.evaluate`` cannot load again by name).
+    ``test_labels`` (int64 ``[N_test]``, or None when there are none) colour
+    the latent-space figure.
     """
 
     train: Images
     test: torch.Tensor  # [N_test, D] floats, binarised once with test_seed
     test_seed: int
     source: str = "custom"
+    test_labels: torch.Tensor | None = None
 
 
 def evaluation_images(
@@ -272,4 +297,6 @@ def load_splits(
     train = take_first(load_pixels(dataset, True, data_dir, download), train_limit, "--train-limit",
                        f"the {dataset} training split")
     test = evaluation_images(dataset, binarize, data_dir, test_limit, test_seed, device, download)
-    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=dataset)
+    labels = load_labels(dataset, False, data_dir, download=False)[: len(test)]
+    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=dataset,
+                      test_labels=labels)

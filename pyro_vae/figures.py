@@ -1,5 +1,6 @@
-"""Figures: image grids (samples, reconstructions), the ELBO curve, and the
-evaluation report's k-hat plot, gap histogram and K ladder.
+"""Figures: image grids (samples, reconstructions, interpolations, the latent
+manifold), the latent space coloured by label, the ELBO / rate / distortion
+curves, and the evaluation report's k-hat plot, gap histogram and K ladder.
 
 Images are flattened squares ``[N, side*side]`` with values in [0, 1].
 Curves are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot), so saving
@@ -34,6 +35,17 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8
     return path
 
 
+def draw_image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str = "") -> None:
+    """Show ``images [N, D]`` as one grid on a matplotlib ``ax``, ``nrow`` images a row, axes hidden."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(_as_square(images), nrow=nrow, padding=2, pad_value=0.5)
+    ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
 def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save a grid whose odd rows are test images and even rows their reconstructions."""
     n = len(originals)
@@ -44,16 +56,127 @@ def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor,
     return save_image_grid(torch.cat(rows), path, nrow=nrow)
 
 
+#: Markers on a curve only up to this many epochs; beyond, they crowd.
+MARKER_EPOCHS = 30
+
+
+def _readable_ylim(ax, series: Sequence[Sequence[float]]) -> int:
+    """Fit the y-axis to the curves after their first epochs, which would otherwise set the scale.
+
+    Skips the first ceil(n / 20) epochs (one for up to 20 epochs) of runs of 10
+    or more; returns how many epochs fall outside the axis (0 when none do).
+    """
+    n = max(len(v) for v in series)
+    skip = math.ceil(n / 20) if n >= 10 else 0
+    kept = [y for v in series for y in v[skip:]]
+    if not skip or not kept:
+        return 0
+    lo, hi = min(kept), max(kept)
+    pad = 0.05 * (hi - lo) or 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+    outside = [i for i in range(n) if any(i < len(v) and not lo - pad <= v[i] <= hi + pad for v in series)]
+    return max(outside) + 1 if outside else 0
+
+
 def plot_elbo_curve(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
-    """Plot train and test ELBO (nats per image) against epoch from metric records."""
+    """Train and test ELBO per epoch; beside them test rate and distortion when the records have them (nats per image).
+
+    Readable for long runs: markers only up to `MARKER_EPOCHS` epochs, and the
+    y-axis fitted to the later epochs (the first few, far lower, are said to
+    lie below it).
+    """
+    from matplotlib.figure import Figure
+
     epochs = [h["epoch"] for h in history]
-    fig, ax = _figure()
-    for key, label in (("train_elbo", "train (running mean)"), ("test_elbo", "test")):
-        ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per image)")
-    ax.set_title("ELBO, a lower bound on log p(x); higher is better")
-    ax.legend()
+    has_terms = bool(history) and all("test_rate" in h and "test_distortion" in h for h in history)
+    fig = Figure(figsize=(10 if has_terms else 5, 3.5))
+    axes = fig.subplots(1, 2 if has_terms else 1)
+    left = axes[0] if has_terms else axes
+    marker = "o" if len(epochs) <= MARKER_EPOCHS else None
+    # (axis, [(record key, label, colour)], y label): rate gets its own axis, about a third of distortion's size
+    panels = [(left, [("train_elbo", "train (running mean)", "C0"), ("test_elbo", "test", "C1")],
+               "ELBO (nats per image)")]
+    if has_terms:
+        panels += [(axes[1], [("test_distortion", "distortion: -log p(x|z)", "C3")], "distortion (nats per image)"),
+                   (axes[1].twinx(), [("test_rate", "rate: KL(q(z|x) || p(z))", "C2")], "rate (nats per image)")]
+    below = 0
+    for ax, curves, ylabel in panels:
+        values = [[h[key] for h in history] for key, _, _ in curves]
+        for (key, label, colour), v in zip(curves, values):
+            ax.plot(epochs, v, marker=marker, markersize=3, label=label, color=colour)
+        below = max(below, _readable_ylim(ax, values))
+        ax.set_ylabel(ylabel, color=curves[0][2] if len(curves) == 1 else "black")
+    xlabel = "epoch" + (f" (epochs 1-{below} off the axis)" if below > 1 else " (epoch 1 off the axis)" if below else "")
+    left.set_title("ELBO, a lower bound on log p(x); higher is better", fontsize=10)
+    left.legend(fontsize=8)
+    left.set_xlabel(xlabel)
+    if has_terms:
+        axes[1].set_title("test ELBO = -(rate + distortion)", fontsize=10)
+        axes[1].set_xlabel(xlabel)
+        handles = [line for ax, _, _ in panels[1:] for line in ax.get_lines()]
+        axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="center right")
+    return _save(fig, path)
+
+
+def latent_plane(codes: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """Codes ``[N, z_dim]`` as points ``[N, 2]``: themselves when z_dim = 2, else their first two principal components.
+
+    Returns the points and the share of the codes' variance the plane holds
+    (None when z_dim = 2, nothing projected). z_dim = 1 gets a zero second axis.
+    """
+    codes = codes.detach().double().cpu()
+    if codes.shape[1] == 2:
+        return codes, None
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1), None
+    centred = codes - codes.mean(0)
+    _, singular, v_t = torch.linalg.svd(centred, full_matrices=False)
+    share = float((singular[:2] ** 2).sum() / (singular**2).sum())
+    return centred @ v_t[:2].T, share
+
+
+def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, title: str = "") -> None:
+    """Scatter codes ``[N, z_dim]`` on ``ax`` (2-D, or a PCA projection), coloured by integer ``labels [N]``."""
+    points, share = latent_plane(codes)
+    z_dim = codes.shape[1]
+    # drawn in a fixed random order, so that no class is painted over all the others
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    if labels is None:
+        ax.scatter(points[order, 0], points[order, 1], s=2, alpha=0.5, linewidths=0)
+    else:
+        from matplotlib.lines import Line2D
+
+        labels = labels.cpu()
+        classes = sorted(set(labels.tolist()))
+        cmap = _colormap("tab10" if len(classes) <= 10 else "tab20")
+        index = {c: i for i, c in enumerate(classes)}
+        colours = [cmap(index[c] % cmap.N) for c in labels[order].tolist()]
+        ax.scatter(points[order, 0], points[order, 1], s=2, alpha=0.6, linewidths=0, c=colours)
+        handles = [Line2D([], [], marker="o", markersize=4, linestyle="", color=cmap(i % cmap.N), label=str(c))
+                   for c, i in index.items()]
+        ax.legend(handles=handles, fontsize=7, loc="upper right", title="label", title_fontsize=7, framealpha=0.8)
+    if share is None:
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2")
+        where = f"{z_dim}-D codes" if z_dim == 2 else "1-D codes"
+    else:
+        ax.set_xlabel("principal component 1")
+        ax.set_ylabel("principal component 2")
+        where = f"PCA of {z_dim}-D codes, {100 * share:.0f}% of their variance"
+    ax.set_title(f"{title}{': ' if title else ''}{where}", fontsize=9)
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
+
+
+def plot_latent(codes: torch.Tensor, labels: torch.Tensor | None, path: str | os.PathLike,
+                title: str = "posterior means of test images") -> Path:
+    """`draw_latent` as one PNG."""
+    fig, ax = _figure(5.5, 5)
+    draw_latent(ax, codes, labels, title)
     return _save(fig, path)
 
 

@@ -547,13 +547,13 @@ def test_evaluate_refuses_a_report_folder_with_a_folder_where_a_file_goes(run_co
 
 def test_a_signal_as_the_last_epoch_ends_still_stops_with_its_status(mnist_root, tmp_path, capsys, monkeypatch):
     """SIGTERM while the last epoch's test ELBO is computed: training is complete, but no report, and exit 143."""
-    real = svi.evaluate_elbo
+    real = svi.epoch_metrics
 
     def evaluate_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(svi, "evaluate_elbo", evaluate_then_sigterm)
+    monkeypatch.setattr(svi, "epoch_metrics", evaluate_then_sigterm)
     status, _ = run(svi.main, [*TINY, "--data-dir", str(mnist_root), "--out", str(tmp_path / "run"),
                                "--eval-samples", "5"], capsys)
     assert status == 128 + signal.SIGTERM

@@ -52,10 +52,12 @@ def test_cli_writes_config_metrics_checkpoint_and_figures(mnist_root, tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     for line in lines:
-        assert set(line) == {"epoch", "train_elbo", "test_elbo", "seconds"}
+        assert set(line) == {"epoch", "train_elbo", "test_elbo", "test_rate", "test_distortion", "seconds"}
         assert line["train_elbo"] < 0 and line["test_elbo"] < 0 and line["seconds"] > 0
-    for name in ("samples.png", "reconstructions.png", "elbo.png"):
+        assert line["test_rate"] > 0 and line["test_elbo"] == pytest.approx(-(line["test_rate"] + line["test_distortion"]))
+    for name in ("samples.png", "reconstructions.png", "elbo.png", "latent.png", "interpolation.png"):
         assert (out / "figures" / name).stat().st_size > 0
+    assert not (out / "figures" / "manifold.png").exists()  # z_dim 6: no plane to grid
     vae, loaded = load(out / "checkpoint.pt", device="cpu")
     assert isinstance(vae, VAE) and loaded.to_dict() == config
     assert vae.config.hidden_dims == (32, 16) and not vae.training

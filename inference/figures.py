@@ -1,0 +1,179 @@
+r"""What a trained VAE learned, in pictures: ``python -m inference.figures RUN_DIR``.
+
+Draws into ``RUN_DIR/figures`` (or ``--out``), for any checkpoint:
+
+- ``samples.png``: mean images E[x|z] for 64 draws z ~ p(z);
+- ``reconstructions.png``: test images (odd rows) and E[x|z] at their codes (even rows);
+- ``latent.png``: the codes of the test images (q's mean, `LatentModel.encode`),
+  coloured by digit; for z_dim > 2 their first two principal components;
+- ``interpolation.png``: each row a test image x_a, the decodings of
+  z = (1 - t) z_a + t z_b for t = 0, 1/9, ..., 1, and x_b;
+- ``manifold.png`` (z_dim = 2 only): a 20 x 20 grid of decodings at the prior's
+  quantiles, z_j = Phi^-1((j + 0.5) / 20) on each axis, z2 growing upwards as in ``latent.png``;
+- ``elbo.png``: train and test ELBO per epoch, and test rate and distortion
+  (``metrics.jsonl``; see `inference.rate_distortion`).
+
+Training writes the same set after its last epoch (`draw_run_figures`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from models.base import LatentModel
+from pyro_vae import checkpoint, figures
+from pyro_vae.cli import ArgumentParser, error, positive_int
+from pyro_vae.data import evaluation_images, load_labels
+from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyro_vae.paths import check_writable_dir
+
+#: The files `draw_run_figures` writes (manifold.png only when z_dim = 2).
+FIGURE_FILES = ("samples.png", "reconstructions.png", "latent.png", "interpolation.png", "manifold.png", "elbo.png")
+INTERPOLATION_STEPS = 10
+MANIFOLD_SIDE = 20
+
+
+@torch.no_grad()
+def latent_codes(model: LatentModel, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Central codes (`LatentModel.encode`) of images ``x [N, D]``: ``[N, z_dim]``."""
+    return torch.cat([model.encode(xb) for xb in x.split(batch_size)])
+
+
+@torch.no_grad()
+def interpolate(model: LatentModel, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = INTERPOLATION_STEPS) -> torch.Tensor:
+    """Decodings along straight lines between the codes of ``x_a [P, D]`` and ``x_b [P, D]``.
+
+    Returns ``[P, steps + 2, D]``: per pair, x_a, E[x|z_t] for ``steps`` evenly
+    spaced t from 0 to 1 (z_t = (1 - t) z_a + t z_b), then x_b.
+    """
+    z_a, z_b = model.encode(x_a), model.encode(x_b)
+    t = torch.linspace(0, 1, steps, device=z_a.device, dtype=z_a.dtype)[:, None, None]
+    path = (1 - t) * z_a + t * z_b  # [steps, P, z_dim]
+    decoded = model.decode(path).transpose(0, 1)  # [P, steps, D]
+    return torch.cat([x_a[:, None], decoded, x_b[:, None]], 1)
+
+
+def prior_quantile_grid(side: int = MANIFOLD_SIDE) -> torch.Tensor:
+    """Codes ``[side * side, 2]`` at the N(0, 1) quantiles (j + 0.5) / side, row-major with z2 falling down the rows."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(side) + 0.5) / side)
+    z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
+
+
+@torch.no_grad()
+def manifold(model: LatentModel, side: int = MANIFOLD_SIDE) -> torch.Tensor:
+    """Decodings ``[side * side, D]`` of `prior_quantile_grid` for a model with z_dim = 2."""
+    if model.z_dim != 2:
+        raise ConfigError(f"the latent manifold is drawn for z_dim = 2; this model has z_dim = {model.z_dim}")
+    anchor = next(model.parameters())
+    return model.decode(prior_quantile_grid(side).to(anchor))
+
+
+def interpolation_pairs(labels: torch.Tensor | None, num_pairs: int, n: int) -> tuple[list[int], list[int]]:
+    """Indices of ``num_pairs`` pairs among ``n`` images: with labels, each image paired with the next of another label."""
+    starts = list(range(min(num_pairs, n)))
+    if labels is None:
+        return starts, [(i + num_pairs) % n for i in starts]
+    labels = labels.tolist()
+    ends = [next((j for j in range(i + 1, n) if labels[j] != labels[i]), (i + 1) % n) for i in starts]
+    return starts, ends
+
+
+def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
+                     history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0) -> list[Path]:
+    """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
+
+    The random draws (samples) use a forked RNG seeded by ``seed``: the caller's
+    random stream is untouched. Returns the paths written.
+    """
+    fig_dir = Path(fig_dir)
+    written = []
+    was_training = model.training
+    model.eval()
+    try:
+        with forked_rng(x.device):
+            torch.manual_seed(seed)
+            written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png"))
+        written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]), fig_dir / "reconstructions.png"))
+        codes = latent_codes(model, x)
+        written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png"))
+        starts, ends = interpolation_pairs(labels, 8, len(x))
+        rows = interpolate(model, x[starts], x[ends])
+        written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
+                                               nrow=rows.shape[1]))
+        if model.z_dim == 2:
+            written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE))
+        else:
+            (fig_dir / "manifold.png").unlink(missing_ok=True)  # a stale one from another model would mislead
+        if history:
+            written.append(figures.plot_elbo_curve(history, fig_dir / "elbo.png"))
+    finally:
+        model.train(was_training)
+    return written
+
+
+def figures_for_run(source: str | Path, out: str | Path | None = None, test_limit: int | None = None,
+                    device: str = "auto", data_dir: str | None = None, seed: int = 0) -> list[Path]:
+    """Load the checkpoint at ``source`` (run folder or file) and its test images; draw `FIGURE_FILES`.
+
+    ``out`` defaults to ``RUN_DIR/figures``. Data are downloaded only into a
+    ``data_dir`` given here, never into one named by the (untrusted) checkpoint.
+    """
+    if test_limit is not None and test_limit < 1:
+        raise ConfigError(f"--test-limit must be at least 1, got {test_limit}")
+    path = checkpoint.resolve_path(source)
+    fig_dir = Path(out) if out else path.parent / "figures"
+    check_writable_dir(fig_dir, files=FIGURE_FILES)
+    target = resolve_device(device)
+    payload = checkpoint.read(path, map_location=target)
+    model = checkpoint.build_model(payload).to(target)
+    if not isinstance(model, LatentModel):
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, which has no encoder and decoder to draw")
+    config = checkpoint.config_of(payload)
+    history = checkpoint.history_of(payload)
+    if config.dataset == "custom":
+        raise DataError(f"{path} was trained on images handed over from Python; draw its figures from Python: "
+                        "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
+    root = data_dir or config.data_dir
+    x = evaluation_images(config.dataset, config.binarize, root, test_limit, config.test_seed, target,
+                          download=data_dir is not None)
+    labels = load_labels(config.dataset, False, root, download=False)[: len(x)]
+    x_dim = model.init_kwargs().get("x_dim")
+    if x_dim is not None and x.shape[1] != x_dim:
+        raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "
+                        f"images have {x.shape[1]}; draw it with the data it was trained on")
+    return draw_run_figures(model, x, labels, history, fig_dir, seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="python -m inference.figures", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder holding checkpoint.pt, or the file")
+    p.add_argument("--out", help="figure folder (default RUN_DIR/figures)")
+    p.add_argument("--test-limit", type=positive_int, metavar="N",
+                   help="use the first N test images (default all) for latent.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--data-dir", help="dataset root, if not the one the run recorded")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m inference.figures``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        written = figures_for_run(args.source, args.out, args.test_limit, args.device, args.data_dir, args.seed)
+    except PyroVAEError as e:
+        return error(e)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
