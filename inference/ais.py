@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 
 from inference.importance import Layout, data_frame_dim, inspect_programs, sum_within_datapoint, trace_sum
 from pyro_vae.device import forked_rng
+from pyro_vae.distributed import sharded_map
 from pyro_vae.errors import EstimationError
 
 INITS = ("guide", "prior")
@@ -587,14 +588,15 @@ def bdmc(
     with torch.no_grad(), forked_rng(x.device):
         latents = _latent_names(model, guide, x[:1])
         layout = inspect_programs(model, guide, x[:1])
-    forward, reverse = [], []
-    for lo in range(0, num_images, batch_size):
+
+    def sandwich_batch(lo: int) -> tuple[AISEstimate, AISEstimate]:
         xb = x[lo : lo + batch_size]
         args = (model, guide, xb, num_chains, num_steps, leapfrog_steps, init, schedule, seed, lo, initial_step_size,
                 progress)
-        estimate, step_sizes = _run(*args)
-        forward.append(estimate)
+        forward, step_sizes = _run(*args)
         exact = _exact_chains(trace, latents, lo, lo + len(xb), layout.particle_dim, num_chains)
-        reverse.append(_run(*args, exact=exact, step_sizes=step_sizes)[0])
-    fwd, rev = AISEstimate.concat(forward), AISEstimate.concat(reverse)
+        return forward, _run(*args, exact=exact, step_sizes=step_sizes)[0]
+
+    halves = sharded_map(sandwich_batch, range(0, num_images, batch_size))  # batches shared out under torchrun
+    fwd, rev = AISEstimate.concat([f for f, _ in halves]), AISEstimate.concat([r for _, r in halves])
     return Sandwich(x.cpu(), fwd.log_px, rev.log_px, fwd, rev)

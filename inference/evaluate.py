@@ -42,11 +42,12 @@ from inference.ais import AISEstimate, ais_log_marginal, bdmc
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from inference.stopping import Interrupted, interrupt_on_signals
-from pyro_vae import checkpoint, figures
+from pyro_vae import checkpoint, distributed, figures
 from pyro_vae.cli import ArgumentParser, error, non_negative_int, positive_int
 from pyro_vae.config import PRESETS, ModelConfig
 from pyro_vae.data import evaluation_images
-from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.device import DEVICE_CHOICES
+from pyro_vae.distributed import sharded_map
 from pyro_vae.errors import ConfigError, DataError, EstimationError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
 
@@ -132,7 +133,7 @@ def evaluate(
         raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
     ckpt_path = checkpoint.resolve_path(source)
     out_dir = Path(out) if out else ckpt_path.parent / "report"
-    target = resolve_device(device)
+    group, target = distributed.setup(device)  # under torchrun: join the group, take this rank's device
     data = checkpoint.read_bytes(ckpt_path)
     sha256 = hashlib.sha256(data).hexdigest()
     payload = checkpoint.parse(data, ckpt_path, map_location=target)
@@ -153,19 +154,20 @@ def evaluate(
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "
                         f"images have shape {list(x.shape[1:])}; evaluate it on the data it was trained on")
 
-    parts = []
-    batches = list(enumerate(x.split(batch_size)))
-    for i, xb in tqdm(batches, desc=f"log p(x), K={num_samples}", disable=not progress, leave=False):
+    def estimate_batch(batch: tuple[int, torch.Tensor]) -> MarginalEstimate:
+        i, xb = batch
         try:
-            parts.append(estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size,
-                                               DEFAULT_LADDER, seed=seed + i))
+            return estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size, DEFAULT_LADDER,
+                                         seed=seed + i)  # seeded by batch index: the same at any number of ranks
         except EstimationError:
             raise
         except ValueError as e:  # a distribution refused its parameters: the network output NaN or inf
             raise EstimationError(f"the model gives invalid distribution parameters on test images {i * batch_size}.."
                                   f"{i * batch_size + len(xb) - 1} ({' '.join(str(e).split())[:120]}); its "
                                   "parameters are unusable (a diverged or damaged checkpoint)") from None
-    est = MarginalEstimate.concat(parts)
+
+    batches = list(enumerate(x.split(batch_size)))
+    est = MarginalEstimate.concat(sharded_map(estimate_batch, batches, progress and f"log p(x), K={num_samples}"))
     estimate_seconds = time.perf_counter() - started
     ais = _run_ais(model, x[:ais_limit], ais_steps, ais_chains, batch_size, seed, progress) if ais_steps else None
 
@@ -207,9 +209,10 @@ def evaluate(
         }
     if gaps:
         m = min(gap_limit, n_images)
-        found = [inference_gaps(model, xb, est.slice(lo, lo + len(xb)), num_samples=num_samples, seed=seed)
-                 for lo, xb in tqdm(list(zip(range(0, m, batch_size), x[:m].split(batch_size))),
-                                    desc="inference gaps", disable=not progress, leave=False)]
+        found = sharded_map(
+            lambda batch: inference_gaps(model, batch[1], est.slice(batch[0], batch[0] + len(batch[1])),
+                                         num_samples=num_samples, seed=seed),
+            list(zip(range(0, m, batch_size), x[:m].split(batch_size))), progress and "inference gaps")
         candidates = {"importance sampling from q": est.log_px[:m],
                       "importance sampling from q*": torch.cat([g.log_px for g in found])}
         if ais is not None and len(ais[0].log_px) >= m:
@@ -231,6 +234,7 @@ def evaluate(
         "seconds": time.perf_counter() - started,
         "seconds_log_px": estimate_seconds,
         "device": str(target),
+        "processes": group.world_size,
         "chunk_size": chunk_size,
         "batch_size": batch_size,
         "seed": seed,
@@ -246,20 +250,28 @@ def evaluate(
             and ModelConfig(**config["model"]) == preset.model):
         report["published"] = {"preset": config["preset"], "nll": preset.published_nll, "source": preset.source}
 
+    if group.is_main:  # one report, written by rank 0
+        write_report(out_dir, report, est, ais, sandwich, gap_values)
+    return report
+
+
+def write_report(out_dir: Path, report: dict[str, Any], est: MarginalEstimate, ais: tuple[AISEstimate, float] | None,
+                 sandwich: Any, gap_values: dict[str, list[float]]) -> None:
+    """Write `REPORT_FILES` into ``out_dir``: the report as JSON and Markdown, the per-image table, the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
     write_per_image(out_dir / "per_image.csv", est, None if ais is None else ais[0])
     figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
-    figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, log_px["mean"], out_dir / "ladder.png")
+    figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, report["log_px"]["mean"],
+                        out_dir / "ladder.png")
     if ais is None and sandwich is None:
         (out_dir / "ais.png").unlink(missing_ok=True)  # a stale figure of an earlier report would mislead
     else:
         difference = None if ais is None else (ais[0].log_px - est.log_px[: len(ais[0].log_px)]).tolist()
         ladder = None if sandwich is None else {int(k): v for k, v in report["bdmc"]["ladder"].items()}
         figures.plot_ais(difference, ladder, out_dir / "ais.png")
-    return report
 
 
 def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None) -> None:
@@ -279,9 +291,9 @@ def _run_ais(model: torch.nn.Module, x: torch.Tensor, steps: int, chains: int, b
              progress: bool) -> tuple[AISEstimate, float]:
     """AIS from the guide on ``x`` in batches (randomness keyed by image index); the estimate and its seconds."""
     started = time.perf_counter()
-    parts = [ais_log_marginal(model.model, model.guide, xb, chains, steps, seed=seed, first_index=lo)
-             for lo, xb in tqdm(list(zip(range(0, len(x), batch_size), x.split(batch_size))),
-                                desc=f"AIS, T={steps}", disable=not progress, leave=False)]
+    parts = sharded_map(lambda batch: ais_log_marginal(model.model, model.guide, batch[1], chains, steps, seed=seed,
+                                                       first_index=batch[0]),
+                        list(zip(range(0, len(x), batch_size), x.split(batch_size))), progress and f"AIS, T={steps}")
     return AISEstimate.concat(parts), time.perf_counter() - started
 
 
@@ -431,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m inference.evaluate``; returns the exit status."""
+    """Entry point of ``python -m inference.evaluate`` (also under ``torchrun``); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         with interrupt_on_signals():
@@ -439,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.gaps, args.gap_limit, args.seed, args.device, args.out, args.data_dir,
                               not args.no_progress, ais_steps=args.ais_steps, ais_chains=args.ais_chains,
                               ais_limit=args.ais_limit, bdmc_images=args.bdmc)
+            is_main = distributed.current().is_main  # rank 0 prints the report (before the group is left below)
     except PyroVAEError as e:
         return error(e)
     except Interrupted as e:
@@ -448,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
             raise
         return error(f"out of memory ({' '.join(str(e).split())[:160]}); lower --chunk-size or --batch-size")
-    print(render_markdown(report))
+    finally:
+        distributed.shutdown()
+    if is_main:
+        print(render_markdown(report))
     return 0
 
 

@@ -58,6 +58,7 @@ from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig, is_finite_number
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.distributed import launched_by_torchrun
 from pyro_vae.paths import check_writable_dir
 from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
@@ -488,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     the signal number when SIGINT/SIGTERM stopped it (checkpoint written).
     """
     args = build_parser().parse_args(argv)
+    if launched_by_torchrun():  # N copies of a one-process run would each write the same folder
+        return error("training under torchrun is not built yet (only python -m inference.evaluate shares its work "
+                     "across processes); run python -m inference.svi as one process")
     out = None
     try:
         config = config_from_args(args)

@@ -1,0 +1,100 @@
+"""More than one process: ``torchrun`` sets the environment, this module joins the group and shares out work.
+
+Under ``torchrun --nproc_per_node N`` every process sees ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK``; `setup` joins the default process group (backend
+``nccl`` on CUDA, ``gloo`` on the CPU) and gives each process its device
+(``cuda:LOCAL_RANK``, or the CPU). Without ``torchrun`` nothing is joined:
+one process is rank 0 of 1 and every helper here is the identity.
+
+`sharded_map` runs a function over a list of work items, item i on rank
+i mod N, and hands every rank all the results in item order, so whatever is
+computed per item (a batch of images with its own seed) does not depend on N.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from pyro_vae.device import resolve_device
+from pyro_vae.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place: ``rank`` of ``world_size`` processes."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and prints results."""
+        return self.rank == 0
+
+
+def current() -> Group:
+    """The group this process belongs to (rank 0 of 1 when no process group is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return Group(dist.get_rank(), dist.get_world_size())
+    return Group()
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment asks for more than one process (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str = "auto") -> tuple[Group, torch.device]:
+    """Join the process group ``torchrun`` describes (once) and pick this process's device.
+
+    ``device`` is a ``--device`` choice. On CUDA each process takes
+    ``cuda:LOCAL_RANK`` and the ``nccl`` backend; on the CPU, ``gloo``.
+    Without ``torchrun`` it returns rank 0 of 1 and ``resolve_device(device)``.
+    """
+    target = resolve_device(device)
+    if not launched_by_torchrun():
+        return current(), target
+    if target.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started local rank {local_rank}, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA devices; use --nproc_per_node at most that")
+        target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+    return current(), target
+
+
+def sharded_map(fn: Callable[[T], Any], items: Sequence[T], progress: str | None = None) -> list[Any]:
+    """``[fn(item) for item in items]``, item i computed on rank i mod N; every rank gets the whole list.
+
+    ``fn``'s results travel between processes pickled, so they should hold CPU
+    tensors. ``progress``: a tqdm bar with that label over rank 0's items. In a
+    single process this is a plain list comprehension.
+    """
+    group = current()
+    mine = range(group.rank, len(items), group.world_size)
+    bar = tqdm(mine, desc=progress, disable=not progress or not group.is_main, leave=False)
+    if group.world_size == 1:
+        return [fn(items[i]) for i in bar]
+    mine = {i: fn(items[i]) for i in bar}
+    gathered: list[dict[int, Any]] = [{} for _ in range(group.world_size)]
+    dist.all_gather_object(gathered, mine)
+    merged = {i: result for part in gathered for i, result in part.items()}
+    return [merged[i] for i in range(len(items))]
+
+
+def shutdown() -> None:
+    """Leave the process group, if one was joined (all ranks call this at the end)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
