@@ -37,7 +37,8 @@ from pyro.infer import SVI, Trace_ELBO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, machine, timed  # noqa: E402
 
-from inference.svi import build_step, train  # noqa: E402
+from inference.step import build_step  # noqa: E402
+from inference.svi import train  # noqa: E402
 from models.vae import VAE  # noqa: E402
 from pyro_vae.config import PRESETS, TrainConfig  # noqa: E402
 from pyro_vae.data import load_pixels  # noqa: E402
@@ -87,7 +88,7 @@ def pyro_example(pixels: torch.Tensor, batch_size: int, device: torch.device):
 
 
 def compile_seconds(pixels: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Seconds that ``inference.svi.build_step`` takes to compile and check the default loss for a fresh model."""
+    """Seconds that ``inference.step.build_step`` takes to compile and check the default loss for a fresh model."""
     pyro.clear_param_store()
     vae = VAE.from_config(PRESETS["burda2015"].model).to(device)
     probe = torch.bernoulli(pixels[:batch_size].float() / 255).to(device)

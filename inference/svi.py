@@ -14,12 +14,12 @@ estimator (sticking the landing, DReG). Objectives and estimators live in
 latent site (see ``models.base``). Reported ELBOs are nats per image and
 negative: a lower bound on log p(x), higher is better.
 
-A step is what ``pyro.infer.SVI.step`` does, written out (`make_step`): the
+A step is what ``pyro.infer.SVI.step`` does, written out (`inference.step`): the
 objective's ``differentiable_loss``, ``backward``, and one ``torch.optim.Adam``
 over the model's parameters (``pyro.optim`` keeps an optimiser per tensor;
 dropping it sped up large batches, BENCHMARKS.md). By default the loss is
 JIT-compiled where Pyro can and `check_compiled` finds the compiled loss and
-gradients equal to the plain ones (`build_step`): that removes Pyro's Python
+gradients equal to the plain ones (`inference.step.build_step`): that removes Pyro's Python
 from each step, most of its cost over hand-written PyTorch.
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
@@ -39,14 +39,13 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer.elbo import ELBO
 from tqdm.auto import tqdm
 
-from inference.compiled import check_compiled
 from inference.evaluate import evaluate, render_markdown
 from inference.figures import draw_run_figures
-from inference.objectives import ELBO_NAMES, GRADIENTS, jit_available, make_elbo
+from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
+from inference.step import build_step
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
 from models.guides import GUIDES
@@ -60,70 +59,12 @@ from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
 from pyro_vae.device import DEVICE_CHOICES, resolve_device
 from pyro_vae.distributed import launched_by_torchrun
 from pyro_vae.paths import check_writable_dir
-from pyro_vae.errors import CheckpointError, CompileError, ConfigError, DataError, PyroVAEError, TrainingDiverged
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
 
 
 #: Settings that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
-
-
-def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
-              reference: ELBO | None = None):
-    """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
-
-    The returned loss is a 0-d tensor left on the device (no host sync). One
-    torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
-    separate optimiser per parameter tensor, which slowed large batches (see
-    BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
-    its own ``loss_and_grads`` fills the same parameters' gradients. For a JIT
-    ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
-    and check it before the first step (`check_compiled`; raises `CompileError`).
-    """
-    # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
-    # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
-    model_fn, guide_fn = model.model, model.guide
-    if reference is not None:
-        if probe is None:
-            raise ValueError("make_step: checking a compiled loss against reference needs a probe batch")
-        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        check_compiled(model_fn, guide_fn, params, elbo, reference, probe)
-    if hasattr(elbo, "differentiable_loss"):
-        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
-            loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
-            loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            return loss.detach()
-    else:
-        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
-            loss = elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            return torch.tensor(loss)
-    return step
-
-
-def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
-               log=print) -> tuple:
-    """``(step, compiled)``: the training step for ``config``, JIT-compiled where that is safe.
-
-    ``config.jit``: True compiles or raises (`ConfigError` when Pyro has no
-    compiled ``config.elbo``, `CompileError` when the check fails); False never
-    compiles; None (the default) compiles when Pyro can and `check_compiled`
-    passes on ``probe``, else logs why and runs the plain loss.
-    """
-    plain = make_elbo(config.elbo, False, config.num_particles, config.gradient)
-    if config.jit is False or (config.jit is None and not jit_available(config.elbo, config.gradient)):
-        return make_step(model, plain, optim), False
-    compiled = make_elbo(config.elbo, True, config.num_particles, config.gradient)
-    try:
-        return make_step(model, compiled, optim, probe=probe, reference=plain), True
-    except CompileError as e:
-        if config.jit:
-            raise
-        log(f"note: training with the uncompiled loss: {e}")
-        return make_step(model, plain, optim), False
 
 
 class _LossWindow:

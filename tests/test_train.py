@@ -12,7 +12,9 @@ import pytest
 import torch
 from pyro.nn import pyro_method
 
+from inference import step as step_module
 from inference import svi
+from inference.objectives import make_elbo
 from inference.svi import evaluate_elbo, main, train
 from models import VAE, register_model
 from pyro_vae import checkpoint
@@ -105,7 +107,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(m
     train(config, progress=False)
     good = (tmp_path / "run" / "checkpoint.pt").read_bytes()
 
-    real_make_step, calls = svi.make_step, []
+    real_make_step, calls = step_module.make_step, []
 
     def make_step_then_nan(*args, **kwargs):
         real = real_make_step(*args, **kwargs)
@@ -117,7 +119,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(m
 
         return step
 
-    monkeypatch.setattr(svi, "make_step", make_step_then_nan)
+    monkeypatch.setattr(step_module, "make_step", make_step_then_nan)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3.*last good checkpoint") as info:
         train(small_config(mnist_root, tmp_path / "run", epochs=2), resume=True, progress=False)
     assert (info.value.epoch, info.value.step) == (2, 3)
@@ -203,7 +205,7 @@ def test_jit_step_compiles_once(monkeypatch):
 
     monkeypatch.setattr(torch.jit, "trace", counting_trace)
     vae = VAE(z_dim=4, hidden_dims=(16,))
-    step = svi.make_step(vae, JitTrace_ELBO(), torch.optim.Adam(vae.parameters(), lr=1e-3))
+    step = step_module.make_step(vae, JitTrace_ELBO(), torch.optim.Adam(vae.parameters(), lr=1e-3))
     x = torch.bernoulli(torch.full((8, 784), 0.3))
     losses = [step(x, torch.tensor(1.0)) for _ in range(4)]
     assert len(traces) == 1 and all(torch.isfinite(loss) for loss in losses)
@@ -223,9 +225,9 @@ def test_compiled_trace_elbo_has_the_plain_gradient():
         loss = elbo.differentiable_loss(model, guide, x, torch.tensor(1.0))
         return [loss, *torch.autograd.grad(loss, params)]
 
-    compiled = svi.make_elbo("trace", jit=True)
+    compiled = make_elbo("trace", jit=True)
     loss_and_grads(compiled)  # compile
-    for got, want in zip(loss_and_grads(compiled), loss_and_grads(svi.make_elbo("trace"))):
+    for got, want in zip(loss_and_grads(compiled), loss_and_grads(make_elbo("trace"))):
         assert torch.allclose(got.detach(), want.detach(), rtol=1e-5, atol=1e-6 * float(want.detach().abs().max()))
 
 
@@ -243,13 +245,13 @@ def test_a_loss_that_does_not_trace_faithfully_is_caught_before_training(mnist_r
     probe = torch.bernoulli(torch.full((16, 784), 0.3))
     vae = FrozenSumVAE(z_dim=4, hidden_dims=(16,))
     with pytest.raises(CompileError, match="differ on a batch of 8"):
-        svi.make_step(vae, svi.make_elbo("trace", jit=True), torch.optim.Adam(vae.parameters()), probe=probe,
-                      reference=svi.make_elbo("trace"))
+        step_module.make_step(vae, make_elbo("trace", jit=True), torch.optim.Adam(vae.parameters()), probe=probe,
+                              reference=make_elbo("trace"))
     # the default falls back to the plain loss and says why; --jit insists and fails
     notes = []
     config = small_config(mnist_root, tmp_path / "auto")
     vae = FrozenSumVAE.from_config(SMALL)
-    _, compiled = svi.build_step(vae, config, torch.optim.Adam(vae.parameters()), probe, log=notes.append)
+    _, compiled = step_module.build_step(vae, config, torch.optim.Adam(vae.parameters()), probe, log=notes.append)
     assert not compiled and "training with the uncompiled loss" in notes[0]
     with pytest.raises(CompileError):
         train(small_config(mnist_root, tmp_path / "insist", jit=True), model=FrozenSumVAE.from_config(SMALL),

@@ -1,0 +1,78 @@
+r"""The training step: one optimiser step on the negative ELBO, compiled where that is safe.
+
+`make_step` writes out what ``pyro.infer.SVI.step`` does: the objective's
+``differentiable_loss``, ``backward``, and one ``torch.optim`` step over every
+parameter of the model. `build_step` picks the objective for a `TrainConfig`
+and, where Pyro has a JIT-compiled version of it, compiles it and checks it
+against the plain loss before the first step (`inference.compiled.check_compiled`),
+falling back to the plain loss, with the reason, when the check fails.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.infer.elbo import ELBO
+
+from inference.compiled import check_compiled
+from inference.objectives import jit_available, make_elbo
+from models.base import LatentModel
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import CompileError
+
+
+def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
+              reference: ELBO | None = None):
+    """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
+
+    The returned loss is a 0-d tensor left on the device (no host sync). One
+    torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
+    separate optimiser per parameter tensor, which slowed large batches (see
+    BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
+    its own ``loss_and_grads`` fills the same parameters' gradients. For a JIT
+    ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
+    and check it before the first step (`check_compiled`; raises `CompileError`).
+    """
+    # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
+    # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
+    model_fn, guide_fn = model.model, model.guide
+    if reference is not None:
+        if probe is None:
+            raise ValueError("make_step: checking a compiled loss against reference needs a probe batch")
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        check_compiled(model_fn, guide_fn, params, elbo, reference, probe)
+    if hasattr(elbo, "differentiable_loss"):
+        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+            loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            return loss.detach()
+    else:
+        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+            loss = elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            return torch.tensor(loss)
+    return step
+
+
+def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
+               log=print) -> tuple:
+    """``(step, compiled)``: the training step for ``config``, JIT-compiled where that is safe.
+
+    ``config.jit``: True compiles or raises (`ConfigError` when Pyro has no
+    compiled ``config.elbo``, `CompileError` when the check fails); False never
+    compiles; None (the default) compiles when Pyro can and `check_compiled`
+    passes on ``probe``, else logs why and runs the plain loss.
+    """
+    plain = make_elbo(config.elbo, False, config.num_particles, config.gradient)
+    if config.jit is False or (config.jit is None and not jit_available(config.elbo, config.gradient)):
+        return make_step(model, plain, optim), False
+    compiled = make_elbo(config.elbo, True, config.num_particles, config.gradient)
+    try:
+        return make_step(model, compiled, optim, probe=probe, reference=plain), True
+    except CompileError as e:
+        if config.jit:
+            raise
+        log(f"note: training with the uncompiled loss: {e}")
+        return make_step(model, plain, optim), False
