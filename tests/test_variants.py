@@ -15,7 +15,8 @@ from inference import svi
 from inference.evaluate import evaluate
 from inference.evaluate import main as evaluate_main
 from inference.importance import estimate_log_marginal
-from inference.svi import kl_weight_at, make_elbo, train
+from inference.objectives import make_elbo
+from inference.svi import kl_weight_at, train
 from models import VAE
 from models.linear import LinearGaussianVAE
 from models.mixture_prior import MixturePriorVAE
