@@ -56,7 +56,7 @@ from pyro_vae import checkpoint
 from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig, is_finite_number
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
-from pyro_vae.device import DEVICE_CHOICES, resolve_device
+from pyro_vae.device import DEVICE_CHOICES, check_fits, resolve_device
 from pyro_vae.distributed import launched_by_torchrun
 from pyro_vae.paths import check_writable_dir
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
@@ -218,9 +218,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     if data is None:
         data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
                            config.seed, config.test_seed, device)
-    elif data.source != config.dataset:  # record what was really trained on; evaluate will not guess
-        config = dataclasses.replace(config, dataset=data.source)
-    model = (model or VAE.from_config(config.model)).to(device)
+    else:
+        data = data.to(device)
+        if data.source != config.dataset:  # record what was really trained on; evaluate will not guess
+            config = dataclasses.replace(config, dataset=data.source)
+    if model is None:
+        check_fits(lambda: VAE.from_config(config.model), device, "the model")
+        model = VAE.from_config(config.model)
+    model = model.to(device)
     _check_data(model, data, config.binarize)
     optim = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}

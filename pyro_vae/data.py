@@ -14,6 +14,8 @@ Evaluation data are binarised once with a recorded seed (`Images.frozen`).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -240,6 +242,18 @@ class Images:
             return torch.bernoulli(grey, generator=self._generator(_seed_for(seed)))
         return grey
 
+    def to(self, device: torch.device | str) -> "Images":
+        """This split on ``device`` (itself when already there); seed, mode and stored draw unchanged.
+
+        Batches are drawn with that device's generator, so a dynamic draw on
+        CUDA differs from the CPU's for the same seed.
+        """
+        if torch.device(device) == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.pixels = self.pixels.to(device)
+        return moved
+
     def _generator(self, seed: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
@@ -266,6 +280,10 @@ class DataSplits:
     test_seed: int
     source: str = "custom"
     test_labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "DataSplits":
+        """These splits with training and test images on ``device`` (labels stay where they are)."""
+        return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
 
 
 def evaluation_images(

@@ -1,8 +1,14 @@
-"""Choosing the torch device from a user's ``auto | cpu | cuda`` request, and forking its RNG."""
+"""Choosing the torch device from a user's ``auto | cpu | cuda`` request, forking its RNG, and
+checking that a model fits in its memory before it is built."""
+
+from collections.abc import Callable
 
 import torch
 
-from pyro_vae.errors import DeviceError
+from pyro_vae.errors import ConfigError, DeviceError
+
+# Parameters, their gradients and Adam's two moments: four tensors of each parameter's size.
+TRAINING_COPIES = 4
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -35,3 +41,40 @@ def resolve_device(request: str = "auto") -> torch.device:
             )
         return torch.device(request)
     raise DeviceError(f"unknown device {request!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now (CUDA: the driver's count; CPU: Linux's MemAvailable), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(build: Callable[[], torch.nn.Module], device: torch.device, what: str) -> None:
+    """Raise `ConfigError` ("out of memory") when training ``build()`` on ``device`` could not fit in its memory.
+
+    ``build`` runs on PyTorch's ``meta`` device (shapes only, nothing
+    allocated); training needs `TRAINING_COPIES` times its parameter bytes.
+    This turns an impossible size into one line before a byte is allocated,
+    where the allocation itself might succeed lazily and the kernel's OOM
+    killer end the process later. A model that cannot be built on ``meta``
+    is not checked.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception:  # noqa: BLE001 - not buildable on meta: the real build reports its own errors
+        return
+    need = TRAINING_COPIES * sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"out of memory: training {what} needs {need / 2**30:,.1f} GiB (parameters, gradients and "
+                          f"Adam's moments) and {device} has {free / 2**30:,.1f} GiB free; use smaller --hidden-dims "
+                          "or --latent-dim")

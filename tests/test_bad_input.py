@@ -568,3 +568,13 @@ def test_a_second_signal_stops_at_once_with_its_own_status():
         assert stop.requested and stop.exit_status == 143
         os.kill(os.getpid(), signal.SIGTERM)
     assert info.value.exit_status == 143
+
+
+def test_a_model_larger_than_free_memory_is_refused_before_it_is_built(monkeypatch, mnist_root, tmp_path, capsys):
+    """The check runs on the meta device: a lazily granted allocation could otherwise be OOM-killed later."""
+    from pyro_vae import device as device_module
+
+    monkeypatch.setattr(device_module, "free_memory", lambda device: 10_000)  # bytes; SMALL needs far more
+    status, stderr = run(svi.main, [*TINY, "--out", str(tmp_path / "run"), "--data-dir", str(mnist_root)], capsys)
+    assert_refused(status, stderr, "out of memory")
+    assert "GiB free" in stderr and not (tmp_path / "run").exists()

@@ -130,3 +130,22 @@ def test_images_stay_on_the_cuda_device(grey_images):
     assert images.pixels.is_cuda and images.pixels.dtype == torch.uint8
     assert all(b.is_cuda for b in images.batches(16))
     assert images.frozen(0).is_cuda
+
+
+@cuda_only
+@pytest.mark.parametrize("binarize", ["dynamic", "static"])
+def test_splits_moved_to_cuda_keep_their_mode_and_stored_draw(grey_images, binarize):
+    cpu = Images(grey_images, binarize, seed=3)
+    splits = DataSplits(train=cpu, test=cpu.frozen(0), test_seed=0, source="custom")
+    moved = splits.to("cuda")
+    assert moved.train.pixels.is_cuda and moved.test.is_cuda and not cpu.pixels.is_cuda
+    assert torch.equal(moved.train.pixels.cpu(), cpu.pixels)  # a static draw is not drawn again
+    assert moved.train.binarize == binarize and moved.train.seed == 3 and moved.source == "custom"
+    assert all(b.is_cuda for b in moved.train.batches(16))
+
+
+def test_moving_splits_to_their_own_device_changes_nothing(grey_images):
+    images = Images(grey_images, "dynamic", seed=3)
+    splits = DataSplits(train=images, test=images.frozen(0), test_seed=0)
+    same = splits.to("cpu")
+    assert same.train is images and same.test is splits.test

@@ -192,6 +192,18 @@ def test_training_on_cuda(mnist_root, tmp_path):
     assert next(vae.parameters()).is_cuda
 
 
+@cuda_only
+def test_data_handed_in_on_the_cpu_trains_on_cuda(mnist_root, tmp_path):
+    """What the notebooks do: load_splits on the CPU, then train(..., data=) with the default device."""
+    from pyro_vae.data import load_splits
+
+    config = small_config(mnist_root, tmp_path / "run", device="cuda")
+    data = load_splits("mnist", "dynamic", mnist_root, config.train_limit, config.test_limit)
+    result = train(config, progress=False, data=data)
+    assert result.data.train.pixels.is_cuda and result.data.test.is_cuda and not data.train.pixels.is_cuda
+    assert -700 < result.history[0]["test_elbo"] < 0
+
+
 def test_jit_step_compiles_once(monkeypatch):
     """make_step binds model/guide once: Pyro's JIT cache keys on id(model), so a fresh bound method per
     step would recompile every step (what made --jit 3x slower before)."""
