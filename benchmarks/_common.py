@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -42,3 +47,31 @@ def interleaved_medians(contenders: dict[str, Callable[[], float]], repeats: int
         for name, run in contenders.items():
             results[name].append(run())
     return {name: statistics.median(values) for name, values in results.items()}
+
+
+def run_module(module: str, processes: int, threads: int, args: list[str], cwd: Path) -> None:
+    """``python -m MODULE ARGS`` in one process, or under ``torchrun --nproc_per_node processes``.
+
+    ``threads`` is the total: each process gets ``threads // processes`` (at least one), so N processes on one CPU
+    share its cores as one process with all the threads would.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    subprocess.run([*launcher, "-m", module, *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def alternating_runs(run: Callable[[int, Path], dict], seconds_of: Callable[[dict], float], rounds: int,
+                     processes: tuple[int, ...] = (1, 2)) -> tuple[dict[int, float], dict[int, dict]]:
+    """``run(n, out)`` for each n in ``processes``, alternating, ``rounds`` times, each into a fresh temporary folder.
+
+    Returns the median of ``seconds_of(result)`` per n and the last result per n.
+    """
+    seconds: dict[int, list[float]] = {n: [] for n in processes}
+    last: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for n in processes:
+                last[n] = run(n, Path(tmp) / f"{n}-{r}")
+                seconds[n].append(seconds_of(last[n]))
+    return {n: statistics.median(s) for n, s in seconds.items()}, last

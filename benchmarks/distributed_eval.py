@@ -16,24 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import alternating_runs, machine, run_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_report(run: str, processes: int, threads: int, flags: list[str], out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-                if processes > 1 else [sys.executable])
-    subprocess.run([*launcher, "-m", "inference.evaluate", run, *flags, "--out", str(out)], cwd=REPO, env=env,
-                   check=True, capture_output=True, text=True)
+    """The report of ``python -m inference.evaluate RUN FLAGS`` with ``processes`` processes."""
+    run_module("inference.evaluate", processes, threads, [run, *flags, "--out", str(out)], REPO)
     return json.loads((out / "report.json").read_text())
 
 
@@ -48,19 +42,14 @@ def main() -> None:
     args = p.parse_args()
     flags = ["--test-limit", str(args.images), "--num-samples", str(args.num_samples), "--batch-size",
              str(args.batch_size), "--device", "cpu", "--no-progress"]
-    seconds: dict[int, list[float]] = {1: [], 2: []}
-    reports = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for n in (1, 2):
-                reports[n] = run_report(args.run, n, args.threads, flags, Path(tmp) / f"{n}-{r}")
-                seconds[n].append(reports[n]["seconds_log_px"])
+    seconds, reports = alternating_runs(lambda n, out: run_report(args.run, n, args.threads, flags, out),
+                                        lambda report: report["seconds_log_px"], args.rounds)
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"machine: {machine(torch.device('cpu'))}; {args.images} images, K = {args.num_samples}, "
           f"batch {args.batch_size}, median of {args.rounds} rounds")
-    rate = {n: args.images / statistics.median(s) for n, s in seconds.items()}
+    rate = {n: args.images / s for n, s in seconds.items()}
     for n in (1, 2):
         print(f"N = {n}: {rate[n]:.1f} images/s ({max(1, args.threads // n)} threads each)")
     print(f"ratio N=2 / N=1: {rate[2] / rate[1]:.2f}")

@@ -452,10 +452,11 @@ def main(argv: list[str] | None = None) -> int:
                               not args.no_progress, ais_steps=args.ais_steps, ais_chains=args.ais_chains,
                               ais_limit=args.ais_limit, bdmc_images=args.bdmc)
             is_main = distributed.current().is_main  # rank 0 prints the report (before the group is left below)
-    except PyroVAEError as e:
-        return error(e)
+    except PyroVAEError as e:  # under torchrun every rank meets the same bad input: rank 0 says it once
+        return 2 if distributed.quiet_rank() else error(e)
     except Interrupted as e:
-        print(f"error: stopped by {e}; the report was not finished", file=sys.stderr)
+        if not distributed.quiet_rank():
+            print(f"error: stopped by {e}; the report was not finished", file=sys.stderr)
         return e.exit_status
     except (MemoryError, RuntimeError) as e:  # as in inference.svi.main: the CPU allocator raises RuntimeError
         if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():

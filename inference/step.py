@@ -14,14 +14,16 @@ import torch
 from pyro.infer.elbo import ELBO
 
 from inference.compiled import check_compiled
+from inference.data_parallel import DataParallelStep
 from inference.objectives import jit_available, make_elbo
 from models.base import LatentModel
 from pyro_vae.config import TrainConfig
+from pyro_vae.distributed import Group
 from pyro_vae.errors import CompileError
 
 
 def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
-              reference: ELBO | None = None):
+              reference: ELBO | None = None, group: Group | None = None):
     """``step(x, kl_weight) -> loss``: one optimiser step on the loss summed over the batch.
 
     The returned loss is a 0-d tensor left on the device (no host sync). One
@@ -31,6 +33,8 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     its own ``loss_and_grads`` fills the same parameters' gradients. For a JIT
     ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
     and check it before the first step (`check_compiled`; raises `CompileError`).
+    With a ``group`` of more than one process the step is a
+    `inference.data_parallel.DataParallelStep`: ``x`` is the global batch.
     """
     # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
     # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
@@ -41,38 +45,41 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         check_compiled(model_fn, guide_fn, params, elbo, reference, probe)
     if hasattr(elbo, "differentiable_loss"):
-        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+        def loss_and_grads(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
             loss = elbo.differentiable_loss(model_fn, guide_fn, x, kl_weight)
             loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
             return loss.detach()
     else:
-        def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
-            loss = elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            return torch.tensor(loss)
+        def loss_and_grads(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+            return torch.tensor(elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight))
+    if group is not None and group.world_size > 1:
+        return DataParallelStep(loss_and_grads, optim, group)
+
+    def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+        loss = loss_and_grads(x, kl_weight)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        return loss
     return step
 
 
 def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
-               log=print) -> tuple:
+               log=print, group: Group | None = None) -> tuple:
     """``(step, compiled)``: the training step for ``config``, JIT-compiled where that is safe.
 
     ``config.jit``: True compiles or raises (`ConfigError` when Pyro has no
     compiled ``config.elbo``, `CompileError` when the check fails); False never
     compiles; None (the default) compiles when Pyro can and `check_compiled`
-    passes on ``probe``, else logs why and runs the plain loss.
+    passes on ``probe``, else logs why and runs the plain loss. ``group``: see `make_step`.
     """
     plain = make_elbo(config.elbo, False, config.num_particles, config.gradient)
     if config.jit is False or (config.jit is None and not jit_available(config.elbo, config.gradient)):
-        return make_step(model, plain, optim), False
+        return make_step(model, plain, optim, group=group), False
     compiled = make_elbo(config.elbo, True, config.num_particles, config.gradient)
     try:
-        return make_step(model, compiled, optim, probe=probe, reference=plain), True
+        return make_step(model, compiled, optim, probe=probe, reference=plain, group=group), True
     except CompileError as e:
         if config.jit:
             raise
         log(f"note: training with the uncompiled loss: {e}")
-        return make_step(model, plain, optim), False
+        return make_step(model, plain, optim, group=group), False

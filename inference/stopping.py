@@ -52,11 +52,17 @@ def interrupt_on_signals() -> Iterator[None]:
 class StopRequest:
     """Context manager: while inside, SIGINT and SIGTERM set `requested` and `signum`.
 
-    Outside the main thread (where handlers cannot be set) it does nothing.
+    A second signal raises `Interrupted` unless ``abort_on_repeat`` is False:
+    under ``torchrun`` each worker gets Ctrl-C from the terminal *and* the
+    signal the launcher forwards to its workers, so two signals are one
+    request there (the launcher kills workers that have not stopped within
+    its own timeout, 30 s). Outside the main thread (where handlers cannot be
+    set) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, abort_on_repeat: bool = True) -> None:
         self.signum: int | None = None
+        self.abort_on_repeat = abort_on_repeat
         self._previous: dict[int, object] = {}
 
     @property
@@ -70,7 +76,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise Interrupted(signum)
+            if self.abort_on_repeat:
+                raise Interrupted(signum)
+            return
         self.signum = signum
 
     def __enter__(self) -> "StopRequest":

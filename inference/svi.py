@@ -23,7 +23,9 @@ gradients equal to the plain ones (`inference.step.build_step`): that removes Py
 from each step, most of its cost over hand-written PyTorch.
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
-epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``.
+epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``. Under
+``torchrun --nproc_per_node N -m inference.svi`` the N processes split each
+global batch of ``--batch-size`` images (`inference.data_parallel`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -45,26 +46,21 @@ from inference.evaluate import evaluate, render_markdown
 from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
+from inference.run_start import RESUMABLE_CHANGES, default_out, needs_binary_pixels, prepare
 from inference.step import build_step
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
-from models.registry import name_of
-from models.vae import VAE
-from pyro_vae import checkpoint
+from pyro_vae import checkpoint, distributed
 from pyro_vae.cli import ArgumentParser, error, positive_int
-from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig, is_finite_number
-from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits, load_splits
-from pyro_vae.device import DEVICE_CHOICES, check_fits, resolve_device
-from pyro_vae.distributed import launched_by_torchrun
-from pyro_vae.paths import check_writable_dir
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
+from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
+from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
+from pyro_vae.device import DEVICE_CHOICES
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
 
 
-#: Settings that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
 
 
 class _LossWindow:
@@ -134,51 +130,6 @@ class TrainResult:
         return 128 + self.stop_signal if self.stop_signal is not None else 0
 
 
-def _default_out() -> str:
-    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-
-
-#: The files a run writes into its folder (besides figures/).
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
-
-
-def _check_adam_state(optim: torch.optim.Optimizer, path: Path) -> None:
-    """`CheckpointError` unless the loaded Adam state has usable settings and moments shaped like the parameters."""
-    for group in optim.param_groups:
-        settings = [group.get(k) for k in ("lr", "eps", "weight_decay")] + list(group.get("betas") or [None])
-        if len(settings) != 5 or not all(is_finite_number(v) and v >= 0 for v in settings):
-            raise CheckpointError(f"{path} holds unusable optimiser settings (lr, betas, eps, weight decay)")
-        for param in group["params"]:
-            for key, value in optim.state.get(param, {}).items():
-                if not isinstance(value, torch.Tensor) or (key != "step" and value.shape != param.shape) \
-                        or not torch.isfinite(value).all():
-                    raise CheckpointError(f"{path} holds a damaged optimiser state ({key})")
-
-
-def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
-    now, then = config.to_dict(), saved.to_dict()
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
-    if changed:
-        details = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
-
-
-def _needs_binary_pixels(model: LatentModel) -> bool:
-    return getattr(getattr(model, "likelihood", None), "binary_data", False)
-
-
-def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
-    x_dim = model.init_kwargs().get("x_dim", data.train.dim)
-    for split, width in (("training", data.train.dim), ("test", data.test.shape[1])):
-        if width != x_dim:
-            raise DataError(f"the model takes {x_dim} pixels per image but the {split} images have {width}; "
-                            "set x_dim to match, or check the data files")
-    if _needs_binary_pixels(model) and not data.train.is_binary():
-        raise DataError(
-            f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
-            "grey levels; use --binarize dynamic or static, or a likelihood for continuous data"
-        )
-
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None,
           model: LatentModel | None = None) -> TrainResult:
@@ -193,66 +144,35 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     step and returns with ``interrupted=True``; a NaN/inf loss raises
     `TrainingDiverged` and leaves the last good checkpoint as it was. Bad
     settings, data or output folders are refused before anything is written.
+
+    Under ``torchrun`` every process calls this: each takes a slice of every
+    global batch of ``config.batch_size`` images (`inference.data_parallel`),
+    draws its own Monte Carlo noise, and all stop together (a signal, a NaN or
+    an error on any rank); rank 0 alone writes files and logs.
     """
     config.validated()
-    device = resolve_device(config.device)
-    out_dir = Path(config.out or _default_out())
-    config = dataclasses.replace(config, out=str(out_dir))
+    group, device = distributed.setup(config.device)
+    log = (tqdm.write if progress else print) if group.is_main else _silent
+    progress = progress and group.is_main
+    with distributed.together("before training"):
+        config, data, model, optim, start = prepare(config, resume, data, model, device, group)
+        step_fn, compiled = build_step(model, config, optim, probe=data.test[: config.batch_size], log=log,
+                                       group=group)
+        out_dir = Path(config.out)
+        if group.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
+                f.writelines(json.dumps(h) + "\n" for h in start.history)
     ckpt_path = out_dir / "checkpoint.pt"
-    check_writable_dir(out_dir, files=RUN_FILES, folders=("figures",))
-    if model is not None:
-        name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
-    if resume:
-        saved = checkpoint.read(ckpt_path, map_location=device)
-        _check_resumable(config, checkpoint.config_of(saved), ckpt_path)
-        checkpoint.check_resume_state(saved)
-        stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters
-        if model is not None and type(model) is not type(stored):
-            raise CheckpointError(f"{ckpt_path} holds a {name_of(stored)!r} model, not the {name_of(model)!r} given")
-        model = model or stored
-    elif ckpt_path.exists():
-        raise CheckpointError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out")
-
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    if data is None:
-        data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
-                           config.seed, config.test_seed, device)
-    else:
-        data = data.to(device)
-        if data.source != config.dataset:  # record what was really trained on; evaluate will not guess
-            config = dataclasses.replace(config, dataset=data.source)
-    if model is None:
-        check_fits(lambda: VAE.from_config(config.model), device, "the model")
-        model = VAE.from_config(config.model)
-    model = model.to(device)
-    _check_data(model, data, config.binarize)
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start_epoch, start_step, history, partial = 0, 0, [], {"loss": 0.0, "images": 0, "seconds": 0.0}
-    if resume:
-        try:
-            if model is not stored:  # a model handed in; the stored one already holds its parameters
-                model.load_state_dict(saved["model_state"])
-            optim.load_state_dict(saved["optim_state"])
-        except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
-            raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
-        _check_adam_state(optim, ckpt_path)
-        checkpoint.set_rng_state(saved["rng_state"])
-        start_epoch, start_step, history = saved["epoch"], saved["step"], saved["history"]
-        partial = saved.get("partial") or partial
-        if start_step > data.train.num_batches(config.batch_size):
-            raise CheckpointError(f"{ckpt_path} stopped at step {start_step} of epoch {start_epoch + 1}, but an epoch "
-                                  f"here has {data.train.num_batches(config.batch_size)} steps")
-    log = tqdm.write if progress else print
-    step_fn, compiled = build_step(model, config, optim, probe=data.test[: config.batch_size], log=log)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
-        f.writelines(json.dumps(h) + "\n" for h in history)
+    parallel = group.world_size > 1
+    start_epoch, start_step, history, partial = start.epoch, start.step, start.history, start.partial
 
     def save(epoch: int, step: int, partial: dict | None = None) -> None:
-        checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history, partial=partial)
+        rng_states = distributed.all_gather(checkpoint.rng_state())  # every rank's noise, for an exact resume
+        if group.is_main:
+            checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history, partial=partial,
+                            rng_states=rng_states)
 
     def diverged(epoch: int, step: int, loss: float) -> TrainingDiverged:
         kept = (f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history
@@ -260,13 +180,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         return TrainingDiverged(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
                                 f"{kept}. Try a smaller --lr.", epoch + 1, step + 1)
 
-    meaning = ("negative: a lower bound on log p(x), higher is better" if _needs_binary_pixels(model)
+    def agreed_signal(signum: int | None, epoch: int, step: int) -> int | None:
+        """The stop signal of any rank (all ranks call this after the same step); this one's in one process."""
+        if not parallel:
+            return signum
+        return step_fn.agree(signum or 0, f"at epoch {epoch + 1}, step {step}") or None
+
+    meaning = ("negative: a lower bound on log p(x), higher is better" if needs_binary_pixels(model)
                else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
     # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.
     kl_input = torch.ones((), device=device) if compiled else None
     interrupted, stop_signal = False, None
-    with StopRequest() as stop:
+    with StopRequest(abort_on_repeat=not parallel) as stop:
         for epoch in range(start_epoch, config.epochs):
             loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
             window = _LossWindow(start_step)
@@ -279,18 +205,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
                 images += len(x)
                 bar.update()
                 last = step == num_batches - 1
-                if (step + 1) % _LossWindow.EVERY == 0 or last or stop.requested:
+                if (step + 1) % _LossWindow.EVERY == 0 or last or (stop.requested and not parallel):
                     total, bad_step, bad_loss = window.flush(step + 1)
-                    if bad_step is not None:
+                    stop_signal = agreed_signal(stop.signum, epoch, step + 1)  # raises if any rank failed
+                    if bad_step is not None:  # the losses are the global batch's: every rank sees the same NaN
                         bar.close()
                         raise diverged(epoch, bad_step, bad_loss)
                     loss_sum += total
                     bar.set_postfix(loss=f"{loss_sum / images:.2f}", refresh=False)
-                if stop.requested:
+                if stop_signal is not None:
                     seconds += time.perf_counter() - t0
                     save(epoch, step + 1, {"loss": loss_sum, "images": images, "seconds": seconds})
                     bar.close()
-                    interrupted, stop_signal, start_epoch, start_step = True, stop.signum, epoch, step + 1
+                    interrupted, start_epoch, start_step = True, epoch, step + 1
                     break
             if interrupted:
                 break
@@ -299,21 +226,26 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             record = {"epoch": epoch + 1, "train_elbo": -loss_sum / images,
                       **epoch_metrics(model, data.test, seed=config.test_seed), "seconds": seconds}
             history.append(record)
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if group.is_main:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             save(epoch + 1, 0)
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {record['train_elbo']:.2f}  "
                 f"test ELBO {record['test_elbo']:.2f} nats/image ({meaning})  {seconds:.1f} s")
             start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
             start_epoch = epoch + 1
-
-        stop_signal = stop.signum  # a signal after the last step: training is complete, but it was asked to stop
-    draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
+        if not interrupted:  # a signal after the last step: training is complete, but it was asked to stop
+            stop_signal = agreed_signal(stop.signum, start_epoch - 1, num_batches)
+    if group.is_main:
+        draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled)
 
 
-# --- command line -------------------------------------------------------------------
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0: they train in step with rank 0, which reports."""
+
+
 
 def _dims(text: str) -> tuple[int, ...]:
     try:
@@ -424,51 +356,59 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {**preset.train, **given}
     if model.likelihood != "bernoulli":
         given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
-    given.setdefault("out", _default_out())
+    given.setdefault("out", default_out())
     return TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given).validated()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m inference.svi``; returns the exit status.
+    """Entry point of ``python -m inference.svi`` (also under ``torchrun``); returns the exit status.
 
     0 when training finished; 2 and one ``error:`` line for bad input; 128 +
     the signal number when SIGINT/SIGTERM stopped it (checkpoint written).
+    Under ``torchrun`` rank 0 alone prints; the others return the same status.
     """
     args = build_parser().parse_args(argv)
-    if launched_by_torchrun():  # N copies of a one-process run would each write the same folder
-        return error("training under torchrun is not built yet (only python -m inference.evaluate shares its work "
-                     "across processes); run python -m inference.svi as one process")
     out = None
     try:
         config = config_from_args(args)
         out = Path(config.out)
         result = train(config, resume=args.resume, progress=not args.no_progress)
+        speak = not distributed.quiet_rank()
         if result.interrupted:
             epoch, step = result.position
-            print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {out / 'checkpoint.pt'}\n"
-                  f"resume with: python -m inference.svi --resume --out {shlex.quote(str(out))}")
+            launcher = (f"torchrun --nproc_per_node {distributed.current().world_size} -m inference.svi"
+                        if distributed.launched_by_torchrun() else "python -m inference.svi")
+            if speak:
+                print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {out / 'checkpoint.pt'}\n"
+                      f"resume with: {launcher} --resume --out {shlex.quote(str(out))}")
             return result.exit_status
-        print(f"done: {out} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
+        if speak:
+            print(f"done: {out} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
         if result.stop_signal is not None:  # asked to stop as the last step finished: no report
-            print("stopped by a signal after the last step; training is complete, the report was not written")
+            if speak:
+                print("stopped by a signal after the last step; training is complete, the report was not written")
             return result.exit_status
         if args.eval_samples:
             with interrupt_on_signals():
                 report = evaluate(out, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
                                   test_limit=config.test_limit, device=config.device, data_dir=config.data_dir,
                                   progress=not args.no_progress)
-            print(render_markdown(report))
-    except PyroVAEError as e:
-        return error(e)
+            if speak:
+                print(render_markdown(report))
+    except PyroVAEError as e:  # under torchrun every rank raises it (`distributed.together`): rank 0 says it once
+        return 2 if distributed.quiet_rank() else error(e)
     except Interrupted as e:
         kept = (f"{out / 'checkpoint.pt'} is the last checkpoint written" if out and (out / "checkpoint.pt").exists()
                 else "no checkpoint was written")
-        print(f"error: stopped by {e} before it could finish cleanly; {kept}", file=sys.stderr)
+        if not distributed.quiet_rank():
+            print(f"error: stopped by {e} before it could finish cleanly; {kept}", file=sys.stderr)
         return e.exit_status
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
             raise
         return error(f"out of memory ({' '.join(str(e).split())[:160]}); use a smaller model, batch or --num-particles")
+    finally:
+        distributed.shutdown()
     return 0
 
 

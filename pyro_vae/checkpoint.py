@@ -70,6 +70,7 @@ def save(
     step: int = 0,
     history: list[dict[str, float]] | None = None,
     partial: dict[str, float] | None = None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write a checkpoint atomically, with the same file mode as any file the process creates.
 
@@ -77,6 +78,8 @@ def save(
     (0 at an epoch boundary); ``partial``: that epoch's running sums so far
     (``loss``, ``images``, ``seconds``) when stopped mid-epoch. ``model`` must
     be of a registered class (`models.register_model`) and offer ``init_kwargs()``.
+    ``rng_states``: under ``torchrun``, every rank's `rng_state` in rank order
+    (``rng_states_by_rank``; ``rng_state`` stays this process's, rank 0's).
     """
     from models.registry import name_of  # models imports this toolkit; see the module doc
 
@@ -94,6 +97,8 @@ def save(
         "history": history or [],
         "partial": partial,
     }
+    if rng_states is not None and len(rng_states) > 1:
+        payload["rng_states_by_rank"] = rng_states
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a crash mid-save
         stale.unlink(missing_ok=True)
@@ -172,15 +177,21 @@ def check_resume_state(payload: dict[str, Any]) -> None:
     if partial is not None and not (isinstance(partial, dict) and set(partial) == {"loss", "images", "seconds"}
                                     and all(is_finite_number(v) for v in partial.values())):
         problems.append("partial-epoch sums")
-    rng = payload.get("rng_state")
-    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
-            and isinstance(rng.get("cuda"), list) and isinstance(rng.get("python"), (tuple, list))
-            and isinstance(rng.get("numpy"), dict)):
+    by_rank = payload.get("rng_states_by_rank", [])
+    if not (_is_rng_state(payload.get("rng_state")) and isinstance(by_rank, list)
+            and all(_is_rng_state(r) for r in by_rank)):
         problems.append("RNG state")
     if not isinstance(payload.get("optim_state"), dict):
         problems.append("optimiser state")
     if problems:
         raise CheckpointError(f"the checkpoint cannot be resumed: its {'; '.join(problems)} are damaged")
+
+
+def _is_rng_state(rng: Any) -> bool:
+    """Whether ``rng`` has the containers `rng_state` writes (their contents are checked by `set_rng_state`)."""
+    return (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+            and isinstance(rng.get("cuda"), list) and isinstance(rng.get("python"), (tuple, list))
+            and isinstance(rng.get("numpy"), dict))
 
 
 def _is_history(history: Any) -> bool:

@@ -165,8 +165,8 @@ def check_images(x: torch.Tensor, x_dim: int | None = None, binary: bool = False
         )
 
 
-def _seed_for(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (deterministic across processes)."""
+def seed_for(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (deterministic across processes and runs)."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
@@ -189,7 +189,7 @@ class Images:
         self.seed = seed
         self.pixels = pixels.to(device)
         if binarize == "static":  # one seeded draw, stored as 0/1 in the same dtype
-            self.pixels = self._draw(self.pixels, self._generator(_seed_for(seed)))
+            self.pixels = self._draw(self.pixels, self._generator(seed_for(seed)))
             self.pixels = self.pixels.to(torch.uint8) if pixels.dtype == torch.uint8 else self.pixels
             self._scale = 1.0
         else:
@@ -221,13 +221,13 @@ class Images:
         The order is a permutation seeded by ``(seed, epoch)``; a dynamic draw is
         seeded by ``(seed, epoch, step)``. The last batch may be smaller.
         """
-        gen = self._generator(_seed_for(self.seed, epoch))
+        gen = self._generator(seed_for(self.seed, epoch))
         n = len(self)
         order = torch.randperm(n, generator=gen, device=self.device) if shuffle else torch.arange(n, device=self.device)
         for step in range(start_step, self.num_batches(batch_size)):
             grey = self.pixels[order[step * batch_size : (step + 1) * batch_size]].float() / self._scale
             if self.binarize == "dynamic":
-                gen.manual_seed(_seed_for(self.seed, epoch, step + 1))
+                gen.manual_seed(seed_for(self.seed, epoch, step + 1))
                 grey = torch.bernoulli(grey, generator=gen)
             yield grey
 
@@ -239,7 +239,7 @@ class Images:
         """
         grey = self.pixels.float() / self._scale
         if self.binarize == "dynamic":
-            return torch.bernoulli(grey, generator=self._generator(_seed_for(seed)))
+            return torch.bernoulli(grey, generator=self._generator(seed_for(seed)))
         return grey
 
     def to(self, device: torch.device | str) -> "Images":

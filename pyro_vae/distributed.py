@@ -9,12 +9,18 @@ one process is rank 0 of 1 and every helper here is the identity.
 `sharded_map` runs a function over a list of work items, item i on rank
 i mod N, and hands every rank all the results in item order, so whatever is
 computed per item (a batch of images with its own seed) does not depend on N.
+
+Failing together: a rank that raises while the others wait in a collective
+would hang them. `together` runs a block on every rank and, if it raised on
+any, raises on all: the failing rank its own error, the others `PeerFailed`
+naming it. Rank 0 is then the one process that reports (`quiet_rank`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,8 +28,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from pyro_vae.data import seed_for
 from pyro_vae.device import resolve_device
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PeerFailed, PyroVAEError
 
 T = TypeVar("T")
 
@@ -92,6 +99,72 @@ def sharded_map(fn: Callable[[T], Any], items: Sequence[T], progress: str | None
     dist.all_gather_object(gathered, mine)
     merged = {i: result for part in gathered for i, result in part.items()}
     return [merged[i] for i in range(len(items))]
+
+
+def rank_seed(seed: int, rank: int, *position: int) -> int:
+    """The seed of ``rank``'s own random draws: ``seed`` itself on rank 0 with no ``position``
+    (so one process draws what it always drew), else a mix of (seed, rank, *position) below 2**32."""
+    return seed if rank == 0 and not position else seed_for(seed, rank, *position) % 2**32
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    group = current()
+    if group.world_size == 1:
+        return [obj]
+    gathered: list[Any] = [None] * group.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def raise_together(error: BaseException | None, where: str = "") -> None:
+    """Called by every rank at the same point: if ``error`` is set on any rank, raise on all of them.
+
+    The rank that failed raises its own ``error``; the others raise
+    `PeerFailed` with its type and message (the lowest failing rank's).
+    ``where`` ("at epoch 3, step 40") is added to that message.
+    """
+    summaries = all_gather(_summary(error))
+    if error is not None:
+        raise error
+    failed = [(rank, text) for rank, text in enumerate(summaries) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise PeerFailed(f"rank {rank} of {len(summaries)} failed{' ' + where if where else ''}: {text}", rank)
+
+
+def _summary(error: BaseException | None) -> str | None:
+    """One line for another rank to report: our own errors' messages; a bug's type and message."""
+    if error is None:
+        return None
+    text = " ".join(str(error).split())
+    return text if isinstance(error, PyroVAEError) else f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def together(where: str = "") -> Iterator[None]:
+    """Run the block on every rank; when it raises on any rank, raise on all (see `raise_together`).
+
+    Only ``Exception`` is shared: an interrupt (``KeyboardInterrupt``) passes through at once.
+    In one process this is a plain block.
+    """
+    if current().world_size == 1:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks below, then raised again
+        error = e
+    raise_together(error, where)
+
+
+def quiet_rank() -> bool:
+    """Whether this process should keep its messages to itself: every rank but 0 of a ``torchrun`` job.
+
+    Errors are shared by `together`, so rank 0 reports each one once, naming the rank it came from.
+    """
+    return not current().is_main
 
 
 def shutdown() -> None:

@@ -40,3 +40,11 @@ class ConfigError(PyroVAEError, ValueError):
 
 class CompileError(ConfigError):
     """A JIT-compiled loss that failed to compile, or disagreed with the plain loss on a probe batch."""
+
+
+class PeerFailed(PyroVAEError):
+    """Another process of a ``torchrun`` job failed (``rank`` names it); this one stopped with it."""
+
+    def __init__(self, message: str, rank: int):
+        super().__init__(message)
+        self.rank = rank

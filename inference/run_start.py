@@ -1,0 +1,163 @@
+"""Where a training run starts: checked settings, data, model and optimiser, fresh or from a checkpoint.
+
+`prepare` does every check and load `inference.svi.train` needs and writes
+nothing, so a refused run leaves its folder as it was. On ``--resume`` it
+restores the model, the Adam state, the position (epoch, step and that epoch's
+running sums) and the RNG states; under ``torchrun`` each rank's own when the
+checkpoint was written by as many processes, else a fresh per-rank seed from
+the position (`pyro_vae.distributed.rank_seed`), so data order and
+binarisation still continue exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from models.base import LatentModel
+from models.registry import name_of
+from models.vae import VAE
+from pyro_vae import checkpoint, distributed
+from pyro_vae.config import TrainConfig, is_finite_number
+from pyro_vae.data import DataSplits, load_splits
+from pyro_vae.device import check_fits
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
+from pyro_vae.paths import check_writable_dir
+
+#: Settings that may differ between a checkpoint and the run resuming it.
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
+
+def default_out() -> str:
+    """``runs/<timestamp>``: the output folder of a run given no ``--out``."""
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+#: The files a run writes into its folder (besides figures/).
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt")
+
+
+def _check_adam_state(optim: torch.optim.Optimizer, path: Path) -> None:
+    """`CheckpointError` unless the loaded Adam state has usable settings and moments shaped like the parameters."""
+    for group in optim.param_groups:
+        settings = [group.get(k) for k in ("lr", "eps", "weight_decay")] + list(group.get("betas") or [None])
+        if len(settings) != 5 or not all(is_finite_number(v) and v >= 0 for v in settings):
+            raise CheckpointError(f"{path} holds unusable optimiser settings (lr, betas, eps, weight decay)")
+        for param in group["params"]:
+            for key, value in optim.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor) or (key != "step" and value.shape != param.shape) \
+                        or not torch.isfinite(value).all():
+                    raise CheckpointError(f"{path} holds a damaged optimiser state ({key})")
+
+
+def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    now, then = config.to_dict(), saved.to_dict()
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
+    if changed:
+        details = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
+
+
+def needs_binary_pixels(model: LatentModel) -> bool:
+    """Whether ``model``'s likelihood is defined on 0/1 pixels only (Bernoulli on logits)."""
+    return getattr(getattr(model, "likelihood", None), "binary_data", False)
+
+
+def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
+    x_dim = model.init_kwargs().get("x_dim", data.train.dim)
+    for split, width in (("training", data.train.dim), ("test", data.test.shape[1])):
+        if width != x_dim:
+            raise DataError(f"the model takes {x_dim} pixels per image but the {split} images have {width}; "
+                            "set x_dim to match, or check the data files")
+    if needs_binary_pixels(model) and not data.train.is_binary():
+        raise DataError(
+            f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
+            "grey levels; use --binarize dynamic or static, or a likelihood for continuous data"
+        )
+
+
+@dataclass
+class Start:
+    """Where training starts: ``epoch`` epochs done, ``step`` steps into the next, with its running sums."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "images": 0, "seconds": 0.0})
+
+
+def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: LatentModel | None,
+             device: torch.device, group: distributed.Group
+             ) -> tuple[TrainConfig, DataSplits, LatentModel, torch.optim.Optimizer, Start]:
+    """Check and load everything `train` needs, writing nothing: config, data, model, optimiser, start position.
+
+    Seeds the RNGs: ``config.seed`` while the model is built (the same initial
+    parameters on every rank), then each rank's own noise (`distributed.rank_seed`);
+    on resume, the checkpoint's states (each rank's own when the number of
+    processes is the one it was written with).
+    """
+    out_dir = Path(config.out or default_out())
+    config = dataclasses.replace(config, out=str(out_dir))
+    ckpt_path = out_dir / "checkpoint.pt"
+    check_writable_dir(out_dir, files=RUN_FILES, folders=("figures",))
+    if model is not None:
+        name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
+    if resume:
+        saved = checkpoint.read(ckpt_path, map_location=device)
+        _check_resumable(config, checkpoint.config_of(saved), ckpt_path)
+        checkpoint.check_resume_state(saved)
+        stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters
+        if model is not None and type(model) is not type(stored):
+            raise CheckpointError(f"{ckpt_path} holds a {name_of(stored)!r} model, not the {name_of(model)!r} given")
+        model = model or stored
+    elif ckpt_path.exists():
+        raise CheckpointError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out")
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    if data is None:
+        data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
+                           config.seed, config.test_seed, device)
+    else:
+        data = data.to(device)
+        if data.source != config.dataset:  # record what was really trained on; evaluate will not guess
+            config = dataclasses.replace(config, dataset=data.source)
+    if model is None:
+        check_fits(lambda: VAE.from_config(config.model), device, "the model")
+        model = VAE.from_config(config.model)
+    model = model.to(device)
+    _check_data(model, data, config.binarize)
+    if group.world_size > 1 and config.batch_size < group.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
+                          f"processes; use at least {group.world_size}")
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if not resume:
+        if group.rank > 0:
+            pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank))
+        return config, data, model, optim, Start()
+    try:
+        if model is not stored:  # a model handed in; the stored one already holds its parameters
+            model.load_state_dict(saved["model_state"])
+        optim.load_state_dict(saved["optim_state"])
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
+        raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
+    _check_adam_state(optim, ckpt_path)
+    start = Start(saved["epoch"], saved["step"], saved["history"], saved.get("partial") or Start().partial)
+    by_rank = saved.get("rng_states_by_rank") or [saved["rng_state"]]
+    if len(by_rank) == group.world_size:
+        checkpoint.set_rng_state(by_rank[group.rank])
+    elif group.rank == 0:
+        checkpoint.set_rng_state(saved["rng_state"])
+    else:  # written by another number of processes: this rank's noise starts afresh, from its position
+        pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank, start.epoch, start.step))
+    if start.step > data.train.num_batches(config.batch_size):
+        raise CheckpointError(f"{ckpt_path} stopped at step {start.step} of epoch {start.epoch + 1}, but an epoch "
+                              f"here has {data.train.num_batches(config.batch_size)} steps")
+    return config, data, model, optim, start
+
+
+# --- command line -------------------------------------------------------------------
