@@ -138,7 +138,8 @@ def evaluate(
     sha256 = hashlib.sha256(data).hexdigest()
     payload = checkpoint.parse(data, ckpt_path, map_location=target)
     model = checkpoint.build_model(payload).to(target).eval()
-    config = checkpoint.config_of(payload).to_dict()
+    run_config = checkpoint.config_of(payload)
+    config = run_config.to_dict()
     check_writable_dir(out_dir, files=REPORT_FILES)
     if images is not None:
         x = images.to(target)[:test_limit]
@@ -148,7 +149,8 @@ def evaluate(
     else:
         # download only into a folder the user named: the checkpoint's own data_dir is untrusted input
         x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
-                              config["test_seed"], target, download=data_dir is not None)
+                              config["test_seed"], target, download=data_dir is not None,
+                              options=run_config.source_options())
     x_dim = model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "

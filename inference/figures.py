@@ -28,7 +28,7 @@ import torch
 from models.base import LatentModel
 from pyro_vae import checkpoint, figures
 from pyro_vae.cli import ArgumentParser, error, positive_int
-from pyro_vae.data import evaluation_images, load_labels
+from pyro_vae.data import evaluation_split
 from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
@@ -90,24 +90,29 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
     """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
 
     The random draws (samples) use a forked RNG seeded by ``seed``: the caller's
-    random stream is untouched. Returns the paths written.
+    random stream is untouched. Image grids are drawn for square images, grey
+    or colour; for others only the latent map and the curves. Returns the paths written.
     """
     fig_dir = Path(fig_dir)
     written = []
     was_training = model.training
     model.eval()
+    drawable = figures.square_image_shape(x.shape[-1]) is not None  # images that are not square are not drawn
     try:
-        with forked_rng(x.device):
-            torch.manual_seed(seed)
-            written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png"))
-        written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]), fig_dir / "reconstructions.png"))
+        if drawable:
+            with forked_rng(x.device):
+                torch.manual_seed(seed)
+                written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png"))
+            written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]),
+                                                        fig_dir / "reconstructions.png"))
         codes = latent_codes(model, x)
         written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png"))
-        starts, ends = interpolation_pairs(labels, 8, len(x))
-        rows = interpolate(model, x[starts], x[ends])
-        written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
-                                               nrow=rows.shape[1]))
-        if model.z_dim == 2:
+        if drawable:
+            starts, ends = interpolation_pairs(labels, 8, len(x))
+            rows = interpolate(model, x[starts], x[ends])
+            written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
+                                                   nrow=rows.shape[1]))
+        if model.z_dim == 2 and drawable:
             written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE))
         else:
             (fig_dir / "manifold.png").unlink(missing_ok=True)  # a stale one from another model would mislead
@@ -141,9 +146,8 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
         raise DataError(f"{path} was trained on images handed over from Python; draw its figures from Python: "
                         "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
     root = data_dir or config.data_dir
-    x = evaluation_images(config.dataset, config.binarize, root, test_limit, config.test_seed, target,
-                          download=data_dir is not None)
-    labels = load_labels(config.dataset, False, root, download=False)[: len(x)]
+    x, labels, _ = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed, target,
+                                    download=data_dir is not None, options=config.source_options())
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "

@@ -12,6 +12,7 @@ binarisation still continue exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.paths import check_writable_dir
 
 #: Settings that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit", "memory_budget", "workers")
 
 def default_out() -> str:
     """``runs/<timestamp>``: the output folder of a run given no ``--out``."""
@@ -55,11 +56,28 @@ def _check_adam_state(optim: torch.optim.Optimizer, path: Path) -> None:
 
 
 def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> None:
-    now, then = config.to_dict(), saved.to_dict()
+    now, then = (_without_data_shape(c.to_dict()) for c in (config, saved))
     changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
     if changed:
         details = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
         raise CheckpointError(f"cannot resume {path} with different settings ({details}); only {', '.join(RESUMABLE_CHANGES)} may change")
+
+
+def _without_data_shape(config: dict) -> dict:
+    """``config`` less the model's pixel count and image shape, which `prepare` takes from the data."""
+    return {**config, "model": {k: v for k, v in config["model"].items() if k not in ("x_dim", "image_shape")}}
+
+
+def with_data_shape(config: TrainConfig, data: DataSplits) -> TrainConfig:
+    """``config`` with its model's ``x_dim`` and ``image_shape`` those of ``data``'s images.
+
+    1 x 28 x 28 is recorded as ``image_shape`` None, as before shapes were recorded (`ModelConfig.image`), so
+    an MNIST run's model still equals its preset's.
+    """
+    shape = tuple(data.image_shape) if data.image_shape is not None else None
+    x_dim = math.prod(shape) if shape else data.train.dim
+    return dataclasses.replace(config, model=dataclasses.replace(
+        config.model, x_dim=x_dim, image_shape=None if shape in (None, (1, 28, 28)) else shape))
 
 
 def needs_binary_pixels(model: LatentModel) -> bool:
@@ -121,12 +139,15 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     pyro.set_rng_seed(config.seed)
     if data is None:
         data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
-                           config.seed, config.test_seed, device)
+                           config.seed, config.test_seed, device, options=config.source_options(),
+                           memory_budget=None if config.memory_budget is None else config.memory_budget * 1e9,
+                           workers=config.workers)
     else:
         data = data.to(device)
         if data.source != config.dataset:  # record what was really trained on; evaluate will not guess
             config = dataclasses.replace(config, dataset=data.source)
     if model is None:
+        config = with_data_shape(config, data)  # the data say how many pixels, and of what shape
         check_fits(lambda: VAE.from_config(config.model), device, "the model")
         model = VAE.from_config(config.model)
     model = model.to(device)

@@ -57,10 +57,15 @@ from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
-from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingDiverged
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
+from pyro_vae.sources import parse_spec, source_channels
 
 
+
+
+#: p(x|z) for colour images unless --likelihood or --binarize says otherwise: a density on [0, 1] per pixel.
+COLOUR_LIKELIHOOD = "continuous-bernoulli"
 
 
 class _LossWindow:
@@ -257,6 +262,15 @@ def _dims(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _dataset(text: str) -> str:
+    """A ``--dataset`` spec, its PATH made absolute (the report and figures read it again from elsewhere)."""
+    try:
+        kind, path = parse_spec(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text if path is None else f"{kind}:{path.resolve()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m inference.svi`` parser. Every default is None: unset flags keep
     the preset's (or, with --resume, the checkpoint's) value."""
@@ -268,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--latent-dim", type=positive_int, help=f"size of z (default {d.model.z_dim})")
     m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, e.g. 200,200")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
-    m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default) or conv (28x28 images)")
+    m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default, any image size) or conv (square images, even side of at least 8)")
     m.add_argument("--likelihood", choices=list(LIKELIHOODS),
                    help="p(x|z): bernoulli (default); the others train on grey levels (--binarize none by default)")
     m.add_argument("--obs-scale", type=float, help="standard deviation sqrt(c) of the gaussian likelihood (default 1)")
@@ -292,7 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "matches the plain one on a probe batch, else plain; --jit insists, --no-jit never compiles")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
-    dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
+    dd.add_argument("--dataset", type=_dataset, metavar="|".join([*DATASETS, "folder:PATH", "array:PATH"]),
+                    help=f"MNIST-family set, a folder of images (flat or one sub-folder per class), or a .npy/.npz "
+                         f"array (default {d.dataset})")
+    dd.add_argument("--image-size", type=positive_int, metavar="S",
+                    help="resize (shorter side) and centre-crop every image to S x S (default: the files' own size)")
+    dd.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (colour); default: the files'")
+    dd.add_argument("--channels-first", action="store_true", default=None,
+                    help="the array is [N, C, H, W] (default [N, H, W] or [N, H, W, C])")
+    dd.add_argument("--test-fraction", type=float, metavar="F",
+                    help=f"share held out as the test split when the source has none (default {d.test_fraction})")
+    dd.add_argument("--split-seed", type=int, help=f"seed of that held-out split (default {d.split_seed})")
+    dd.add_argument("--memory-budget", type=float, metavar="GB",
+                    help="a folder whose training images take more is streamed from its files (default: half the "
+                         "device's free memory)")
+    dd.add_argument("--workers", type=int, help=f"processes decoding a streamed folder (default {d.workers})")
     dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
     dd.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
     dd.add_argument("--train-limit", type=positive_int, metavar="N", help="use the first N training images")
@@ -336,7 +364,7 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
         differing.append(f"--preset {preset} (the run's: {saved.preset})")
     if differing:
         raise CheckpointError(f"cannot resume {path} with {'; '.join(differing)}: the model and data are the "
-                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit may change")
+                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit, --memory-budget, --workers may change")
     return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}).validated()
 
 
@@ -354,6 +382,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
+    if (args.likelihood is None and args.binarize is None and "dataset" in given
+            and source_channels(given["dataset"], TrainConfig(**given).source_options()) == 3):
+        model = dataclasses.replace(model, likelihood=COLOUR_LIKELIHOOD)  # colour: grey levels, not 0/1 pixels
     if model.likelihood != "bernoulli":
         given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", default_out())

@@ -40,7 +40,8 @@ class VAE(LatentModel):
     Defaults are the ``burda2015`` preset: 784-200-200-50, tanh, Bernoulli
     likelihood on logits, diagonal-Normal guide. ``obs_scale`` is the standard
     deviation of the ``gaussian`` likelihood, ``flow_steps`` the depth of the
-    ``iaf`` guide, ``arch`` ``mlp`` or ``conv``.
+    ``iaf`` guide, ``arch`` ``mlp`` or ``conv``; ``image_shape`` (C, H, W) of the
+    ``x_dim`` pixels (the conv nets need it for anything but 28x28 grey).
     """
 
     def __init__(
@@ -54,15 +55,17 @@ class VAE(LatentModel):
         obs_scale: float = 1.0,
         flow_steps: int = 2,
         arch: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
-                                  flow_steps, arch).validated()
+                                  flow_steps, arch, image_shape).validated()
         self.z_dim = z_dim
         self.likelihood = make_likelihood(likelihood, obs_scale)
         self.posterior_head = make_guide(guide, z_dim, flow_steps)
         self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
-                                                   self.posterior_head.num_inputs, self.likelihood.params_per_pixel)
+                                                   self.posterior_head.num_inputs, self.likelihood.params_per_pixel,
+                                                   self.config.image)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VAE":
@@ -71,6 +74,10 @@ class VAE(LatentModel):
     def init_kwargs(self) -> dict[str, Any]:
         kwargs = dataclasses.asdict(self.config)
         kwargs["hidden_dims"] = list(kwargs["hidden_dims"])
+        if kwargs["image_shape"] is not None:
+            kwargs["image_shape"] = list(kwargs["image_shape"])
+        else:
+            del kwargs["image_shape"]  # as checkpoints before image shapes were recorded
         return kwargs
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:

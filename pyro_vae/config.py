@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_vae.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyro_vae.sources import SourceOptions
 
 
 def _positive_int(value: Any) -> bool:
@@ -61,11 +64,19 @@ class ModelConfig:
     obs_scale: float = 1.0  # standard deviation of the ``gaussian`` likelihood
     flow_steps: int = 2  # transforms of the ``iaf`` guide
     arch: str = "mlp"
+    image_shape: tuple[int, ...] | None = None  # (C, H, W) of the x_dim pixels; None: 1 x 28 x 28 when x_dim is 784
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the tuple so configs compare equal after a round trip.
-        if isinstance(self.hidden_dims, (list, tuple)) and all(isinstance(h, int) for h in self.hidden_dims):
-            object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        for name in ("hidden_dims", "image_shape"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)) and all(isinstance(h, int) for h in value):
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def image(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` of an image: ``image_shape``, else (1, 28, 28) for 784 pixels, else None (unknown)."""
+        return self.image_shape or ((1, 28, 28) if self.x_dim == 784 else None)
 
     def validated(self) -> "ModelConfig":
         """``self``, or `ConfigError` naming the first setting no model can take (as its flag)."""
@@ -75,6 +86,10 @@ class ModelConfig:
                  and all(_positive_int(h) for h in self.hidden_dims),
                  f"--hidden-dims must be one or more positive integers, got {self.hidden_dims!r}")
         _require(_positive_int(self.flow_steps), f"--flow-steps must be a positive integer, got {self.flow_steps!r}")
+        _require(self.image_shape is None or (isinstance(self.image_shape, tuple) and len(self.image_shape) == 3
+                                              and all(_positive_int(d) for d in self.image_shape)
+                                              and math.prod(self.image_shape) == self.x_dim),
+                 f"image_shape must be (C, H, W) with C * H * W = x_dim {self.x_dim}, got {self.image_shape!r}")
         _require(_finite(self.obs_scale, 0.0, strict=True) and self.obs_scale >= 1e-6,
                  f"--obs-scale must be a positive finite number (at least 1e-6), got {self.obs_scale!r}")
         for name in ("activation", "likelihood", "guide", "arch"):
@@ -143,6 +158,20 @@ class TrainConfig:
     seed: int = 0
     test_seed: int = 0
     out: str | None = None
+    # How a folder or array source is shaped and split (pyro_vae.sources.SourceOptions); MNIST ignores the split.
+    image_size: int | None = None
+    channels: int | None = None
+    channels_first: bool = False
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    memory_budget: float | None = None  # GB a folder's training images may take before they are streamed
+    workers: int = 2  # processes decoding a streamed folder
+
+    def source_options(self) -> "SourceOptions":
+        """The `pyro_vae.sources.SourceOptions` of this run's data."""
+        from pyro_vae.sources import SourceOptions
+
+        return SourceOptions(self.image_size, self.channels, self.channels_first, self.test_fraction, self.split_seed)
 
     def validated(self) -> "TrainConfig":
         """``self``, or `ConfigError` naming the first setting that cannot train (as its flag)."""
@@ -160,7 +189,17 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value is None or _positive_int(value),
                      f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("seed", "test_seed"):
+        _require(self.image_size is None or (_positive_int(self.image_size) and self.image_size <= 4096),
+                 f"--image-size must be a positive integer (at most 4096), got {self.image_size!r}")
+        _require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels!r}")
+        _require(isinstance(self.channels_first, bool), f"channels_first must be True or False, got {self.channels_first!r}")
+        _require(_finite(self.test_fraction, 0.0, strict=True) and self.test_fraction < 1,
+                 f"--test-fraction must be a number between 0 and 1 (exclusive), got {self.test_fraction!r}")
+        _require(self.memory_budget is None or _finite(self.memory_budget, 0.0, strict=False),
+                 f"--memory-budget must be a finite number of GB, at least 0, got {self.memory_budget!r}")
+        _require(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 0 <= self.workers <= 64,
+                 f"--workers must be an integer from 0 to 64, got {self.workers!r}")
+        for name in ("seed", "test_seed", "split_seed"):
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32,
                      f"--{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
@@ -176,6 +215,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model"]["hidden_dims"] = list(self.model.hidden_dims)
+        if self.model.image_shape is not None:
+            d["model"]["image_shape"] = list(self.model.image_shape)
         return d
 
     @classmethod

@@ -1,4 +1,8 @@
-"""MNIST-like image data, held on the training device and binarised explicitly.
+"""Image data, held on the training device and binarised explicitly.
+
+Where images come from (torchvision's MNIST family, a folder of files, an
+array file) is `pyro_vae.sources`; this module flattens them to ``[N, D]``
+(``D = C * H * W``, channel-major) and serves them.
 
 Binarisation modes (``binarize``):
 
@@ -21,14 +25,18 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pyro_vae.errors import DataError
 
+if TYPE_CHECKING:
+    from pyro_vae.sources import SourceOptions, SourceSplits
+
 #: ``--dataset`` name -> torchvision dataset class (imported on use: torchvision
 #: takes seconds to import, which every CLI start would otherwise pay).
-DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 BINARIZE_CHOICES = ("dynamic", "static", "none")
 DATA_ENV_VAR = "PYRO_VAE_DATA"
 
@@ -55,7 +63,7 @@ def load_pixels(
 ) -> torch.Tensor:
     """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
 
-    Reads ``ROOT/<MNIST|FashionMNIST>/raw/*-ubyte`` (torchvision's layout).
+    Reads ``ROOT/<MNIST|FashionMNIST|KMNIST>/raw/*-ubyte`` (torchvision's layout).
     When files are missing and ``download`` is true, torchvision fetches
     them; if that fails (offline) or ``download`` is false, `DataError` names
     the missing files and the folder they belong in. A file that is there but
@@ -268,11 +276,13 @@ class Images:
 class DataSplits:
     """Training images (served batch by batch) and evaluation images (frozen floats).
 
-    ``source`` names where they came from: a ``--dataset`` name when
+    ``source`` names where they came from: a ``--dataset`` spec when
     `load_splits` read them, else ``"custom"`` (images handed over from Python,
     which ``python -m inference.evaluate`` cannot load again by name).
     ``test_labels`` (int64 ``[N_test]``, or None when there are none) colour
-    the latent-space figure.
+    the latent-space figure. ``image_shape`` ``(C, H, W)``: how a flattened row
+    of ``D = C * H * W`` pixels is an image (channel-major); None: not known
+    (flat vectors, or 1 x 28 x 28 when D is 784).
     """
 
     train: Images
@@ -280,10 +290,73 @@ class DataSplits:
     test_seed: int
     source: str = "custom"
     test_labels: torch.Tensor | None = None
+    image_shape: tuple[int, int, int] | None = None
 
     def to(self, device: torch.device | str) -> "DataSplits":
         """These splits with training and test images on ``device`` (labels stay where they are)."""
         return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
+
+    @classmethod
+    def from_arrays(cls, images, labels=None, test_images=None, test_labels=None, *, binarize: str = "dynamic",
+                    options: "SourceOptions | None" = None, seed: int = 0, test_seed: int = 0,
+                    device: torch.device | str = "cpu") -> "DataSplits":
+        """Splits from NumPy arrays or tensors, as ``array:PATH`` reads them (`pyro_vae.sources`).
+
+        ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` (``[N, C, H, W]`` with
+        ``options.channels_first``), uint8 or floats in [0, 1]; ``labels`` ``[N]``
+        integers; without ``test_images`` a fraction is held out (``options``).
+        For ``train(config, data=DataSplits.from_arrays(...))``.
+        """
+        from pyro_vae.sources import SourceOptions, conform, splits_from_arrays
+
+        options = options or SourceOptions()
+        arrays = {"images": images, "labels": labels, "test_images": test_images, "test_labels": test_labels}
+        raw = conform(splits_from_arrays({k: _numpy(v) for k, v in arrays.items() if v is not None}, options,
+                                         "the arrays"), options, "the arrays")
+        return build_splits(raw, binarize, seed=seed, test_seed=test_seed, device=device, source="custom")
+
+
+def _numpy(value):
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = None, test_limit: int | None = None,
+                 seed: int = 0, test_seed: int = 0, device: torch.device | str = "cpu",
+                 source: str = "custom") -> DataSplits:
+    """`DataSplits` of ``raw`` images flattened to ``[N, D]``: the first ``*_limit`` of each split, on ``device``."""
+    train = take_first(raw.train.flatten(1), train_limit, "--train-limit",
+                       "the training split" if source == "custom" else f"the {source} training split")
+    test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source)
+    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=source,
+                      test_labels=labels, image_shape=raw.image_shape)
+
+
+def frozen_test(raw: "SourceSplits", limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
+                source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once with
+    ``test_seed``, and their labels ``[N]`` (or None)."""
+    pixels = take_first(raw.test.flatten(1), limit, "--test-limit",
+                        "the test split" if source == "custom" else f"the {source} test split")
+    x = Images(pixels, binarize, seed=test_seed, device=device).frozen(test_seed)
+    return x, (raw.test_labels[: len(x)] if raw.test_labels is not None else None)
+
+
+def evaluation_split(
+    dataset: str = "mnist",
+    binarize: str = "dynamic",
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    test_seed: int = 0,
+    device: torch.device | str = "cpu",
+    download: bool = True,
+    options: "SourceOptions | None" = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
+    """``(x, labels, image_shape)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]`` on
+    ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU."""
+    from pyro_vae.sources import read_source
+
+    raw = read_source(dataset, data_dir, options, download, test_only=True)
+    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape)
 
 
 def evaluation_images(
@@ -294,10 +367,10 @@ def evaluation_images(
     test_seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
+    options: "SourceOptions | None" = None,
 ) -> torch.Tensor:
-    """The first ``limit`` test images as floats ``[N, 784]`` on ``device``, binarised once with ``test_seed``."""
-    pixels = take_first(load_pixels(dataset, False, data_dir, download), limit, "--test-limit", f"the {dataset} test split")
-    return Images(pixels, binarize, seed=test_seed, device=device).frozen(test_seed)
+    """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``."""
+    return evaluation_split(dataset, binarize, data_dir, limit, test_seed, device, download, options)[0]
 
 
 def load_splits(
@@ -310,11 +383,32 @@ def load_splits(
     test_seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
+    options: "SourceOptions | None" = None,
+    memory_budget: float | None = None,
+    workers: int = 2,
 ) -> DataSplits:
-    """Load train and test splits onto ``device`` (first ``*_limit`` images when given)."""
-    train = take_first(load_pixels(dataset, True, data_dir, download), train_limit, "--train-limit",
-                       f"the {dataset} training split")
-    test = evaluation_images(dataset, binarize, data_dir, test_limit, test_seed, device, download)
-    labels = load_labels(dataset, False, data_dir, download=False)[: len(test)]
-    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=dataset,
-                      test_labels=labels)
+    """Load the train and test splits of ``dataset`` (a ``--dataset`` spec) onto ``device`` (first ``*_limit``).
+
+    A folder whose training images would take more than ``memory_budget``
+    bytes (default: half the device's free memory) is streamed from its files
+    (`pyro_vae.streaming.StreamedImages`, ``workers`` decoding processes); its
+    test split is held.
+    """
+    from pyro_vae.device import free_memory
+    from pyro_vae.sources import SourceOptions, list_folder, parse_spec, read_source
+
+    kind, path = parse_spec(dataset)
+    if kind != "folder":
+        raw = read_source(dataset, data_dir, options, download)
+        return build_splits(raw, binarize, train_limit, test_limit, seed, test_seed, device, source=dataset)
+    listing = list_folder(path, options or SourceOptions())
+    train_paths = take_first(listing.train, train_limit, "--train-limit", f"the {dataset} training split")
+    budget = memory_budget if memory_budget is not None else (free_memory(torch.device(device)) or math.inf) / 2
+    if len(train_paths) * math.prod(listing.image_shape) <= budget:
+        return build_splits(listing.read(), binarize, train_limit, test_limit, seed, test_seed, device, source=dataset)
+    from pyro_vae.streaming import StreamedImages
+
+    test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), test_limit, binarize, test_seed, device,
+                               dataset)
+    return DataSplits(StreamedImages(train_paths, listing.image_shape, binarize, seed, device, workers), test,
+                      test_seed, dataset, labels, listing.image_shape)

@@ -2,7 +2,7 @@
 manifold), the latent space coloured by label, the ELBO / rate / distortion
 curves, and the evaluation report's k-hat plot, gap histogram and K ladder.
 
-Images are flattened squares ``[N, side*side]`` with values in [0, 1].
+Images are flattened squares ``[N, C*side*side]`` (C = 1 grey or 3 colour, channel-major) with values in [0, 1].
 Curves are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot), so saving
 one needs no display and never changes the caller's backend (a notebook's
 inline plots keep working). matplotlib and torchvision are imported on use.
@@ -18,11 +18,23 @@ from pathlib import Path
 import torch
 
 
+def square_image_shape(num_pixels: int) -> tuple[int, int, int] | None:
+    """``(C, S, S)`` of a flattened square image of ``num_pixels``: grey (S*S) or colour (3*S*S); None if neither.
+
+    The two cannot be confused: 3 * S^2 is never a square.
+    """
+    for channels in (1, 3):
+        side = math.isqrt(num_pixels // channels)
+        if num_pixels % channels == 0 and channels * side * side == num_pixels:
+            return channels, side, side
+    return None
+
+
 def _as_square(images: torch.Tensor) -> torch.Tensor:
-    side = math.isqrt(images.shape[-1])
-    if side * side != images.shape[-1]:
-        raise ValueError(f"images of {images.shape[-1]} pixels are not square; cannot draw them")
-    return images.detach().float().cpu().reshape(-1, 1, side, side)
+    shape = square_image_shape(images.shape[-1])
+    if shape is None:
+        raise ValueError(f"images of {images.shape[-1]} pixels are not square (grey or colour); cannot draw them")
+    return images.detach().float().cpu().reshape(-1, *shape)
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:

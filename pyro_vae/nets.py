@@ -1,5 +1,5 @@
 """Networks that map inputs to distribution parameters (plain ``torch.nn``):
-an MLP of any depth, width and activation, and a small conv net for 28x28.
+an MLP of any depth, width and activation, and a conv net for square images of any side and channels.
 
 The networks know nothing about probability: an encoder's output is split
 into q(z|x)'s parameters by a guide family, a decoder's output becomes
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from pyro_vae.errors import ConfigError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -43,41 +45,68 @@ def _over_leading_dims(net: nn.Module, x: torch.Tensor, item_shape: tuple[int, .
     return net(x.reshape(-1, *item_shape)).reshape(*lead, -1)
 
 
-class ConvEncoder(nn.Module):
-    """28x28 images ``[..., 784]`` -> two stride-2 convolutions (32, 64 channels) -> linear ``out_dim``."""
+#: Channels of the stride-2 convolutions, outermost first (the encoder's order); deeper nets repeat the last.
+CONV_CHANNELS = (32, 64, 128, 256)
 
-    def __init__(self, out_dim: int, activation: str = "relu", side: int = 28):
+
+def conv_halvings(side: int) -> int:
+    """How many stride-2 convolutions take a ``side`` x ``side`` image down: halve while the side is even and
+    above 7, so 28 -> 14 -> 7, 32 -> ... -> 4, 64 -> ... -> 4. Raises `ConfigError` when it cannot halve once."""
+    halvings = 0
+    while side % 2 == 0 and side > 7:
+        side, halvings = side // 2, halvings + 1
+    if halvings == 0:
+        raise ConfigError("--arch conv needs square images with an even side of at least 8 (halved by strided "
+                         f"convolutions down to 7x7 or 4x4), got side {side}; use --image-size or --arch mlp")
+    return halvings
+
+
+def _widths(halvings: int) -> list[int]:
+    return [CONV_CHANNELS[min(i, len(CONV_CHANNELS) - 1)] for i in range(halvings)]
+
+
+class ConvEncoder(nn.Module):
+    """Images ``[..., C * S * S]`` -> stride-2 convolutions (32, 64, ... channels) down to ``S / 2^L`` -> linear.
+
+    ``L`` = `conv_halvings` (S); for 28x28 grey images two convolutions, 32 and 64 channels (28 -> 14 -> 7).
+    """
+
+    def __init__(self, out_dim: int, activation: str = "relu", side: int = 28, channels: int = 1):
         super().__init__()
         act = ACTIVATIONS[activation]
-        self.side = side
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 4, stride=2, padding=1), act(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),
-            nn.Flatten(), nn.Linear(64 * (side // 4) ** 2, out_dim),
-        )
+        self.side, self.channels = side, channels
+        widths = _widths(conv_halvings(side))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([channels, *widths[:-1]], widths):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
+        inner = side >> len(widths)
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * inner**2, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        image = (1, self.side, self.side)
+        image = (self.channels, self.side, self.side)
         return _over_leading_dims(self.net, x.reshape(*x.shape[:-1], *image), image)
 
 
 class ConvDecoder(nn.Module):
-    """Latents ``[..., z_dim]`` -> linear -> two stride-2 transposed convolutions -> ``[..., channels * 784]``.
+    """Latents ``[..., z_dim]`` -> linear -> stride-2 transposed convolutions -> ``[..., out_channels * S * S]``.
 
-    Output is channel-major (all pixels of channel 0, then channel 1), the
-    layout the likelihoods split with ``chunk``.
+    The mirror of `ConvEncoder`. Output is channel-major: with ``out_channels``
+    = P * C (P parameters per pixel of a C-channel image), all pixels of
+    channel 0, then channel 1, ..., the layout the likelihoods split with ``chunk``.
     """
 
-    def __init__(self, z_dim: int, channels: int = 1, activation: str = "relu", side: int = 28):
+    def __init__(self, z_dim: int, out_channels: int = 1, activation: str = "relu", side: int = 28):
         super().__init__()
         act = ACTIVATIONS[activation]
         self.z_dim, self.side = z_dim, side
-        self.net = nn.Sequential(
-            nn.Linear(z_dim, 64 * (side // 4) ** 2), act(),
-            nn.Unflatten(1, (64, side // 4, side // 4)),
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
-            nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1),
-        )
+        widths = list(reversed(_widths(conv_halvings(side))))
+        inner = side >> len(widths)
+        layers: list[nn.Module] = [nn.Linear(z_dim, widths[0] * inner**2), act(),
+                                   nn.Unflatten(1, (widths[0], inner, inner))]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
+        layers.append(nn.ConvTranspose2d(widths[-1], out_channels, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return _over_leading_dims(self.net, z, (self.z_dim,))
@@ -87,17 +116,22 @@ ARCHITECTURES = ("mlp", "conv")
 
 
 def make_networks(arch: str, x_dim: int, z_dim: int, hidden_dims: Sequence[int], activation: str,
-                  encoder_out: int, decoder_channels: int) -> tuple[nn.Module, nn.Module]:
+                  encoder_out: int, decoder_channels: int,
+                  image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
     """Encoder ``[..., x_dim] -> [..., encoder_out]`` and decoder ``[..., z_dim] -> [..., decoder_channels * x_dim]``.
 
-    ``mlp``: ``hidden_dims`` for the encoder, mirrored for the decoder. ``conv``:
-    28x28 images only; ``hidden_dims`` is not used.
+    ``mlp``: ``hidden_dims`` for the encoder, mirrored for the decoder, any
+    ``x_dim``. ``conv``: square images ``image_shape`` (C, S, S), by default
+    1 x 28 x 28 (`conv_halvings` says which sides); ``hidden_dims`` is not used.
     """
     if arch == "mlp":
         return (MLP(x_dim, hidden_dims, encoder_out, activation),
                 MLP(z_dim, tuple(reversed(tuple(hidden_dims))), decoder_channels * x_dim, activation))
     if arch == "conv":
-        if x_dim != 784:
-            raise ValueError(f"--arch conv takes 28x28 images (x_dim 784), got x_dim {x_dim}")
-        return ConvEncoder(encoder_out, activation), ConvDecoder(z_dim, decoder_channels, activation)
+        channels, height, width = image_shape or ((1, 28, 28) if x_dim == 784 else (0, 0, 0))
+        if height != width or channels * height * width != x_dim or not height:
+            raise ConfigError(f"--arch conv takes square images; x_dim {x_dim} with image shape {image_shape} is not "
+                             "one (use --image-size S, or --arch mlp)")
+        return (ConvEncoder(encoder_out, activation, height, channels),
+                ConvDecoder(z_dim, decoder_channels * channels, activation, height))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

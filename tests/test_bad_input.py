@@ -471,6 +471,7 @@ CRAFTED_VALUE_CASES = {
     "zero latent dimensions": (_set("model_kwargs.z_dim", 0), "--latent-dim must be a positive integer"),
     "no hidden layers": (_set("model_kwargs.hidden_dims", []), "--hidden-dims"),
     "a huge model from a small file": (_set("model_kwargs.x_dim", 10**7), "do not fit VAE"),
+    "an image shape that is not x_dim's": (_set("model_kwargs.image_shape", [3, 28, 28]), "image_shape must be"),
     "parameters of another shape": (_set("model_kwargs.z_dim", 5), "other shape: decoder.0.weight"),
 }
 

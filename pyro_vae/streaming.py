@@ -1,0 +1,103 @@
+r"""Training images too large to hold in memory, decoded from their files batch by batch.
+
+`StreamedImages` serves the same batches as `pyro_vae.data.Images` would for
+the same files and seed: the order is the permutation seeded by
+``(seed, epoch)`` drawn on the training device, a dynamic binarisation is
+drawn on the device with the seed ``(seed, epoch, step)``. So a run gives the
+same numbers (and resumes exactly) whether its folder was held or streamed.
+
+Files are decoded by a ``torch.utils.data.DataLoader`` with ``workers``
+processes, ``prefetch`` batches ahead per worker, into pinned memory when
+the device is CUDA, and copied to it without blocking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pyro_vae.data import BINARIZE_CHOICES, seed_for
+from pyro_vae.errors import DataError
+from pyro_vae.sources import decode, shape_image
+
+
+class _Files(Dataset):
+    """Item i: file i decoded and shaped, uint8 ``[C, H, W]``."""
+
+    def __init__(self, paths: list[Path], image_shape: tuple[int, int, int]):
+        self.paths, self.image_shape = paths, image_shape
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return shape_image(decode(self.paths[i]), self.image_shape)
+
+
+class StreamedImages:
+    """One split of image files, served as float batches ``[<=B, C*H*W]`` in [0, 1] on ``device``.
+
+    The interface of `pyro_vae.data.Images` that training uses: ``len``,
+    ``device``, ``dim``, ``is_binary``, ``num_batches``, ``batches``, ``to``.
+    """
+
+    def __init__(self, paths: list[Path], image_shape: tuple[int, int, int], binarize: str = "dynamic",
+                 seed: int = 0, device: torch.device | str = "cpu", workers: int = 2, prefetch: int = 4):
+        if binarize not in BINARIZE_CHOICES:
+            raise DataError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_CHOICES)}")
+        if binarize == "static":
+            raise DataError("--binarize static draws every image once and keeps the draw, which a folder too large "
+                            "to hold cannot; use --binarize dynamic, or a larger --memory-budget")
+        self.paths, self.image_shape, self.binarize, self.seed = list(paths), tuple(image_shape), binarize, seed
+        self._device = torch.device(device)
+        self.workers, self.prefetch = workers, prefetch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    def is_binary(self) -> bool:
+        """True when a binarisation serves 0/1 pixels; grey levels of files are not scanned (False)."""
+        return self.binarize != "none"
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0,
+                shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """The batches of `pyro_vae.data.Images.batches` for the same files, seed, epoch and step."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed_for(self.seed, epoch))
+        n = len(self)
+        order = torch.randperm(n, generator=gen, device=self.device) if shuffle else torch.arange(n)
+        order = order.cpu()
+        steps = range(start_step, self.num_batches(batch_size))
+        sampler = [order[s * batch_size: (s + 1) * batch_size].tolist() for s in steps]
+        # The loader's own generator: its worker seeds must not come from (and move) the global stream,
+        # which the Monte Carlo noise of training draws from.
+        loader = DataLoader(_Files(self.paths, self.image_shape), batch_sampler=sampler, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda",
+                            prefetch_factor=self.prefetch if self.workers > 0 else None,
+                            generator=torch.Generator().manual_seed(seed_for(self.seed, epoch)))
+        for step, pixels in zip(steps, loader):
+            grey = pixels.to(self.device, non_blocking=True).flatten(1).float() / 255.0
+            if self.binarize == "dynamic":
+                gen.manual_seed(seed_for(self.seed, epoch, step + 1))
+                grey = torch.bernoulli(grey, generator=gen)
+            yield grey
+
+    def to(self, device: torch.device | str) -> "StreamedImages":
+        """The same files served on ``device``."""
+        return StreamedImages(self.paths, self.image_shape, self.binarize, self.seed, device, self.workers,
+                              self.prefetch)
