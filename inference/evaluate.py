@@ -64,7 +64,7 @@ def _mean_se(values: torch.Tensor) -> dict[str, float]:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("torch", "pyro-ppl", "arviz", "numpy", "pyro-vae"):
+    for name in ("torch", "pyro-ppl", "arviz", "arviz-stats", "numpy", "pyro-vae"):  # arviz-stats: whose k-hat
         try:
             out[name] = version(name)
         except PackageNotFoundError:

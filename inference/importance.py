@@ -12,7 +12,9 @@ the whole batch, which is why it is not used here). From one set of weights:
     ELBO(x_i)      = mean_k log w_ik
     IWAE-k(x_i)    = mean over the K/k disjoint groups g of logsumexp_{k in g} log w_ik - log k
     ESS(x_i)       = (sum_k w_ik)^2 / sum_k w_ik^2
-    k-hat(x_i)     = the Pareto shape fitted by PSIS (ArviZ ``psislw``) to the largest weights;
+    k-hat(x_i)     = the generalised Pareto shape that PSIS (ArviZ's ``psislw``, r_eff = 1) fits to the
+                     upper tail of w_i1..w_iK, the M largest weights above the (M+1)-th:
+                     M = ceil(min(K/5, 3 sqrt K)) in ArviZ 0.x, floor of the same in arviz_stats (ArviZ 1.x);
                      < 0.5 good, 0.5-0.7 usable, > 0.7 unreliable (Yao et al. 2018)
 
 Particles are vectorised in an outer plate and processed ``chunk_size`` at a
@@ -233,7 +235,11 @@ class _GroupedLogMeanExp:
 
 
 def _tail_size(num_samples: int) -> int:
-    """How many of the largest weights PSIS looks at: the tail M plus the cutoff (ArviZ, r_eff = 1)."""
+    """How many of the largest weights PSIS looks at, the tail M plus the cutoff, at r_eff = 1.
+
+    This is ArviZ 0.x's M = ceil(min(K/5, 3 sqrt K)); arviz_stats (ArviZ 1.x) fits
+    floor(min(K/5, 3 sqrt K)) <= M tail weights, so M + 1 weights hold its tail and cutoff too.
+    """
     return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples)))) + 1
 
 
@@ -249,14 +255,69 @@ class _StreamingTopK:
         self.values = both.topk(min(self.k, len(both)), dim=0).values
 
 
-def pareto_khat(top_log_weights: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """PSIS k-hat per datapoint from its largest log weights ``[M + 1, B]`` (`_tail_size`).
+def _khat_arviz_stats(log_weights: np.ndarray) -> np.ndarray:
+    """k-hat of the upper tail of ``exp(log_weights)`` ``[B, K]`` along K, by ``arviz_stats``: float64 ``[B]``.
 
-    ArviZ's ``psislw`` fits the generalised Pareto to the weights above its
-    cutoff, the (M+1)-th largest; every smaller weight only needs to sit at or
-    below the cutoff. So the other ``K - M - 1`` entries are filled with the
-    cutoff and ``psislw`` gives exactly the k-hat of all K weights.
-    NaN where K is too small for a tail fit (ArviZ needs more than 4 tail weights).
+    ``arviz_stats.base.array_stats.psislw(ary, r_eff, axis)`` (ArviZ 1.x's home of
+    PSIS) smooths the right tail of ``exp(-ary)``: it takes a log-likelihood, whose
+    negation is PSIS-LOO's log ratio. So it gets ``-log_weights``, and fits the
+    tail of the largest importance weights. It fits floor(min(K/5, 3 sqrt K)) tail
+    weights and raises below 5 (K < 25) and on a tail of equal values: NaN there.
+    """
+    from arviz_stats.base import array_stats
+
+    batch, num_samples = log_weights.shape
+    if num_samples < 25:
+        return np.full(batch, np.nan)
+    try:
+        # arviz_stats fits the tail of exp(-input): negated, that is the upper tail of the weights w
+        _, khat = array_stats.psislw(-log_weights, r_eff=1.0, axis=-1)
+    except ValueError:  # a datapoint whose tail weights are all equal: no fit for it, a fit for the others
+        khat = np.full(batch, np.nan)
+        for i, row in enumerate(log_weights):
+            try:
+                khat[i] = array_stats.psislw(-row, r_eff=1.0, axis=-1)[1]
+            except ValueError:
+                pass
+    return np.asarray(khat, dtype=np.float64).reshape(batch)
+
+
+def _khat_arviz_legacy(log_weights: np.ndarray) -> np.ndarray:
+    """k-hat of the upper tail of ``exp(log_weights)`` ``[B, K]`` along K, by ArviZ 0.x ``arviz.psislw``: float64 ``[B]``.
+
+    ``arviz.psislw(log_weights, reff)`` takes the log importance ratios themselves
+    (no negation; its LOO passes ``-log_likelihood``) with the samples on the last
+    axis, and fits ceil(min(K/5, 3 sqrt K)) tail weights; its k-hat is inf when
+    4 or fewer weights lie strictly above the cutoff (left so here).
+    """
+    import arviz
+
+    _, khat = arviz.psislw(log_weights, reff=1.0)
+    return np.asarray(khat, dtype=np.float64).reshape(log_weights.shape[0])
+
+
+def psis_khat_function() -> Callable[[np.ndarray], np.ndarray]:
+    """The installed PSIS k-hat: arviz_stats' (standalone, or under ArviZ >= 1.0) when importable, else ArviZ 0.x's.
+
+    Either maps log weights ``[B, K]`` to the k-hat ``[B]`` of the upper tail of
+    the weights. Imported on use: ArviZ is slow to import.
+    """
+    try:
+        import arviz_stats.base  # noqa: F401
+    except ImportError:
+        return _khat_arviz_legacy
+    return _khat_arviz_stats
+
+
+def pareto_khat(top_log_weights: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """PSIS k-hat per datapoint from its largest log weights ``[M + 1, B]`` (`_tail_size`): float64 ``[B]``.
+
+    PSIS fits the generalised Pareto to the weights above its cutoff, the
+    (M'+1)-th largest with M' <= M (`_tail_size`); every smaller weight only needs
+    to sit at or below the cutoff. So the other ``K - M - 1`` entries are filled
+    with the smallest kept weight and `psis_khat_function` gives exactly the
+    k-hat of all K weights. NaN where K is too small for a tail fit (5 tail
+    weights at least: K > 20 with ArviZ 0.x, K >= 25 with arviz_stats).
     """
     batch = top_log_weights.shape[1]
     if _tail_size(num_samples) > num_samples or len(top_log_weights) < _tail_size(num_samples):
@@ -265,11 +326,8 @@ def pareto_khat(top_log_weights: torch.Tensor, num_samples: int) -> torch.Tensor
     filler = np.repeat(top.min(axis=1, keepdims=True), num_samples - top.shape[1], axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ's import notice and its k-hat > 0.7 warning: we report k-hat ourselves
-        import arviz
-
-        _, khat = arviz.psislw(np.concatenate([top, filler], axis=1), reff=1.0)
-    khat = np.asarray(khat, dtype=np.float64).reshape(batch)
-    khat[np.isinf(khat)] = np.nan  # ArviZ's answer when the tail has 4 points or fewer: no fit
+        khat = psis_khat_function()(np.concatenate([top, filler], axis=1))
+    khat[np.isinf(khat)] = np.nan  # inf: ArviZ 0.x's k-hat for a tail of 4 points or fewer, arviz_stats' for a failed fit
     return torch.as_tensor(khat)
 
 

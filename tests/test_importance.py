@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 
 import numpy as np
@@ -10,7 +12,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.importance import DRAW_BLOCK, estimate_log_marginal, log_weights_chunk
+from inference.importance import (DRAW_BLOCK, MarginalEstimate, _khat_arviz_legacy, _khat_arviz_stats, _tail_size,
+                                  estimate_log_marginal, log_weights_chunk, pareto_khat, psis_khat_function)
 from models import VAE
 from models.guides import MIN_SCALE
 from models.linear import LinearGaussianVAE
@@ -126,23 +129,99 @@ def test_the_seed_fixes_the_draws_and_the_global_rng_is_left_alone():
     assert torch.equal(a.log_px, b.log_px) and not torch.equal(a.log_px, c.log_px)
 
 
-def test_streaming_reductions_equal_the_formulas_on_all_weights():
-    """ESS, ELBO, IWAE-k and ArviZ's k-hat, computed from the full [K, B] weights in memory."""
+def streamed_and_all_weights(k: int = 1000) -> tuple[MarginalEstimate, torch.Tensor]:
+    """A small VAE's estimate for 5 images from K draws in chunks of 130, and its log weights ``[K, 5]`` in memory."""
     vae = VAE(z_dim=5, hidden_dims=(20,))
     x = torch.bernoulli(torch.full((5, 784), 0.3))
-    k = 1000
     est = estimate_log_marginal(vae.model, vae.guide, x, num_samples=k, chunk_size=130, ladder=(10,), seed=3)
-    lw = log_weights_chunk(vae.model, vae.guide, x, 0, k, seed=3).detach()
+    return est, log_weights_chunk(vae.model, vae.guide, x, 0, k, seed=3).detach()
+
+
+def test_streaming_reductions_equal_the_formulas_on_all_weights():
+    """ESS, ELBO, IWAE-k and ArviZ's k-hat, computed from the full [K, B] weights in memory."""
+    k = 1000
+    est, lw = streamed_and_all_weights(k)
     assert torch.allclose(est.log_px, torch.logsumexp(lw, 0) - np.log(k))
     assert torch.allclose(est.elbo, lw.mean(0))
     assert torch.allclose(est.ess, lw.softmax(0).pow(2).sum(0).reciprocal())
     assert torch.allclose(est.iwae[10], (torch.logsumexp(lw.reshape(100, 10, -1), 1) - np.log(10)).mean(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import arviz
+        khat = psis_khat_function()(lw.T.numpy())  # the installed ArviZ's k-hat of all K weights
+    assert np.allclose(est.khat.numpy(), khat, atol=1e-10, equal_nan=True) and np.isfinite(khat).all()
 
-        _, khat = arviz.psislw(lw.T.numpy(), reff=1.0)
-    assert np.allclose(est.khat.numpy(), khat, atol=1e-10)
+
+def legacy_psislw():
+    """ArviZ 0.x's ``arviz.psislw``; skips where ArviZ >= 1 is installed, which has none to compare with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz
+    if not hasattr(arviz, "psislw"):
+        pytest.skip(f"ArviZ {arviz.__version__} has no arviz.psislw; arviz_stats is the only PSIS")
+    return arviz.psislw
+
+
+def arviz_stats_or_fail():
+    """``arviz_stats.base.array_stats``: the test extra installs it (Python >= 3.11), so it fails, never skips, if absent."""
+    if sys.version_info < (3, 11):
+        pytest.skip("arviz-stats needs Python 3.11")
+    try:
+        from arviz_stats.base import array_stats
+    except ImportError as e:
+        pytest.fail(f"{e}: the test extra installs arviz-stats, pip install -e '.[test]'")
+    return array_stats
+
+
+def test_khat_falls_back_to_arviz_psislw_and_gives_the_same_khat_as_before(monkeypatch):
+    """Without arviz_stats, k-hat is ArviZ 0.x's ``psislw`` of all K weights, as it was before arviz_stats."""
+    psislw = legacy_psislw()
+    monkeypatch.setitem(sys.modules, "arviz_stats", None)  # import arviz_stats now raises ImportError
+    monkeypatch.setitem(sys.modules, "arviz_stats.base", None)
+    assert psis_khat_function() is _khat_arviz_legacy
+    est, lw = streamed_and_all_weights(1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, khat = psislw(lw.T.numpy(), reff=1.0)
+    assert np.allclose(est.khat.numpy(), khat, atol=1e-10) and np.isfinite(khat).all()
+
+
+def test_arviz_stats_and_arviz_psislw_give_the_same_khat_on_the_same_weights(oracle):
+    """The two PSIS implementations agree on the oracle's log weights, and both fit the upper tail.
+
+    Same algorithm (the same generalised Pareto fit with its prior on k); they differ only in the
+    tail size, M = ceil(min(K/5, 3 sqrt K)) in ArviZ 0.x and floor of it in arviz_stats, equal
+    when 3 sqrt K (K > 225) or K/5 (K <= 225) is a whole number. There they agree to rounding
+    (the profile weights of the fit are normalised two algebraically equal ways: ~1e-16
+    observed); 1e-12 allows for other platforms' libm while one tail draw more or fewer moves
+    k-hat by 1e-3 to 1e-1. At other K, ArviZ 0.x handed arviz_stats' tail (its M largest weights,
+    the rest set to the cutoff) gives arviz_stats' k-hat to the same tolerance.
+    """
+    psislw, array_stats = legacy_psislw(), arviz_stats_or_fail()
+    assert psis_khat_function() is _khat_arviz_stats  # the new home is preferred when importable
+    model, x = oracle
+    lw = log_weights_chunk(model.model, model.guide, x, 0, 5000, seed=0).detach().T.numpy()  # [16, 5000]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (100, 225, 900, 2500):  # tail sizes 20, 45, 90, 150 in both
+            _, legacy = psislw(lw[:, :k], reff=1.0)
+            assert np.allclose(_khat_arviz_stats(lw[:, :k]), legacy, atol=1e-12, rtol=0)
+            assert np.isfinite(legacy).all()
+        for k in (1000, 5000):  # tail 95 / 94 and 213 / 212
+            tail = math.floor(min(k / 5, 3 * math.sqrt(k)))
+            top = np.sort(lw[:, :k], axis=1)[:, ::-1][:, : tail + 1]
+            cut = np.concatenate([top, np.repeat(top[:, -1:], k - tail - 1, axis=1)], axis=1)
+            _, legacy = psislw(cut, reff=1.0)
+            new = _khat_arviz_stats(lw[:, :k])
+            assert np.allclose(new, legacy, atol=1e-12, rtol=0) and np.isfinite(new).all()
+            _, legacy_own_tail = psislw(lw[:, :k], reff=1.0)
+            assert np.abs(new - legacy_own_tail).max() < 0.1  # one tail draw apart: close, not equal
+        # the sign: Pareto weights w = U^(-k) have upper-tail shape k; un-negated, arviz_stats fits the lower tail
+        u = np.random.default_rng(0).uniform(size=(200, 2500))
+        for shape in (0.3, 0.9):
+            lw_pareto = -shape * np.log(u)
+            for fit in (_khat_arviz_stats(lw_pareto), psislw(lw_pareto, reff=1.0)[1]):
+                assert abs(np.mean(fit) - shape) < 0.05
+        assert np.mean(array_stats.psislw(lw_pareto, r_eff=1.0)[1]) < 0
 
 
 def test_bad_input_is_named():
@@ -183,3 +262,26 @@ def test_bad_input_is_named():
         vae.decoder[-1].bias[0] = float("nan")
     with pytest.raises(EstimationError, match=r"NaN for datapoints \[0, 1, 2\]"):
         estimate_log_marginal(vae.model, vae.guide, x, num_samples=10)
+
+
+@pytest.mark.parametrize("implementation", ["arviz", "arviz_stats"])
+def test_khat_is_nan_where_no_tail_can_be_fitted(implementation, monkeypatch):
+    """Too few weights for 5 tail draws, or a datapoint's weights all equal: NaN, for that datapoint only."""
+    if implementation == "arviz":
+        legacy_psislw()
+        monkeypatch.setitem(sys.modules, "arviz_stats", None)
+        monkeypatch.setitem(sys.modules, "arviz_stats.base", None)
+    else:
+        arviz_stats_or_fail()
+    lw = torch.randn(1000, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lw[:, 1] = -3.0  # every weight of datapoint 1 equal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        khat = pareto_khat(lw.topk(_tail_size(1000), dim=0).values, 1000)
+        direct = torch.as_tensor(psis_khat_function()(lw.T.numpy()))
+        direct[direct.isinf()] = float("nan")  # ArviZ 0.x's k-hat for datapoint 1
+        assert torch.allclose(khat, direct, atol=1e-10, equal_nan=True)
+        assert khat[1].isnan() and khat[[0, 2]].isfinite().all()
+        for k in (1, 2, 4, 20, 21, 24, 25):  # fewer than 5 tail draws: K <= 20 in ArviZ 0.x, K < 25 in arviz_stats
+            fitted = pareto_khat(lw[:k, [0, 2]].topk(min(k, _tail_size(k)), dim=0).values, k).isfinite()
+            assert fitted.all() if k >= (21 if implementation == "arviz" else 25) else not fitted.any(), k
