@@ -28,6 +28,7 @@ from pyro_vae.data import DataSplits, load_splits
 from pyro_vae.device import check_fits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.paths import check_writable_dir
+from pyro_vae.schedule import adam_settings
 
 #: Settings that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
@@ -134,7 +135,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_settings(config.schedule))
     if not resume:
         if group.rank > 0:
             pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank))

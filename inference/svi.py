@@ -11,7 +11,8 @@ estimated by Pyro's ``Trace_ELBO`` (reparameterised samples) or
 vectorised particles (Burda et al. 2015); ``--gradient`` picks the gradient
 estimator (sticking the landing, DReG). Objectives and estimators live in
 `inference.objectives`. ``--kl-weight`` beta and ``--kl-warmup`` scale the
-latent site (see ``models.base``). Reported ELBOs are nats per image and
+latent site (see ``models.base``); ``--schedule burda2015`` sets Adam's rate per epoch by Burda et al.'s
+protocol (`pyro_vae.schedule`). Reported ELBOs are nats per image and
 negative: a lower bound on log p(x), higher is better.
 
 A step is what ``pyro.infer.SVI.step`` does, written out (`inference.step`): the
@@ -59,6 +60,7 @@ from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
+from pyro_vae.schedule import BURDA2015_BATCH_SIZE, SCHEDULES, learning_rate, set_learning_rate, total_epochs
 
 
 
@@ -194,6 +196,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     interrupted, stop_signal = False, None
     with StopRequest(abort_on_repeat=not parallel) as stop:
         for epoch in range(start_epoch, config.epochs):
+            set_learning_rate(optim, learning_rate(config.schedule, config.lr, epoch))  # a function of the epoch alone
             loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
             window = _LossWindow(start_step)
             t0 = time.perf_counter()
@@ -277,7 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, help=f"total epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
-    t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
+    t.add_argument("--lr", type=float, help=f"Adam step size; the base rate of --schedule (default {d.lr})")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"learning rate per epoch. constant: --lr throughout (default). burda2015: Burda et al. 2015's "
+                        f"protocol, 3^i epochs at --lr * 10^(-i/7) for i = 0..7, {total_epochs('burda2015'):,} epochs in "
+                        f"all (its default --epochs), base --lr 0.001, Adam betas (0.9, 0.999) and eps 1e-4. The "
+                        f"paper's batch is {BURDA2015_BATCH_SIZE}: pass --batch-size {BURDA2015_BATCH_SIZE} for it (the "
+                        "schedule does not change the batch size)")
     t.add_argument("--elbo", choices=ELBO_NAMES,
                    help=f"trace: Trace_ELBO; meanfield: TraceMeanField_ELBO, the KL in closed form; iwae: "
                         f"RenyiELBO(alpha=0) (default {d.elbo})")
@@ -354,6 +363,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
+    if total_epochs(given.get("schedule", "constant")):
+        given.setdefault("epochs", total_epochs(given["schedule"]))  # the protocol's length, unless --epochs says
     if model.likelihood != "bernoulli":
         given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", default_out())
