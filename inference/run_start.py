@@ -19,6 +19,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from inference.cuda_graph import set_capturable
 from models.base import LatentModel
 from models.registry import name_of
 from models.vae import VAE
@@ -31,7 +32,7 @@ from pyro_vae.paths import check_writable_dir
 from pyro_vae.schedule import adam_settings
 
 #: Settings that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit")
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit", "cuda_graph")
 
 def default_out() -> str:
     """``runs/<timestamp>``: the output folder of a run given no ``--out``."""
@@ -144,6 +145,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         if model is not stored:  # a model handed in; the stored one already holds its parameters
             model.load_state_dict(saved["model_state"])
         optim.load_state_dict(saved["optim_state"])
+        set_capturable(optim, False)  # a graphed run's state, on any device: only a CUDA graph makes it capturable
     except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
         raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
     _check_adam_state(optim, ckpt_path)

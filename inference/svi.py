@@ -21,7 +21,8 @@ over the model's parameters (``pyro.optim`` keeps an optimiser per tensor;
 dropping it sped up large batches, BENCHMARKS.md). By default the loss is
 JIT-compiled where Pyro can and `check_compiled` finds the compiled loss and
 gradients equal to the plain ones (`inference.step.build_step`): that removes Pyro's Python
-from each step, most of its cost over hand-written PyTorch.
+from each step, most of its cost over hand-written PyTorch. On CUDA the whole step is then
+captured in a CUDA graph where a replay checks out (`inference.cuda_graph`).
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``. Under
@@ -48,6 +49,7 @@ from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
 from inference.run_start import RESUMABLE_CHANGES, default_out, needs_binary_pixels, prepare
+from inference.cuda_graph import CudaGraphStep
 from inference.step import build_step
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
@@ -125,6 +127,7 @@ class TrainResult:
     stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     data: DataSplits | None = field(default=None, repr=False)
     compiled: bool = False  # whether the steps ran a JIT-compiled loss (see `build_step`)
+    graphed: bool = False  # whether they were replays of a CUDA graph (`inference.cuda_graph`)
 
     @property
     def exit_status(self) -> int:
@@ -242,7 +245,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     if group.is_main:
         draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
-                       compiled)
+                       compiled, isinstance(step_fn, CudaGraphStep))
 
 
 def _silent(*args, **kwargs) -> None:
@@ -299,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="JIT-compile the loss (trace, meanfield). Default: compiled when Pyro can and the compiled loss "
                         "matches the plain one on a probe batch, else plain; --jit insists, --no-jit never compiles")
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the compiled step (loss, backward, Adam) in a CUDA graph. Default: on CUDA, in one "
+                        "process, when a replay matches the plain step on a probe batch, else uncaptured; never on "
+                        "the CPU. --cuda-graph insists, --no-cuda-graph never captures")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
     dd.add_argument("--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
@@ -345,7 +352,8 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
         differing.append(f"--preset {preset} (the run's: {saved.preset})")
     if differing:
         raise CheckpointError(f"cannot resume {path} with {'; '.join(differing)}: the model and data are the "
-                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit may change")
+                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit, "
+                              "--cuda-graph/--no-cuda-graph may change")
     return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}).validated()
 
 
