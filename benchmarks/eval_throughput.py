@@ -8,11 +8,14 @@ Same trained checkpoint, same test images, same K, one process, interleaved:
       timed on ``--pyro-images`` images and scaled to images/s;
   (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included).
 
-Prints images/s, the ratios, and how much the peak memory grows during (c)
-at two chunk sizes and two K, each in a fresh process (CPU: ru_maxrss; CUDA:
-max_memory_allocated), above the baseline of the loaded model and data.
+Prints images/s and the ratios, one row per ``--batch-sizes`` entry (images
+given to (a) and (c) per call, as ``python -m inference.evaluate --batch-size``;
+default: all ``--images`` at once), and how much the peak memory grows during
+(c) at two chunk sizes and two K, each in a fresh process (CPU: ru_maxrss;
+CUDA: max_memory_allocated), above the baseline of the loaded model and data.
 
     python benchmarks/eval_throughput.py runs/RUN --device cpu --num-samples 1000
+    python benchmarks/eval_throughput.py runs/RUN --device cuda --num-samples 5000 --images 10000 --batch-sizes 100,128,1024
 """
 
 from __future__ import annotations
@@ -89,10 +92,12 @@ print(json.dumps((peak - base) / 2**20))
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="run folder or checkpoint of a diagonal-guide Bernoulli VAE")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--chunk-size", type=int, default=500)
+    p.add_argument("--batch-sizes", help="images per call of (a) and (c), comma-separated, one row each, e.g. "
+                                         "100,128,1024 (default: all --images at once)")
     p.add_argument("--memory-chunks", default="100,1000")
     p.add_argument("--pyro-images", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
@@ -107,17 +112,25 @@ def main(argv: list[str] | None = None) -> None:
     mine = handwritten_log_px(vae, x, k, chunk).cpu()
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"{args.images} test images, K = {k}, chunk {chunk}; mean log p(x): (a) {mine.mean():.2f}, (c) {ours.mean():.2f}\n")
-    seconds = interleaved_medians({
-        "a": lambda: timed(lambda: handwritten_log_px(vae, x, k, chunk), device),
-        "b": lambda: timed(lambda: pyro_importance_log_px(vae, x[: args.pyro_images], k), device)
-        * args.images / args.pyro_images,
-        "c": lambda: timed(lambda: estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0), device),
-    }, args.repeats)
-    rate = {name: args.images / s for name, s in seconds.items()}
-    print("| (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s | c/a (time) | b/c (time) |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | {seconds['c'] / seconds['a']:.2f} | "
-          f"{seconds['b'] / seconds['c']:.1f} |\n")
+    print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s | c/a (time) "
+          "| b/c (time) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    pyro_seconds = None  # (b) takes one image at a time: timed with the first batch size, the same for all
+    for batch in [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [args.images]:
+        contenders = {
+            "a": lambda: timed(lambda: [handwritten_log_px(vae, xb, k, chunk) for xb in x.split(batch)], device),
+            "c": lambda: timed(lambda: [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0)
+                                        for xb in x.split(batch)], device),
+        }
+        if pyro_seconds is None:
+            contenders["b"] = lambda: (timed(lambda: pyro_importance_log_px(vae, x[: args.pyro_images], k), device)
+                                       * args.images / args.pyro_images)
+        seconds = interleaved_medians(contenders, args.repeats)
+        pyro_seconds = seconds["b"] = seconds.get("b", pyro_seconds)
+        rate = {name: args.images / s for name, s in seconds.items()}
+        print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | "
+              f"{seconds['c'] / seconds['a']:.2f} | {seconds['b'] / seconds['c']:.1f} |", flush=True)
+    print()
     print(f"| peak memory growth of (c), {args.images} images | " + " | ".join(
         f"K={kk}, chunk {c}" for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")
     print("| --- | " + " | ".join("---" for _ in range(2 * len(args.memory_chunks.split(",")))) + " |")

@@ -12,14 +12,20 @@ over ``--images`` images each:
   (c) this project's ``inference.svi.train`` (its recorded training seconds of
       one epoch), default settings: ``TraceMeanField_ELBO``, JIT-compiled and checked
       against the plain loss before the first step; and the same with ``--no-jit``.
+      On CUDA (c) is the compiled step uncaptured (``--no-cuda-graph``), and
+  (cg) is the default there: the compiled step captured in a CUDA graph
+      (`inference.cuda_graph`), one replay per step.
 
 Prints images/s and the ratios time(c)/time(a), time(c --no-jit)/time(a) and
-time(b)/time(c), then the one-off seconds of compiling and checking the loss,
-which (c) pays before its first step and which its epoch seconds leave out.
-A pass is a full MNIST epoch by default (``--images 60000``), as a user runs it:
-the compiled graph's first, slower runs are inside it.
+time(b)/time(c) (on CUDA also time(cg)/time(a) and time(cg)/time(c)), then the
+one-off seconds of compiling and checking the loss (on CUDA also of capturing
+and checking the graph), which (c) pays before its first step and which its
+epoch seconds leave out. A pass is a full MNIST epoch by default
+(``--images 60000``), as a user runs it: the compiled graph's first, slower runs
+(and the second graph, for the epoch's last, smaller batch) are inside it.
 
     python benchmarks/train_throughput.py --device cpu --batch-sizes 128,1024
+    python benchmarks/train_throughput.py --device cuda --batch-sizes 100,128,1024
 """
 
 from __future__ import annotations
@@ -87,19 +93,21 @@ def pyro_example(pixels: torch.Tensor, batch_size: int, device: torch.device):
     return epoch
 
 
-def compile_seconds(pixels: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Seconds that ``inference.step.build_step`` takes to compile and check the default loss for a fresh model."""
+def compile_seconds(pixels: torch.Tensor, batch_size: int, device: torch.device, cuda_graph: bool = False) -> float:
+    """Seconds that ``inference.step.build_step`` takes to compile and check the default loss for a fresh model
+    (``cuda_graph``: and to capture and check the CUDA-graph step)."""
     pyro.clear_param_store()
     vae = VAE.from_config(PRESETS["burda2015"].model).to(device)
     probe = torch.bernoulli(pixels[:batch_size].float() / 255).to(device)
     optim = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    return timed(lambda: build_step(vae, TrainConfig(), optim, probe), device)
+    config = TrainConfig(batch_size=batch_size, cuda_graph=cuda_graph)
+    return timed(lambda: build_step(vae, config, optim, probe), device)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-sizes", default="128,1024")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda adds the CUDA-graph step as a contender)")
+    p.add_argument("--batch-sizes", default="100,128,1024", help="comma-separated, one table row each")
     p.add_argument("--images", type=int, default=60000, help="images per timed pass")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir")
@@ -109,28 +117,37 @@ def main(argv: list[str] | None = None) -> None:
     pixels = load_pixels("mnist", True, args.data_dir)[: args.images]
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"{args.images} images per pass, median of {args.repeats} interleaved rounds\n")
-    print("| batch | (a) hand-written img/s | (b) Pyro example img/s | (c) inference.svi img/s | (c) --no-jit img/s "
-          "| c/a (time) | c --no-jit/a (time) | b/c (time) | compile + check (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    graphs = device.type == "cuda"
+    header = ["batch", "(a) hand-written img/s", "(b) Pyro example img/s", "(c) inference.svi img/s",
+              "(c) --no-jit img/s", *(["(cg) CUDA graph img/s"] if graphs else []), "c/a (time)", "c --no-jit/a (time)",
+              "b/c (time)", *(["cg/a (time)", "cg/c (time)"] if graphs else []), "compile + check (s)",
+              *(["compile + check + capture (s)"] if graphs else [])]
+    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             config = TrainConfig(batch_size=batch_size, epochs=1, train_limit=args.images, test_limit=100,
                                  device=str(device), data_dir=args.data_dir)
             runs = iter(range(10**6))
 
-            def ours(jit: bool | None = None, **changes) -> float:
-                settings = {**config.__dict__, "out": f"{tmp}/{next(runs)}", "jit": jit, **changes}
+            def ours(jit: bool | None = None, cuda_graph: bool | None = False, **changes) -> float:
+                settings = {**config.__dict__, "out": f"{tmp}/{next(runs)}", "jit": jit, "cuda_graph": cuda_graph,
+                            **changes}
                 result = train(TrainConfig(**settings), progress=False)
                 assert result.compiled == (jit is not False), "the default run did not compile"
+                assert result.graphed == bool(cuda_graph), "the CUDA-graph run did not capture its step"
                 return result.history[0]["seconds"]
 
             a, b = handwritten(pixels, batch_size, device), pyro_example(pixels, batch_size, device)
             for warm in (a, b):
                 warm()
             ours(), ours(jit=False)
+            if graphs:
+                ours(cuda_graph=True)
             pyro.clear_param_store()
             contenders = {"a": lambda: timed(a, device), "b": lambda: timed(b, device), "c": ours,
                           "cp": lambda: ours(jit=False)}
+            if graphs:
+                contenders["cg"] = lambda: ours(cuda_graph=True)
             if args.also_elbo:
                 contenders["ce"] = lambda: ours(elbo=args.also_elbo)
             seconds = interleaved_medians(contenders, args.repeats)
@@ -138,9 +155,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.also_elbo:
             print(f"(c) --elbo {args.also_elbo}: {rate['ce']:.0f} img/s, time ratio to (a) {seconds['ce'] / seconds['a']:.2f}, "
                   f"to (c) {seconds['ce'] / seconds['c']:.2f}", flush=True)
-        print(f"| {batch_size} | {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} | {rate['cp']:.0f} | "
-              f"{seconds['c'] / seconds['a']:.2f} | {seconds['cp'] / seconds['a']:.2f} | "
-              f"{seconds['b'] / seconds['c']:.2f} | {compile_seconds(pixels, batch_size, device):.2f} |", flush=True)
+        row = [batch_size, f"{rate['a']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}", f"{rate['cp']:.0f}",
+               *([f"{rate['cg']:.0f}"] if graphs else []), f"{seconds['c'] / seconds['a']:.2f}",
+               f"{seconds['cp'] / seconds['a']:.2f}", f"{seconds['b'] / seconds['c']:.2f}",
+               *([f"{seconds['cg'] / seconds['a']:.2f}", f"{seconds['cg'] / seconds['c']:.2f}"] if graphs else []),
+               f"{compile_seconds(pixels, batch_size, device):.2f}",
+               *([f"{compile_seconds(pixels, batch_size, device, cuda_graph=True):.2f}"] if graphs else [])]
+        print("| " + " | ".join(map(str, row)) + " |", flush=True)
 
 
 if __name__ == "__main__":

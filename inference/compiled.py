@@ -121,13 +121,13 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
         for x in (probe, probe[: (len(probe) + 1) // 2]):
             got, want = compiled_loss_and_grads(x), loss_and_grads(reference, x)
             for key, value in want.items():
-                difference = _relative_difference(got[key], value)
+                difference = relative_difference(got[key], value)
                 if difference > COMPILE_RTOL:
                     raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
                                        f"same seed (in {key}: relative difference {difference:.2g})")
 
 
-def _relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
+def relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
     """max |got - want| / max |want|; 0 when both are None (an unused parameter), inf when one is."""
     if got is None or want is None:
         return 0.0 if got is None and want is None else float("inf")

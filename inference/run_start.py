@@ -20,6 +20,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from inference.cuda_graph import set_capturable
 from models.base import LatentModel
 from models.registry import name_of
 from models.vae import VAE
@@ -29,9 +30,10 @@ from pyro_vae.data import DataSplits, load_splits
 from pyro_vae.device import check_fits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.paths import check_writable_dir
+from pyro_vae.schedule import adam_settings
 
 #: Settings that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit", "memory_budget", "workers")
+RESUMABLE_CHANGES = ("epochs", "device", "data_dir", "out", "jit", "cuda_graph", "memory_budget", "workers")
 
 def default_out() -> str:
     """``runs/<timestamp>``: the output folder of a run given no ``--out``."""
@@ -155,7 +157,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optim = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_settings(config.schedule))
     if not resume:
         if group.rank > 0:
             pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank))
@@ -164,6 +166,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         if model is not stored:  # a model handed in; the stored one already holds its parameters
             model.load_state_dict(saved["model_state"])
         optim.load_state_dict(saved["optim_state"])
+        set_capturable(optim, False)  # a graphed run's state, on any device: only a CUDA graph makes it capturable
     except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
         raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
     _check_adam_state(optim, ckpt_path)

@@ -5,7 +5,9 @@ r"""The training step: one optimiser step on the negative ELBO, compiled where t
 parameter of the model. `build_step` picks the objective for a `TrainConfig`
 and, where Pyro has a JIT-compiled version of it, compiles it and checks it
 against the plain loss before the first step (`inference.compiled.check_compiled`),
-falling back to the plain loss, with the reason, when the check fails.
+falling back to the plain loss, with the reason, when the check fails. On CUDA
+it then captures the whole step in a CUDA graph where that checks out
+(`inference.cuda_graph`), again falling back, with the reason, when it does not.
 """
 
 from __future__ import annotations
@@ -14,12 +16,26 @@ import torch
 from pyro.infer.elbo import ELBO
 
 from inference.compiled import check_compiled
-from inference.data_parallel import DataParallelStep
+from inference.cuda_graph import build_graph_step, wants_graph
+from inference.data_parallel import DataParallelStep, LossAndGrads
 from inference.objectives import jit_available, make_elbo
 from models.base import LatentModel
 from pyro_vae.config import TrainConfig
 from pyro_vae.distributed import Group
-from pyro_vae.errors import CompileError
+from pyro_vae.errors import CaptureError, CompileError
+
+
+class PlainStep:
+    """``step(x, kl_weight) -> loss``: ``loss_and_grads``, one ``optim`` step, the gradients set to None."""
+
+    def __init__(self, loss_and_grads: LossAndGrads, optim: torch.optim.Optimizer):
+        self.loss_and_grads, self.optim = loss_and_grads, optim
+
+    def __call__(self, x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
+        loss = self.loss_and_grads(x, kl_weight)
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        return loss
 
 
 def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, probe: torch.Tensor | None = None,
@@ -54,24 +70,40 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
             return torch.tensor(elbo.loss_and_grads(model_fn, guide_fn, x, kl_weight))
     if group is not None and group.world_size > 1:
         return DataParallelStep(loss_and_grads, optim, group)
-
-    def step(x: torch.Tensor, kl_weight: float | torch.Tensor) -> torch.Tensor:
-        loss = loss_and_grads(x, kl_weight)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        return loss
-    return step
+    return PlainStep(loss_and_grads, optim)
 
 
 def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
                log=print, group: Group | None = None) -> tuple:
-    """``(step, compiled)``: the training step for ``config``, JIT-compiled where that is safe.
+    """``(step, compiled)``: the training step for ``config``, JIT-compiled and CUDA-graphed where that is safe.
 
     ``config.jit``: True compiles or raises (`ConfigError` when Pyro has no
     compiled ``config.elbo``, `CompileError` when the check fails); False never
     compiles; None (the default) compiles when Pyro can and `check_compiled`
     passes on ``probe``, else logs why and runs the plain loss. ``group``: see `make_step`.
+    ``config.cuda_graph`` (`inference.cuda_graph.wants_graph`): None (the
+    default) captures the compiled step in a CUDA graph on CUDA, in one process,
+    when `build_graph_step`'s check passes, else logs why and runs it uncaptured;
+    True insists (`ConfigError`/`CaptureError`); False, and every CPU run, never
+    captures. The step is then a `inference.cuda_graph.CudaGraphStep`.
     """
+    step, compiled = _compiled_or_plain(model, config, optim, probe, log, group)
+    device = next(model.parameters()).device
+    if not wants_graph(config.cuda_graph, device, group.world_size if group is not None else 1, compiled) \
+            or not isinstance(step, PlainStep):
+        return step, compiled
+    try:
+        return build_graph_step(step.loss_and_grads, model, optim, probe, config.batch_size), compiled
+    except CaptureError as e:
+        if config.cuda_graph:
+            raise
+        log(f"note: training without a CUDA graph: {e}")
+        return step, compiled
+
+
+def _compiled_or_plain(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
+                       log, group: Group | None) -> tuple:
+    """``(step, compiled)`` of `build_step` before any CUDA graph."""
     plain = make_elbo(config.elbo, False, config.num_particles, config.gradient)
     if config.jit is False or (config.jit is None and not jit_available(config.elbo, config.gradient)):
         return make_step(model, plain, optim, group=group), False

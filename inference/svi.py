@@ -11,7 +11,8 @@ estimated by Pyro's ``Trace_ELBO`` (reparameterised samples) or
 vectorised particles (Burda et al. 2015); ``--gradient`` picks the gradient
 estimator (sticking the landing, DReG). Objectives and estimators live in
 `inference.objectives`. ``--kl-weight`` beta and ``--kl-warmup`` scale the
-latent site (see ``models.base``). Reported ELBOs are nats per image and
+latent site (see ``models.base``); ``--schedule burda2015`` sets Adam's rate per epoch by Burda et al.'s
+protocol (`pyro_vae.schedule`). Reported ELBOs are nats per image and
 negative: a lower bound on log p(x), higher is better.
 
 A step is what ``pyro.infer.SVI.step`` does, written out (`inference.step`): the
@@ -20,7 +21,8 @@ over the model's parameters (``pyro.optim`` keeps an optimiser per tensor;
 dropping it sped up large batches, BENCHMARKS.md). By default the loss is
 JIT-compiled where Pyro can and `check_compiled` finds the compiled loss and
 gradients equal to the plain ones (`inference.step.build_step`): that removes Pyro's Python
-from each step, most of its cost over hand-written PyTorch.
+from each step, most of its cost over hand-written PyTorch. On CUDA the whole step is then
+captured in a CUDA graph where a replay checks out (`inference.cuda_graph`).
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``. Under
@@ -47,6 +49,7 @@ from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
 from inference.run_start import RESUMABLE_CHANGES, default_out, needs_binary_pixels, prepare
+from inference.cuda_graph import CudaGraphStep
 from inference.step import build_step
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
@@ -59,6 +62,7 @@ from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
+from pyro_vae.schedule import BURDA2015_BATCH_SIZE, SCHEDULES, learning_rate, set_learning_rate, total_epochs
 from pyro_vae.sources import parse_spec, source_channels
 
 
@@ -128,6 +132,7 @@ class TrainResult:
     stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     data: DataSplits | None = field(default=None, repr=False)
     compiled: bool = False  # whether the steps ran a JIT-compiled loss (see `build_step`)
+    graphed: bool = False  # whether they were replays of a CUDA graph (`inference.cuda_graph`)
 
     @property
     def exit_status(self) -> int:
@@ -199,6 +204,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     interrupted, stop_signal = False, None
     with StopRequest(abort_on_repeat=not parallel) as stop:
         for epoch in range(start_epoch, config.epochs):
+            set_learning_rate(optim, learning_rate(config.schedule, config.lr, epoch))  # a function of the epoch alone
             loss_sum, images, seconds = partial["loss"], partial["images"], partial["seconds"]
             window = _LossWindow(start_step)
             t0 = time.perf_counter()
@@ -244,7 +250,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     if group.is_main:
         draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
-                       compiled)
+                       compiled, isinstance(step_fn, CudaGraphStep))
 
 
 def _silent(*args, **kwargs) -> None:
@@ -291,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, help=f"total epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
-    t.add_argument("--lr", type=float, help=f"Adam step size (default {d.lr})")
+    t.add_argument("--lr", type=float, help=f"Adam step size; the base rate of --schedule (default {d.lr})")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"learning rate per epoch. constant: --lr throughout (default). burda2015: Burda et al. 2015's "
+                        f"protocol, 3^i epochs at --lr * 10^(-i/7) for i = 0..7, {total_epochs('burda2015'):,} epochs in "
+                        f"all (its default --epochs), base --lr 0.001, Adam betas (0.9, 0.999) and eps 1e-4. The "
+                        f"paper's batch is {BURDA2015_BATCH_SIZE}: pass --batch-size {BURDA2015_BATCH_SIZE} for it (the "
+                        "schedule does not change the batch size)")
     t.add_argument("--elbo", choices=ELBO_NAMES,
                    help=f"trace: Trace_ELBO; meanfield: TraceMeanField_ELBO, the KL in closed form; iwae: "
                         f"RenyiELBO(alpha=0) (default {d.elbo})")
@@ -304,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="JIT-compile the loss (trace, meanfield). Default: compiled when Pyro can and the compiled loss "
                         "matches the plain one on a probe batch, else plain; --jit insists, --no-jit never compiles")
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the compiled step (loss, backward, Adam) in a CUDA graph. Default: on CUDA, in one "
+                        "process, when a replay matches the plain step on a probe batch, else uncaptured; never on "
+                        "the CPU. --cuda-graph insists, --no-cuda-graph never captures")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
     dd.add_argument("--dataset", type=_dataset, metavar="|".join([*DATASETS, "folder:PATH", "array:PATH"]),
@@ -364,7 +380,8 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
         differing.append(f"--preset {preset} (the run's: {saved.preset})")
     if differing:
         raise CheckpointError(f"cannot resume {path} with {'; '.join(differing)}: the model and data are the "
-                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit, --memory-budget, --workers may change")
+                              "checkpoint's; only --epochs, --device, --data-dir, --jit/--no-jit, "
+                              "--cuda-graph/--no-cuda-graph, --memory-budget, --workers may change")
     return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}).validated()
 
 
@@ -382,6 +399,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
+    if total_epochs(given.get("schedule", "constant")):
+        given.setdefault("epochs", total_epochs(given["schedule"]))  # the protocol's length, unless --epochs says
     if (args.likelihood is None and args.binarize is None and "dataset" in given
             and source_channels(given["dataset"], TrainConfig(**given).source_options()) == 3):
         model = dataclasses.replace(model, likelihood=COLOUR_LIKELIHOOD)  # colour: grey levels, not 0/1 pixels

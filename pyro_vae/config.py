@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.schedule import SCHEDULES
 
 if TYPE_CHECKING:
     from pyro_vae.sources import SourceOptions
@@ -135,7 +136,10 @@ class TrainConfig:
     Units: ``lr`` is Adam's step size on the summed (per-batch) loss, as in
     Pyro's examples; ``train_limit``/``test_limit`` take the first N images.
     ``elbo`` names the objective and ``gradient`` its estimator (``inference.objectives``), ``num_particles``
-    its samples per datapoint (k of the IWAE bound for ``iwae``).
+    its samples per datapoint (k of the IWAE bound for ``iwae``). ``schedule`` names the learning-rate schedule
+    (`pyro_vae.schedule`: ``lr`` is its base rate); ``cuda_graph`` whether the step is captured in a CUDA graph
+    (`inference.cuda_graph`; None: when on CUDA and it checks out). A config saved before a field existed loads
+    with its default (``schedule`` constant, as those runs trained).
     """
 
     model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET].model)
@@ -148,12 +152,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    schedule: str = "constant"  # learning rate per epoch (pyro_vae.schedule): constant, or burda2015's protocol
     elbo: str = "meanfield"  # the ELBO with the KL in closed form; BENCHMARKS.md, "Equal budget, equal model"
     gradient: str = "standard"  # gradient estimator (inference.objectives.GRADIENTS): standard, stl, dreg
     num_particles: int = 1
     kl_weight: float = 1.0
     kl_warmup: float = 0.0  # epochs over which the KL weight rises linearly from 0 to kl_weight
     jit: bool | None = None  # None: JIT-compile the loss when Pyro can and it checks out (inference.svi.build_step)
+    cuda_graph: bool | None = None  # None: capture the step in a CUDA graph on CUDA when it checks out
     device: str = "auto"
     seed: int = 0
     test_seed: int = 0
@@ -204,6 +210,9 @@ class TrainConfig:
             _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32,
                      f"--{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
         _require(self.jit in (None, True, False), f"jit must be True, False or None, got {self.jit!r}")
+        _require(self.cuda_graph in (None, True, False), f"cuda_graph must be True, False or None, got {self.cuda_graph!r}")
+        _require(isinstance(self.schedule, str) and self.schedule in SCHEDULES,
+                 f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for name in ("dataset", "binarize", "elbo", "gradient", "device"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
         for name in ("preset", "data_dir", "out"):

@@ -42,6 +42,10 @@ class CompileError(ConfigError):
     """A JIT-compiled loss that failed to compile, or disagreed with the plain loss on a probe batch."""
 
 
+class CaptureError(ConfigError):
+    """A training step that failed to capture in a CUDA graph, or whose replay disagreed with the plain step."""
+
+
 class PeerFailed(PyroVAEError):
     """Another process of a ``torchrun`` job failed (``rank`` names it); this one stopped with it."""
 

@@ -104,6 +104,8 @@ TRAIN_CASES = {
     "out is a file": (["--out", FILE], "is a file, not a folder"),
     "out under a file": (["--out", FILE + "/run"], "cannot be created", "is a file"),
     "seed negative": (["--seed", "-1"], "--seed must be an integer from 0 to 2**32 - 1"),
+    "schedule unknown": (["--schedule", "linear"], "argument --schedule: invalid choice: 'linear'", "burda2015"),
+    "cuda-graph on the cpu": (["--cuda-graph"], "--cuda-graph captures the training step", "this run is on cpu"),
 }
 
 
