@@ -17,6 +17,8 @@ against streamed with the most workers. Prints images/s and the ratios streamed/
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 import time
@@ -55,7 +57,8 @@ def train_epoch(folder: Path, budget: float, workers: int, out: Path, batch_size
     config = TrainConfig(model=ModelConfig(z_dim=50, hidden_dims=(200, 200)), preset=None,
                          dataset=f"folder:{folder}", epochs=1, batch_size=batch_size, device="cpu", out=str(out),
                          memory_budget=budget, workers=workers, jit=False)
-    return train(config, progress=False).history[-1]["seconds"]
+    with contextlib.redirect_stdout(io.StringIO()):  # train's per-epoch line
+        return train(config, progress=False).history[-1]["seconds"]
 
 
 def main() -> None:
@@ -75,13 +78,13 @@ def main() -> None:
         decode_seconds = time.perf_counter() - start
         streamed = {w: load_splits(spec, memory_budget=0, workers=w) for w in range(args.workers + 1)}
         contenders = {"held": lambda: serve_epoch(held, args.batch_size)}
-        contenders |= {f"streamed, {w} workers": (lambda s=s: serve_epoch(s, args.batch_size))
+        contenders |= {f"streamed, {w} worker{'' if w == 1 else 's'}": (lambda s=s: serve_epoch(s, args.batch_size))
                        for w, s in streamed.items()}
         served = interleaved_medians(contenders, args.rounds)
         runs = iter(range(10**6))
         trained = interleaved_medians({
             "held": lambda: train_epoch(folder, 1e6, 0, Path(tmp) / f"run{next(runs)}", args.batch_size),
-            f"streamed, {args.workers} workers":
+            f"streamed, {args.workers} worker{'' if args.workers == 1 else 's'}":
                 lambda: train_epoch(folder, 0, args.workers, Path(tmp) / f"run{next(runs)}", args.batch_size),
         }, args.rounds)
     n_train = len(held.train)

@@ -153,8 +153,9 @@ def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, tit
     z_dim = codes.shape[1]
     # drawn in a fixed random order, so that no class is painted over all the others
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    size = min(30.0, max(2.0, 2 * math.sqrt(10_000 / max(len(points), 1))))  # 2 for MNIST's 10,000; larger for fewer
     if labels is None:
-        ax.scatter(points[order, 0], points[order, 1], s=2, alpha=0.5, linewidths=0)
+        ax.scatter(points[order, 0], points[order, 1], s=size, alpha=0.5, linewidths=0)
     else:
         from matplotlib.lines import Line2D
 
@@ -163,7 +164,7 @@ def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, tit
         cmap = _colormap("tab10" if len(classes) <= 10 else "tab20")
         index = {c: i for i, c in enumerate(classes)}
         colours = [cmap(index[c] % cmap.N) for c in labels[order].tolist()]
-        ax.scatter(points[order, 0], points[order, 1], s=2, alpha=0.6, linewidths=0, c=colours)
+        ax.scatter(points[order, 0], points[order, 1], s=size, alpha=0.6, linewidths=0, c=colours)
         handles = [Line2D([], [], marker="o", markersize=4, linestyle="", color=cmap(i % cmap.N), label=str(c))
                    for c, i in index.items()]
         ax.legend(handles=handles, fontsize=7, loc="upper right", title="label", title_fontsize=7, framealpha=0.8)
