@@ -150,7 +150,7 @@ def evaluate(
         # download only into a folder the user named: the checkpoint's own data_dir is untrusted input
         x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
                               config["test_seed"], target, download=data_dir is not None,
-                              options=run_config.source_options())
+                              options=run_config.evaluation_options(), held_out_from=run_config.held_out_from)
     x_dim = model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "

@@ -19,6 +19,7 @@ Training writes the same set after its last epoch (`draw_run_figures`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,34 +87,43 @@ def interpolation_pairs(labels: torch.Tensor | None, num_pairs: int, n: int) -> 
 
 
 def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
-                     history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0) -> list[Path]:
+                     history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0,
+                     image_shape: Sequence[int] | None = None) -> list[Path]:
     """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
 
     The random draws (samples) use a forked RNG seeded by ``seed``: the caller's
-    random stream is untouched. Image grids are drawn for square images, grey
-    or colour; for others only the latent map and the curves. Returns the paths written.
+    random stream is untouched. Image grids are drawn with ``image_shape``
+    (C, H, W), else the model's recorded shape (``model.config.image``), else a
+    square one read from D; for images of no known shape only the latent map
+    and the curves. Returns the paths written.
     """
     fig_dir = Path(fig_dir)
     written = []
     was_training = model.training
     model.eval()
-    drawable = figures.square_image_shape(x.shape[-1]) is not None  # images that are not square are not drawn
+    shape = image_shape or getattr(getattr(model, "config", None), "image", None) \
+        or figures.square_image_shape(x.shape[-1])
+    drawable = shape is not None and math.prod(shape) == x.shape[-1]  # flat vectors of unknown shape: no grids
+    if not drawable:  # stale grids from another model would mislead
+        for name in ("samples.png", "reconstructions.png", "interpolation.png"):
+            (fig_dir / name).unlink(missing_ok=True)
     try:
         if drawable:
             with forked_rng(x.device):
                 torch.manual_seed(seed)
-                written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png"))
+                written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png", shape=shape))
             written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]),
-                                                        fig_dir / "reconstructions.png"))
+                                                        fig_dir / "reconstructions.png", shape))
         codes = latent_codes(model, x)
         written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png"))
         if drawable:
             starts, ends = interpolation_pairs(labels, 8, len(x))
             rows = interpolate(model, x[starts], x[ends])
             written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
-                                                   nrow=rows.shape[1]))
+                                                   nrow=rows.shape[1], shape=shape))
         if model.z_dim == 2 and drawable:
-            written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE))
+            written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE,
+                                                   shape=shape))
         else:
             (fig_dir / "manifold.png").unlink(missing_ok=True)  # a stale one from another model would mislead
         if history:
@@ -147,7 +157,8 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
                         "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
     root = data_dir or config.data_dir
     x, labels, _ = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed, target,
-                                    download=data_dir is not None, options=config.source_options())
+                                    download=data_dir is not None, options=config.evaluation_options(),
+                                    held_out_from=config.held_out_from)
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "

@@ -26,7 +26,7 @@ from models.registry import name_of
 from models.vae import VAE
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
-from pyro_vae.data import DataSplits, load_splits
+from pyro_vae.data import DataSplits, check_held_out, load_splits
 from pyro_vae.device import check_fits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.paths import check_writable_dir
@@ -66,8 +66,10 @@ def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> Non
 
 
 def _without_data_shape(config: dict) -> dict:
-    """``config`` less the model's pixel count and image shape, which `prepare` takes from the data."""
-    return {**config, "model": {k: v for k, v in config["model"].items() if k not in ("x_dim", "image_shape")}}
+    """``config`` less what `prepare` takes from the data: the model's pixel count and image shape, the
+    held-out count (checked against the data on its own)."""
+    return {**{k: v for k, v in config.items() if k != "held_out_from"},
+            "model": {k: v for k, v in config["model"].items() if k not in ("x_dim", "image_shape")}}
 
 
 def with_data_shape(config: TrainConfig, data: DataSplits) -> TrainConfig:
@@ -128,7 +130,8 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
     if resume:
         saved = checkpoint.read(ckpt_path, map_location=device)
-        _check_resumable(config, checkpoint.config_of(saved), ckpt_path)
+        saved_config = checkpoint.config_of(saved)
+        _check_resumable(config, saved_config, ckpt_path)
         checkpoint.check_resume_state(saved)
         stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters
         if model is not None and type(model) is not type(stored):
@@ -144,6 +147,9 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
                            config.seed, config.test_seed, device, options=config.source_options(),
                            memory_budget=None if config.memory_budget is None else config.memory_budget * 1e9,
                            workers=config.workers)
+        if resume:
+            check_held_out(data.held_out_from, saved_config.held_out_from, config.dataset)
+        config = dataclasses.replace(config, held_out_from=data.held_out_from)
     else:
         data = data.to(device)
         if data.source != config.dataset:  # record what was really trained on; evaluate will not guess

@@ -170,6 +170,7 @@ class TrainConfig:
     channels_first: bool = False
     test_fraction: float = 0.1
     split_seed: int = 0
+    held_out_from: int | None = None  # recorded: the source's image count when its test split was held out
     memory_budget: float | None = None  # GB a folder's training images may take before they are streamed
     workers: int = 2  # processes decoding a streamed folder
 
@@ -178,6 +179,13 @@ class TrainConfig:
         from pyro_vae.sources import SourceOptions
 
         return SourceOptions(self.image_size, self.channels, self.channels_first, self.test_fraction, self.split_seed)
+
+    def evaluation_options(self) -> "SourceOptions":
+        """`source_options` with the channels the model was trained on: a test split read again (report,
+        figures) has the training images' shape even where its own files alone would say otherwise."""
+        options = self.source_options()
+        image = self.model.image
+        return dataclasses.replace(options, channels=image[0]) if options.channels is None and image else options
 
     def validated(self) -> "TrainConfig":
         """``self``, or `ConfigError` naming the first setting that cannot train (as its flag)."""
@@ -201,6 +209,8 @@ class TrainConfig:
         _require(isinstance(self.channels_first, bool), f"channels_first must be True or False, got {self.channels_first!r}")
         _require(_finite(self.test_fraction, 0.0, strict=True) and self.test_fraction < 1,
                  f"--test-fraction must be a number between 0 and 1 (exclusive), got {self.test_fraction!r}")
+        _require(self.held_out_from is None or _positive_int(self.held_out_from),
+                 f"held_out_from must be a positive integer, got {self.held_out_from!r}")
         _require(self.memory_budget is None or _finite(self.memory_budget, 0.0, strict=False),
                  f"--memory-budget must be a finite number of GB, at least 0, got {self.memory_budget!r}")
         _require(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 0 <= self.workers <= 64,

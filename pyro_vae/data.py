@@ -181,6 +181,25 @@ def seed_for(*parts: int) -> int:
     return h
 
 
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device,
+                shuffle: bool = True) -> tuple[torch.Generator, torch.Tensor]:
+    """``(gen, order)``: ``device``'s generator seeded by (seed, epoch), and the epoch's order of ``n`` images drawn
+    from it (a permutation; ``arange`` without ``shuffle``). Every way of serving a split uses this."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed_for(seed, epoch))
+    order = torch.randperm(n, generator=gen, device=device) if shuffle else torch.arange(n, device=device)
+    return gen, order
+
+
+def served(grey: torch.Tensor, binarize: str, gen: torch.Generator, seed: int, epoch: int, step: int) -> torch.Tensor:
+    """Batch ``step`` of an epoch as served: grey levels ``[B, D]`` in [0, 1], drawn 0/1 with the seed
+    (seed, epoch, step + 1) under ``dynamic``."""
+    if binarize != "dynamic":
+        return grey
+    gen.manual_seed(seed_for(seed, epoch, step + 1))
+    return torch.bernoulli(grey, generator=gen)
+
+
 class Images:
     """One split of images on one device, served as float batches in [0, 1].
 
@@ -229,15 +248,10 @@ class Images:
         The order is a permutation seeded by ``(seed, epoch)``; a dynamic draw is
         seeded by ``(seed, epoch, step)``. The last batch may be smaller.
         """
-        gen = self._generator(seed_for(self.seed, epoch))
-        n = len(self)
-        order = torch.randperm(n, generator=gen, device=self.device) if shuffle else torch.arange(n, device=self.device)
+        gen, order = epoch_order(len(self), self.seed, epoch, self.device, shuffle)
         for step in range(start_step, self.num_batches(batch_size)):
             grey = self.pixels[order[step * batch_size : (step + 1) * batch_size]].float() / self._scale
-            if self.binarize == "dynamic":
-                gen.manual_seed(seed_for(self.seed, epoch, step + 1))
-                grey = torch.bernoulli(grey, generator=gen)
-            yield grey
+            yield served(grey, self.binarize, gen, self.seed, epoch, step)
 
     def frozen(self, seed: int) -> torch.Tensor:
         """The whole split as floats ``[N, D]``, binarised once with ``seed`` (for evaluation).
@@ -291,6 +305,7 @@ class DataSplits:
     source: str = "custom"
     test_labels: torch.Tensor | None = None
     image_shape: tuple[int, int, int] | None = None
+    held_out_from: int | None = None  # N, when the test split was held out of a source of N images
 
     def to(self, device: torch.device | str) -> "DataSplits":
         """These splits with training and test images on ``device`` (labels stay where they are)."""
@@ -328,7 +343,7 @@ def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = N
                        "the training split" if source == "custom" else f"the {source} training split")
     test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source)
     return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=source,
-                      test_labels=labels, image_shape=raw.image_shape)
+                      test_labels=labels, image_shape=raw.image_shape, held_out_from=raw.held_out_from)
 
 
 def frozen_test(raw: "SourceSplits", limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
@@ -350,13 +365,26 @@ def evaluation_split(
     device: torch.device | str = "cpu",
     download: bool = True,
     options: "SourceOptions | None" = None,
+    held_out_from: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
     """``(x, labels, image_shape)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]`` on
-    ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU."""
+    ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU.
+
+    ``held_out_from``: the run's test split was held out of that many images; `DataError` if the source now
+    holds another number (the held-out split would be other images, some of them trained on).
+    """
     from pyro_vae.sources import read_source
 
     raw = read_source(dataset, data_dir, options, download, test_only=True)
+    check_held_out(raw.held_out_from, held_out_from, dataset)
     return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape)
+
+
+def check_held_out(now: int | None, then: int | None, dataset: str) -> None:
+    """`DataError` when a run's test split was held out of ``then`` images and ``dataset`` now has ``now``."""
+    if then is not None and now != then:
+        raise DataError(f"{dataset} now holds {now} images, but the run held its test split out of {then}: the split "
+                        "would hold other images, some of them trained on; restore the source as it was")
 
 
 def evaluation_images(
@@ -368,9 +396,12 @@ def evaluation_images(
     device: torch.device | str = "cpu",
     download: bool = True,
     options: "SourceOptions | None" = None,
+    held_out_from: int | None = None,
 ) -> torch.Tensor:
-    """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``."""
-    return evaluation_split(dataset, binarize, data_dir, limit, test_seed, device, download, options)[0]
+    """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``
+    (`evaluation_split`)."""
+    return evaluation_split(dataset, binarize, data_dir, limit, test_seed, device, download, options,
+                            held_out_from)[0]
 
 
 def load_splits(
@@ -389,8 +420,9 @@ def load_splits(
 ) -> DataSplits:
     """Load the train and test splits of ``dataset`` (a ``--dataset`` spec) onto ``device`` (first ``*_limit``).
 
-    A folder whose training images would take more than ``memory_budget``
-    bytes (default: half the device's free memory) is streamed from its files
+    A folder whose images would take more than ``memory_budget`` bytes
+    (uint8 training and float test images; default: half the free memory of
+    the device or the host, whichever is less) has its training images streamed from its files
     (`pyro_vae.streaming.StreamedImages`, ``workers`` decoding processes); its
     test split is held.
     """
@@ -402,13 +434,18 @@ def load_splits(
         raw = read_source(dataset, data_dir, options, download)
         return build_splits(raw, binarize, train_limit, test_limit, seed, test_seed, device, source=dataset)
     listing = list_folder(path, options or SourceOptions())
-    train_paths = take_first(listing.train, train_limit, "--train-limit", f"the {dataset} training split")
-    budget = memory_budget if memory_budget is not None else (free_memory(torch.device(device)) or math.inf) / 2
-    if len(train_paths) * math.prod(listing.image_shape) <= budget:
-        return build_splits(listing.read(), binarize, train_limit, test_limit, seed, test_seed, device, source=dataset)
+    listing = dataclasses.replace(  # decode only the images asked for
+        listing, train=take_first(listing.train, train_limit, "--train-limit", f"the {dataset} training split"),
+        test=take_first(listing.test, test_limit, "--test-limit", f"the {dataset} test split"))
+    if memory_budget is None:  # the images are decoded in host memory first, then held on the device
+        free = [free_memory(torch.device(d)) for d in {"cpu", str(device)}]
+        memory_budget = min((f for f in free if f is not None), default=math.inf) / 2
+    pixels = math.prod(listing.image_shape)
+    if (len(listing.train) + 4 * len(listing.test)) * pixels <= memory_budget:  # uint8 training, float test images
+        return build_splits(listing.read(), binarize, None, None, seed, test_seed, device, source=dataset)
     from pyro_vae.streaming import StreamedImages
 
-    test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), test_limit, binarize, test_seed, device,
+    test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), None, binarize, test_seed, device,
                                dataset)
-    return DataSplits(StreamedImages(train_paths, listing.image_shape, binarize, seed, device, workers), test,
-                      test_seed, dataset, labels, listing.image_shape)
+    return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers), test,
+                      test_seed, dataset, labels, listing.image_shape, listing.held_out_from)

@@ -30,42 +30,47 @@ def square_image_shape(num_pixels: int) -> tuple[int, int, int] | None:
     return None
 
 
-def _as_square(images: torch.Tensor) -> torch.Tensor:
-    shape = square_image_shape(images.shape[-1])
-    if shape is None:
-        raise ValueError(f"images of {images.shape[-1]} pixels are not square (grey or colour); cannot draw them")
+def _as_images(images: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``images [N, D]`` as ``[N, C, H, W]``: ``shape`` (C, H, W), else the square `square_image_shape` of D."""
+    shape = tuple(shape) if shape is not None else square_image_shape(images.shape[-1])
+    if shape is None or math.prod(shape) != images.shape[-1]:
+        raise ValueError(f"images of {images.shape[-1]} pixels are not of shape {shape} nor square (grey or colour); "
+                         "cannot draw them")
     return images.detach().float().cpu().reshape(-1, *shape)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
-    """Save ``images [N, D]`` as one PNG grid with ``nrow`` images a row."""
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8,
+                    shape: Sequence[int] | None = None) -> Path:
+    """Save ``images [N, D]`` (each of ``shape`` (C, H, W), by default square) as one PNG grid, ``nrow`` a row."""
     from torchvision.utils import save_image  # imported on use: torchvision is slow to import
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(_as_square(images), path, nrow=nrow, padding=2, pad_value=0.5)
+    save_image(_as_images(images, shape), path, nrow=nrow, padding=2, pad_value=0.5)
     return path
 
 
-def draw_image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str = "") -> None:
+def draw_image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str = "",
+                    shape: Sequence[int] | None = None) -> None:
     """Show ``images [N, D]`` as one grid on a matplotlib ``ax``, ``nrow`` images a row, axes hidden."""
     from torchvision.utils import make_grid
 
-    grid = make_grid(_as_square(images), nrow=nrow, padding=2, pad_value=0.5)
+    grid = make_grid(_as_images(images, shape), nrow=nrow, padding=2, pad_value=0.5)
     ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
 
 
-def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike) -> Path:
+def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | os.PathLike,
+                         shape: Sequence[int] | None = None) -> Path:
     """Save a grid whose odd rows are test images and even rows their reconstructions."""
     n = len(originals)
     nrow = min(n, 8)
     rows = []
     for start in range(0, n, nrow):
         rows += [originals[start : start + nrow], reconstructions[start : start + nrow]]
-    return save_image_grid(torch.cat(rows), path, nrow=nrow)
+    return save_image_grid(torch.cat(rows), path, nrow=nrow, shape=shape)
 
 
 #: Markers on a curve only up to this many epochs; beyond, they crowd.

@@ -41,7 +41,9 @@ TORCHVISION_SETS = DATASETS
 SOURCE_KINDS = ("folder", "array")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 _LUMA = (0.299, 0.587, 0.114)
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+#: What Pillow may decode: the formats of IMAGE_SUFFIXES, whatever a file's content claims (no EPS, PDF, ...).
+_FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class SourceSplits:
     train_labels: torch.Tensor | None
     test_labels: torch.Tensor | None
     classes: tuple[str, ...] | None = None
+    held_out_from: int | None = None  # N, when the test split was held out of N images (it depends on N)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -155,8 +158,14 @@ def decode(path: Path) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
+        with Image.open(path, formats=_FORMATS) as image:
+            if image.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits (Pillow's convert would clip)
+                array = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+            elif image.mode in ("I", "F"):
+                raise ValueError(f"32-bit {'integer' if image.mode == 'I' else 'float'} pixels; save it with 8 or "
+                                 "16 bits a channel")
+            else:
+                array = np.asarray(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
     except Exception as e:  # noqa: BLE001 - Pillow raises several types for a file it cannot decode
         raise DataError(f"{path} cannot be read as an image ({' '.join(str(e).split())[:120] or type(e).__name__}); "
                         "replace or remove it") from None
@@ -177,6 +186,7 @@ class FolderListing:
     test_labels: torch.Tensor | None
     classes: tuple[str, ...] | None
     image_shape: tuple[int, int, int]
+    held_out_from: int | None = None  # as in `SourceSplits`
 
     def decode(self, paths: list[Path]) -> torch.Tensor:
         """``paths`` decoded and shaped: uint8 ``[N, C, H, W]``."""
@@ -187,11 +197,12 @@ class FolderListing:
     def read(self) -> SourceSplits:
         """Both splits decoded into memory."""
         return SourceSplits(self.decode(self.train), self.decode(self.test), self.train_labels, self.test_labels,
-                            self.classes)
+                            self.classes, self.held_out_from)
 
 
 def list_folder(root: Path, options: SourceOptions, test_only: bool = False) -> FolderListing:
     """The `FolderListing` of ``root``: ``train/`` and ``test/`` when both exist, else a held-out split."""
+    held_out_from = None
     if (root / "train").is_dir() and (root / "test").is_dir():
         test, test_labels, test_classes = _list_folder(root / "test")
         train, train_labels, classes = ([], None, test_classes) if test_only else _list_folder(root / "train")
@@ -201,11 +212,12 @@ def list_folder(root: Path, options: SourceOptions, test_only: bool = False) -> 
     else:
         paths, labels, classes = _list_folder(root)
         train_idx, test_idx = held_out_indices(len(paths), options, str(root))
+        held_out_from = len(paths)
         train, test = [paths[i] for i in train_idx], [paths[i] for i in test_idx]
         train_labels, test_labels = ((None, None) if labels is None
                                      else ([labels[i] for i in train_idx], [labels[i] for i in test_idx]))
     return FolderListing(train, test, _labels(train_labels), _labels(test_labels), classes,
-                         _header_shape([*train, *test], options, root))
+                         _header_shape([*train, *test], options, root), held_out_from)
 
 
 def _header_shape(paths: list[Path], options: SourceOptions, root: Path) -> tuple[int, int, int]:
@@ -215,7 +227,7 @@ def _header_shape(paths: list[Path], options: SourceOptions, root: Path) -> tupl
     sizes, colour = set(), False
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=_FORMATS) as image:
                 sizes.add((image.height, image.width))
                 colour = colour or image.mode not in _GREY_MODES
         except Exception:  # noqa: BLE001 - PIL raises many types; decoding names the bad file
@@ -234,12 +246,17 @@ def _header_shape(paths: list[Path], options: SourceOptions, root: Path) -> tupl
 
 def shape_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """``image [C', H', W']`` made ``shape`` (C, H, W): resized (shorter side) and centre-cropped, channels matched."""
-    channels, height, width = shape
-    if tuple(image.shape[1:]) != (height, width):
-        from torchvision.transforms.v2 import functional as F
+    return _with_channels(_resized(image.unsqueeze(0), shape[1:]), shape[0])[0]
 
-        image = F.center_crop(F.resize(image, [min(height, width)], antialias=True), [height, width])
-    return _with_channels(image.unsqueeze(0), channels)[0]
+
+def _resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``images [N, C, H', W']`` resized so the shorter side fits ``size`` (H, W) and centre-cropped to it."""
+    if tuple(images.shape[2:]) == tuple(size) or not len(images):
+        return images
+    from torchvision.transforms.v2 import functional as F
+
+    resized = F.center_crop(F.resize(images, [min(size)], antialias=True), list(size))
+    return resized.clamp(0, 1) if resized.is_floating_point() else resized
 
 
 def _with_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -365,26 +382,21 @@ def _held_out(images: torch.Tensor, labels: torch.Tensor | None, options: Source
     """`SourceSplits` of ``images`` with a test split held out (`held_out_indices`)."""
     train, test = held_out_indices(len(images), options, where)
     return SourceSplits(images[train], images[test], None if labels is None else labels[train],
-                        None if labels is None else labels[test], classes)
+                        None if labels is None else labels[test], classes, len(images))
 
 
 def conform(splits: SourceSplits, options: SourceOptions, spec: str) -> SourceSplits:
     """Both splits at ``options``' size and channels (folders are already; torchvision sets and arrays here)."""
     def shaped(images: torch.Tensor) -> torch.Tensor:
-        if options.image_size is not None and images.shape[2:] != (options.image_size,) * 2 and len(images):
-            from torchvision.transforms.v2 import functional as F
-
-            size = options.image_size
-            resized = F.center_crop(F.resize(images, [size], antialias=True), [size, size])
-            images = resized.clamp(0, 1) if resized.is_floating_point() else resized
+        if options.image_size is not None:
+            images = _resized(images, (options.image_size, options.image_size))
         return _with_channels(images, options.channels) if options.channels and len(images) else images
 
     train, test = shaped(splits.train), shaped(splits.test)
     if len(train) and train.shape[1:] != test.shape[1:]:
         raise DataError(f"{spec}: training images are {list(train.shape[1:])} but test images {list(test.shape[1:])}; "
                         "set --image-size S")
-    return SourceSplits(train, test, splits.train_labels, splits.test_labels, splits.classes)
-
+    return dataclasses.replace(splits, train=train, test=test)
 
 
 def source_channels(spec: str, options: SourceOptions | None = None) -> int:
@@ -405,7 +417,11 @@ def source_channels(spec: str, options: SourceOptions | None = None) -> int:
             return 1  # reading the folder for training says what is wrong with it
     try:
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-        shape = loaded.shape if isinstance(loaded, np.ndarray) else loaded["images"].shape
+        if isinstance(loaded, np.ndarray):
+            shape = loaded.shape
+        else:
+            with loaded:
+                shape = loaded["images"].shape
     except Exception:  # noqa: BLE001 - reading the array later says what is wrong with it
         return 1
     if len(shape) != 4:

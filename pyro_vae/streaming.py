@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pyro_vae.data import BINARIZE_CHOICES, seed_for
+from pyro_vae.data import BINARIZE_CHOICES, epoch_order, seed_for, served
 from pyro_vae.errors import DataError
 from pyro_vae.sources import decode, shape_image
 
@@ -77,10 +77,7 @@ class StreamedImages:
     def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0,
                 shuffle: bool = True) -> Iterator[torch.Tensor]:
         """The batches of `pyro_vae.data.Images.batches` for the same files, seed, epoch and step."""
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed_for(self.seed, epoch))
-        n = len(self)
-        order = torch.randperm(n, generator=gen, device=self.device) if shuffle else torch.arange(n)
+        gen, order = epoch_order(len(self), self.seed, epoch, self.device, shuffle)
         order = order.cpu()
         steps = range(start_step, self.num_batches(batch_size))
         sampler = [order[s * batch_size: (s + 1) * batch_size].tolist() for s in steps]
@@ -90,12 +87,15 @@ class StreamedImages:
                             pin_memory=self.device.type == "cuda",
                             prefetch_factor=self.prefetch if self.workers > 0 else None,
                             generator=torch.Generator().manual_seed(seed_for(self.seed, epoch)))
-        for step, pixels in zip(steps, loader):
+        batches = iter(loader)
+        for step in steps:
+            try:
+                pixels = next(batches)
+            except DataError as e:  # a file that only fails when decoded; a worker's error carries its traceback
+                lines = [line for line in str(e).splitlines() if line.startswith("pyro_vae.errors.DataError: ")]
+                raise DataError(lines[-1].split(": ", 1)[1] if lines else str(e).splitlines()[0]) from None
             grey = pixels.to(self.device, non_blocking=True).flatten(1).float() / 255.0
-            if self.binarize == "dynamic":
-                gen.manual_seed(seed_for(self.seed, epoch, step + 1))
-                grey = torch.bernoulli(grey, generator=gen)
-            yield grey
+            yield served(grey, self.binarize, gen, self.seed, epoch, step)
 
     def to(self, device: torch.device | str) -> "StreamedImages":
         """The same files served on ``device``."""

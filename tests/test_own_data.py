@@ -245,3 +245,62 @@ def test_bad_arrays_are_one_line(tmp_path, capsys, case):
 def test_an_unknown_dataset_spec_is_refused_by_the_parser(tmp_path, capsys):
     status, err = run(svi.main, ["--dataset", "cifar10", "--out", str(tmp_path / "run"), *TINY], capsys)
     assert status == 2 and "unknown dataset 'cifar10'" in err and "folder:PATH" in err
+
+
+def test_sixteen_bit_grey_pngs_keep_their_levels(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64,512 of 65,535
+    for i in range(10):
+        Image.fromarray(ramp).save(root / f"{i}.png")
+    grey = load_splits(f"folder:{root}", binarize="none").test[0] * 255
+    assert torch.equal(grey.round().long(), torch.from_numpy(ramp.reshape(-1).astype(np.int64) >> 8))
+
+
+def test_a_run_on_colour_train_and_grey_test_folders_is_evaluated_in_colour(tmp_path):
+    """The report reads the test folder again with the channels the model was trained on."""
+    root = tmp_path / "images"
+    write_folder(root / "train", side=8, channels=3, classes=("a", "b"))
+    write_folder(root / "test", side=8, channels=1, per_class=5, classes=("a", "b"))
+    config, report = _train_and_report(tmp_path, f"folder:{root}")
+    assert config["model"]["image_shape"] == [3, 8, 8] and report["n_images"] == 10
+
+
+def test_a_file_that_fails_only_when_streamed_is_one_line(tmp_path, capsys):
+    root = write_folder(tmp_path / "images", side=8, classes=None, per_class=40)
+    good = (root / "000.png").read_bytes()
+    (root / "001.png").write_bytes(good[: len(good) // 2])  # a header that opens, pixels that do not decode
+    out = tmp_path / "run"
+    status, err = run(svi.main, ["--dataset", f"folder:{root}", "--out", str(out), *TINY, "--memory-budget", "0",
+                                 "--split-seed", "3"], capsys)
+    assert_refused(status, err, "001.png", "cannot be read")
+
+
+def test_images_that_are_not_square_are_drawn_in_their_own_shape(tmp_path):
+    images = _blobs(30, 8, 1, seed=6).repeat(1, 1, 1, 4)  # [N, 1, 8, 32]: 256 pixels, which is also 16 x 16
+    data = DataSplits.from_arrays(images[:, 0].numpy(), binarize="dynamic")
+    assert data.image_shape == (1, 8, 32)
+    config = TrainConfig(model=ModelConfig(z_dim=2, hidden_dims=(16,)), preset=None, epochs=1, batch_size=9,
+                         device="cpu", out=str(tmp_path / "run"))
+    svi.train(config, data=data, progress=False)
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "figures" / "samples.png") as grid:
+        assert grid.size == (8 * 32 + 9 * 2, 8 * 8 + 9 * 2)  # 8 a row of 8 x 32 images, not 16 x 16 squares
+
+
+def test_a_folder_that_changed_since_training_is_refused_by_the_report_and_resume(tmp_path, capsys):
+    """The held-out split depends on the number of images: with one more file it would be other images."""
+    root = write_folder(tmp_path / "images", side=8, classes=None, per_class=30)
+    out = tmp_path / "run"
+    assert svi.main(["--dataset", f"folder:{root}", "--out", str(out), *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["held_out_from"] == 30
+    (root / "extra.png").write_bytes((root / "000.png").read_bytes())
+    before = hashes(out)
+    status, err = run(evaluate_module.main, [str(out), "--num-samples", "5", "--no-progress"], capsys)
+    assert_refused(status, err, "now holds 31 images", "out of 30")
+    status, err = run(svi.main, ["--resume", "--out", str(out), "--epochs", "2", "--no-progress"], capsys)
+    assert_refused(status, err, "now holds 31 images")
+    assert hashes(out) == before
