@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"share held out as the test split when the source has none (default {d.test_fraction})")
     dd.add_argument("--split-seed", type=int, help=f"seed of that held-out split (default {d.split_seed})")
     dd.add_argument("--memory-budget", type=float, metavar="GB",
-                    help="a folder whose training images take more is streamed from its files (default: half the "
-                         "device's free memory)")
+                    help="a folder whose images take more is streamed from its files (default: half the free "
+                         "memory of the device or the host, whichever is less)")
     dd.add_argument("--workers", type=int, help=f"processes decoding a streamed folder (default {d.workers})")
     dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
     dd.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
