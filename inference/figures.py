@@ -88,7 +88,7 @@ def interpolation_pairs(labels: torch.Tensor | None, num_pairs: int, n: int) -> 
 
 def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
                      history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0,
-                     image_shape: Sequence[int] | None = None) -> list[Path]:
+                     image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
     """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
 
     The random draws (samples) use a forked RNG seeded by ``seed``: the caller's
@@ -115,7 +115,7 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
             written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]),
                                                         fig_dir / "reconstructions.png", shape))
         codes = latent_codes(model, x)
-        written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png"))
+        written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png", names=class_names))
         if drawable:
             starts, ends = interpolation_pairs(labels, 8, len(x))
             rows = interpolate(model, x[starts], x[ends])
@@ -156,14 +156,14 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
         raise DataError(f"{path} was trained on images handed over from Python; draw its figures from Python: "
                         "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
     root = data_dir or config.data_dir
-    x, labels, _ = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed, target,
-                                    download=data_dir is not None, options=config.evaluation_options(),
-                                    held_out_from=config.held_out_from)
+    x, labels, _, classes = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed,
+                                             target, download=data_dir is not None,
+                                             options=config.evaluation_options(), held_out_from=config.held_out_from)
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "
                         f"images have {x.shape[1]}; draw it with the data it was trained on")
-    return draw_run_figures(model, x, labels, history, fig_dir, seed)
+    return draw_run_figures(model, x, labels, history, fig_dir, seed, class_names=classes)
 
 
 def build_parser() -> argparse.ArgumentParser:

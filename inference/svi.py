@@ -248,7 +248,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         if not interrupted:  # a signal after the last step: training is complete, but it was asked to stop
             stop_signal = agreed_signal(stop.signum, start_epoch - 1, num_batches)
     if group.is_main:
-        draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed)
+        draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed,
+                         class_names=data.classes)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled, isinstance(step_fn, CudaGraphStep))
 

@@ -306,6 +306,7 @@ class DataSplits:
     test_labels: torch.Tensor | None = None
     image_shape: tuple[int, int, int] | None = None
     held_out_from: int | None = None  # N, when the test split was held out of a source of N images
+    classes: tuple[str, ...] | None = None  # label c's name (a folder's class folders), when known
 
     def to(self, device: torch.device | str) -> "DataSplits":
         """These splits with training and test images on ``device`` (labels stay where they are)."""
@@ -343,7 +344,8 @@ def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = N
                        "the training split" if source == "custom" else f"the {source} training split")
     test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source)
     return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=source,
-                      test_labels=labels, image_shape=raw.image_shape, held_out_from=raw.held_out_from)
+                      test_labels=labels, image_shape=raw.image_shape, held_out_from=raw.held_out_from,
+                      classes=raw.classes)
 
 
 def frozen_test(raw: "SourceSplits", limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
@@ -366,9 +368,10 @@ def evaluation_split(
     download: bool = True,
     options: "SourceOptions | None" = None,
     held_out_from: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
-    """``(x, labels, image_shape)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]`` on
-    ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU.
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int], tuple[str, ...] | None]:
+    """``(x, labels, image_shape, classes)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]``
+    on ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU; the
+    labels' names (a folder's class folders) or None.
 
     ``held_out_from``: the run's test split was held out of that many images; `DataError` if the source now
     holds another number (the held-out split would be other images, some of them trained on).
@@ -377,7 +380,7 @@ def evaluation_split(
 
     raw = read_source(dataset, data_dir, options, download, test_only=True)
     check_held_out(raw.held_out_from, held_out_from, dataset)
-    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape)
+    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape, raw.classes)
 
 
 def check_held_out(now: int | None, then: int | None, dataset: str) -> None:
@@ -448,4 +451,4 @@ def load_splits(
     test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), None, binarize, test_seed, device,
                                dataset)
     return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers), test,
-                      test_seed, dataset, labels, listing.image_shape, listing.held_out_from)
+                      test_seed, dataset, labels, listing.image_shape, listing.held_out_from, listing.classes)

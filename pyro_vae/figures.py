@@ -152,8 +152,10 @@ def latent_plane(codes: torch.Tensor) -> tuple[torch.Tensor, float | None]:
     return centred @ v_t[:2].T, share
 
 
-def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, title: str = "") -> None:
-    """Scatter codes ``[N, z_dim]`` on ``ax`` (2-D, or a PCA projection), coloured by integer ``labels [N]``."""
+def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, title: str = "",
+                names: Sequence[str] | None = None) -> None:
+    """Scatter codes ``[N, z_dim]`` on ``ax`` (2-D, or a PCA projection), coloured by integer ``labels [N]``;
+    the legend calls label c ``names[c]`` when given (a folder's class names), else c."""
     points, share = latent_plane(codes)
     z_dim = codes.shape[1]
     # drawn in a fixed random order, so that no class is painted over all the others
@@ -170,7 +172,8 @@ def draw_latent(ax, codes: torch.Tensor, labels: torch.Tensor | None = None, tit
         index = {c: i for i, c in enumerate(classes)}
         colours = [cmap(index[c] % cmap.N) for c in labels[order].tolist()]
         ax.scatter(points[order, 0], points[order, 1], s=size, alpha=0.6, linewidths=0, c=colours)
-        handles = [Line2D([], [], marker="o", markersize=4, linestyle="", color=cmap(i % cmap.N), label=str(c))
+        handles = [Line2D([], [], marker="o", markersize=4, linestyle="", color=cmap(i % cmap.N),
+                          label=names[c] if names is not None and 0 <= c < len(names) else str(c))
                    for c, i in index.items()]
         ax.legend(handles=handles, fontsize=7, loc="upper right", title="label", title_fontsize=7, framealpha=0.8)
     if share is None:
@@ -191,10 +194,10 @@ def _colormap(name: str):
 
 
 def plot_latent(codes: torch.Tensor, labels: torch.Tensor | None, path: str | os.PathLike,
-                title: str = "posterior means of test images") -> Path:
+                title: str = "posterior means of test images", names: Sequence[str] | None = None) -> Path:
     """`draw_latent` as one PNG."""
     fig, ax = _figure(5.5, 5)
-    draw_latent(ax, codes, labels, title)
+    draw_latent(ax, codes, labels, title, names)
     return _save(fig, path)
 
 

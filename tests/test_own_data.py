@@ -304,3 +304,15 @@ def test_a_folder_that_changed_since_training_is_refused_by_the_report_and_resum
     status, err = run(svi.main, ["--resume", "--out", str(out), "--epochs", "2", "--no-progress"], capsys)
     assert_refused(status, err, "now holds 31 images")
     assert hashes(out) == before
+
+
+def test_class_folder_names_label_the_latent_map(tmp_path):
+    root = write_folder(tmp_path / "images", side=8, classes=("cats", "dogs"), per_class=10)
+    splits = load_splits(f"folder:{root}")
+    assert splits.classes == ("cats", "dogs") and set(splits.test_labels.tolist()) <= {0, 1}
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    figures.draw_latent(ax, torch.randn(len(splits.test), 2), splits.test_labels, names=splits.classes)
+    shown = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert shown and set(shown) <= {"cats", "dogs"}
