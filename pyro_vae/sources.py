@@ -36,8 +36,6 @@ import torch
 from pyro_vae.data import DATASETS, load_labels, load_pixels, seed_for
 from pyro_vae.errors import DataError
 
-#: The ``--dataset`` names of torchvision's sets (`pyro_vae.data.DATASETS`).
-TORCHVISION_SETS = DATASETS
 SOURCE_KINDS = ("folder", "array")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 _LUMA = (0.299, 0.587, 0.114)
@@ -82,17 +80,12 @@ class SourceSplits:
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
     """``(kind, path)`` of a ``--dataset`` value: ``("mnist", None)``, ``("folder", PATH)``, ``("array", PATH)``."""
-    if spec in TORCHVISION_SETS:
+    if spec in DATASETS:
         return spec, None
     kind, sep, path = spec.partition(":")
     if sep and kind in SOURCE_KINDS and path:
         return kind, Path(path).expanduser()
-    raise DataError(f"unknown dataset {spec!r}; use one of {', '.join(TORCHVISION_SETS)}, folder:PATH or array:PATH")
-
-
-def is_user_source(spec: str) -> bool:
-    """Whether ``spec`` names the user's own files (``folder:`` or ``array:``) rather than a torchvision set."""
-    return parse_spec(spec)[0] in SOURCE_KINDS
+    raise DataError(f"unknown dataset {spec!r}; use one of {', '.join(DATASETS)}, folder:PATH or array:PATH")
 
 
 def read_source(spec: str, data_dir: str | os.PathLike | None = None, options: SourceOptions | None = None,
@@ -103,7 +96,7 @@ def read_source(spec: str, data_dir: str | os.PathLike | None = None, options: S
     """
     options = options or SourceOptions()
     kind, path = parse_spec(spec)
-    if kind in TORCHVISION_SETS:
+    if kind in DATASETS:
         train = None if test_only else load_pixels(kind, True, data_dir, download).reshape(-1, 1, 28, 28)
         test = load_pixels(kind, False, data_dir, download).reshape(-1, 1, 28, 28)
         splits = SourceSplits(train if train is not None else test[:0], test,
@@ -408,7 +401,7 @@ def source_channels(spec: str, options: SourceOptions | None = None) -> int:
     if options.channels:
         return options.channels
     kind, path = parse_spec(spec)
-    if kind in TORCHVISION_SETS:
+    if kind in DATASETS:
         return 1
     if kind == "folder":
         try:
