@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gzip
 import math
 import os
 from collections.abc import Iterator
@@ -55,6 +56,26 @@ def _expected_files(dataset_cls: type) -> list[str]:
     return [os.path.basename(name).removesuffix(".gz") for name, _md5 in dataset_cls.resources]
 
 
+def _present(raw: Path, name: str) -> Path | None:
+    """``raw/name``, else ``raw/name.gz`` (torchvision's layout allows both), else None."""
+    for path in (raw / name, raw / f"{name}.gz"):
+        if path.exists():
+            return path
+    return None
+
+
+def parse_idx(data: bytes, rank: int) -> torch.Tensor:
+    """The uint8 array of ``rank`` dims held by the bytes of an IDX file (LeCun's format: two zero bytes, type
+    0x08, the number of dims, each dim as a big-endian int32, then the values); `ValueError` when they hold none."""
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != rank:
+        raise ValueError(f"header {data[:4].hex() or 'missing'} is not that of uint8 data of {rank} dims")
+    head = 4 + 4 * rank
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)]
+    if len(data) < head or len(data) - head != math.prod(shape) or shape[0] == 0:
+        raise ValueError(f"holds {max(len(data) - head, 0)} values where its header promises {shape}")
+    return torch.frombuffer(bytearray(data[head:]), dtype=torch.uint8).view(*shape)
+
+
 def load_pixels(
     dataset: str = "mnist",
     train: bool = True,
@@ -63,7 +84,8 @@ def load_pixels(
 ) -> torch.Tensor:
     """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
 
-    Reads ``ROOT/<MNIST|FashionMNIST|KMNIST>/raw/*-ubyte`` (torchvision's layout).
+    Reads ``ROOT/<MNIST|FashionMNIST|KMNIST>/raw/*-ubyte``, or ``*-ubyte.gz`` where
+    only that is there (torchvision's layout).
     When files are missing and ``download`` is true, torchvision fetches
     them; if that fails (offline) or ``download`` is false, `DataError` names
     the missing files and the folder they belong in. A file that is there but
@@ -94,24 +116,21 @@ def _read_idx(dataset: str, train: bool, kind: str, data_dir: str | os.PathLike 
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     from torchvision import datasets
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
     cls = getattr(datasets, DATASETS[dataset])
     root = data_root(data_dir)
     raw = root / cls.__name__ / "raw"
-    if any(not (raw / f).exists() for f in _expected_files(cls)):
+    if any(_present(raw, f) is None for f in _expected_files(cls)):
         _download(cls, dataset, root, raw, download)
-    path = raw / f"{'train' if train else 't10k'}-{kind}-ubyte"
+    name = f"{'train' if train else 't10k'}-{kind}-ubyte"
+    path = _present(raw, name) or raw / name
     try:
-        values = read_sn3_pascalvincent_tensor(str(path), strict=False)
-        if values.dim() != rank or values.dtype != torch.uint8 or len(values) == 0:
-            raise ValueError(f"holds {values.dtype} data of shape {list(values.shape)}, not uint8 {kind.split('-')[0]} "
-                             f"of {rank} dims")
-    except Exception as e:  # noqa: BLE001 - torchvision raises many types for a damaged file
+        data = path.read_bytes()
+        return parse_idx(gzip.decompress(data) if path.suffix == ".gz" else data, rank)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, gzip's BadGzipFile, ...)
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
         raise DataError(f"{path} is unreadable ({why}): it may be truncated or corrupt; replace it with an intact "
                         f"copy of the {dataset} file") from None
-    return values
 
 
 def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) -> None:
@@ -124,10 +143,10 @@ def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) ->
         except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
             lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
             cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
-    missing = [f for f in _expected_files(cls) if not (raw / f).exists()]
+    missing = [f for f in _expected_files(cls) if _present(raw, f) is None]
     raise DataError(
         f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none'}. "
-        f"Put the four uncompressed IDX files there, or point --data-dir or ${DATA_ENV_VAR} "
+        f"Put the four IDX files there (uncompressed, or each as NAME.gz), or point --data-dir or ${DATA_ENV_VAR} "
         f"at a folder that holds {cls.__name__}/raw/."
     )
 

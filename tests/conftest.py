@@ -15,14 +15,15 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 def _find_data_root() -> Path | None:
     for candidate in (os.environ.get("PYRO_VAE_DATA"), REPO.parent / "shared" / "data"):
-        if candidate and all((Path(candidate) / "MNIST" / "raw" / f).exists() for f in MNIST_FILES):
+        raw = Path(candidate or "") / "MNIST" / "raw"
+        if candidate and all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in MNIST_FILES):
             return Path(candidate)
     return None
 
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    """Folder holding MNIST/raw/*-ubyte. In CI its absence is a failure, not a skip."""
+    """Folder holding MNIST/raw/*-ubyte (or *-ubyte.gz). In CI its absence is a failure, not a skip."""
     root = _find_data_root()
     if root is None:
         message = "real MNIST not found: set PYRO_VAE_DATA to a folder holding MNIST/raw/*-ubyte"

@@ -1,12 +1,14 @@
 """Data: loading, binarisation modes, seeded order, validation, offline errors."""
 
+import gzip
+
 import pytest
 import torch
 
-from pyro_vae.data import DataSplits, Images, check_images, data_root, load_pixels, load_splits
+from pyro_vae.data import DataSplits, Images, check_images, data_root, load_labels, load_pixels, load_splits
 from pyro_vae.errors import DataError
 
-from conftest import cuda_only
+from conftest import MNIST_FILES, cuda_only
 
 
 def _epoch(images, batch_size=10, epoch=0, start_step=0):
@@ -102,6 +104,23 @@ def test_missing_files_error_names_files_and_folder(tmp_path):
     assert "t10k-images-idx3-ubyte" in text and "train-labels-idx1-ubyte" in text
     assert "train-images-idx3-ubyte," not in text  # present, so not listed as missing
     assert "PYRO_VAE_DATA" in text
+
+
+def test_gzipped_idx_files_read_as_the_plain_ones(mnist_root, tmp_path):
+    """A node that receives MNIST as ``*-ubyte.gz`` (torchvision's download layout) reads the same arrays."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_FILES:
+        (raw / f"{f}.gz").write_bytes(gzip.compress((mnist_root / "MNIST" / "raw" / f).read_bytes(), compresslevel=1))
+    for train in (True, False):
+        assert torch.equal(load_pixels("mnist", train, tmp_path, download=False), load_pixels("mnist", train, mnist_root))
+    assert torch.equal(load_labels("mnist", False, tmp_path, download=False), load_labels("mnist", False, mnist_root))
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05ab"))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is unreadable .*promises \[5\]"):
+        load_labels("mnist", False, tmp_path, download=False)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is unreadable"):
+        load_labels("mnist", False, tmp_path, download=False)
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):
