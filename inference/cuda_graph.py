@@ -165,6 +165,8 @@ class CudaGraphStep:
         self._lr_floats = [g["lr"] for g in optim.param_groups]
         #: batch shape -> (graph, static x, static loss, {id(parameter): the gradient tensor the graph writes})
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, dict]] = {}
+        #: `compare_outcomes` of `build_graph_step`'s check: relative difference per loss, gradient and update
+        self.check_differences: dict[str, float] = {}
         set_capturable(optim, True)
 
     def _params(self) -> list[torch.Tensor]:
@@ -247,15 +249,18 @@ def step_outcome(run: Callable[[], tuple[torch.Tensor, list[torch.Tensor | None]
     return outcome
 
 
-def compare_outcomes(got: dict[str, torch.Tensor | None], want: dict[str, torch.Tensor | None], batch: int) -> None:
-    """`CaptureError` naming the first entry where the graphed outcome ``got`` and the plain ``want`` differ
-    (loss and gradients beyond `GRAPH_RTOL`, updates beyond `UPDATE_RTOL`)."""
+def compare_outcomes(got: dict[str, torch.Tensor | None], want: dict[str, torch.Tensor | None],
+                     batch: int) -> dict[str, float]:
+    """Each entry's relative difference between the graphed outcome ``got`` and the plain ``want``; `CaptureError`
+    naming the first entry beyond its tolerance (loss and gradients `GRAPH_RTOL`, updates `UPDATE_RTOL`)."""
+    differences = {}
     for key, value in want.items():
         tolerance = UPDATE_RTOL if key.startswith("update ") else GRAPH_RTOL
-        difference = relative_difference(got.get(key), value)
+        differences[key] = difference = relative_difference(got.get(key), value)
         if difference > tolerance:
             raise CaptureError(f"the CUDA-graph step and the plain step differ on a probe batch of {batch} with the "
                                f"same seed (in {key}: relative difference {difference:.2g}, tolerance {tolerance:g})")
+    return differences
 
 
 def build_graph_step(loss_and_grads: LossAndGrads, model: torch.nn.Module, optim: torch.optim.Optimizer,
@@ -291,7 +296,7 @@ def build_graph_step(loss_and_grads: LossAndGrads, model: torch.nn.Module, optim
         got = step_outcome(lambda: (graphed(probe, weight), graphed.gradients(tuple(probe.shape), [*params.values()])),
                            params, device)
         snapshot.restore(in_place=True)
-        compare_outcomes(got, want, len(probe))
+        graphed.check_differences = compare_outcomes(got, want, len(probe))
         return graphed
     except Exception as e:  # noqa: BLE001 - any failure to capture or replay means: do not use it
         optim.zero_grad(set_to_none=True)

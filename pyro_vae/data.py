@@ -370,10 +370,13 @@ def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = N
 def frozen_test(raw: "SourceSplits", limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
                 source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once with
-    ``test_seed``, and their labels ``[N]`` (or None)."""
+    ``test_seed``, and their labels ``[N]`` (or None).
+
+    The draw is made with the CPU's generator whatever ``device`` is, so a report on CUDA scores the very
+    images a report on the CPU scores (CUDA's generator draws other bits for the same seed)."""
     pixels = take_first(raw.test.flatten(1), limit, "--test-limit",
                         "the test split" if source == "custom" else f"the {source} test split")
-    x = Images(pixels, binarize, seed=test_seed, device=device).frozen(test_seed)
+    x = Images(pixels, binarize, seed=test_seed, device="cpu").frozen(test_seed).to(device)
     return x, (raw.test_labels[: len(x)] if raw.test_labels is not None else None)
 
 

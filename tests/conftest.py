@@ -48,4 +48,6 @@ def grey_images() -> torch.Tensor:
     return torch.randint(0, 256, (64, 784), generator=gen, dtype=torch.uint8)
 
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; none on this machine")
+def cuda_only(test):
+    """Mark ``test`` ``cuda`` (``pytest -m cuda`` selects every CUDA test) and skip it where CUDA is absent."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; none on this machine")(test))

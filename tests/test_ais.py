@@ -13,6 +13,8 @@ from inference.importance import estimate_log_marginal
 from models.linear import LinearGaussianVAE
 from pyro_vae.errors import EstimationError
 
+from conftest import cuda_only
+
 
 @pytest.fixture
 def ppca():
@@ -43,6 +45,16 @@ def test_ais_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca
     assert 0.5 < est.acceptance.mean().item() < 0.8  # tuned toward 0.65
     assert est.log_weights.shape == (32, 60) and est.log_weights.dtype == torch.float64
     assert est.step_size.shape == (32, 60) and (est.step_size > 0).all()
+
+
+@cuda_only
+def test_ais_on_cuda_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca):
+    model, x = ppca
+    model, x = model.cuda(), x.cuda()
+    est = ais_log_marginal(model.model, model.guide, x, num_chains=32, num_steps=500, leapfrog_steps=5,
+                           initial_step_size=0.1)
+    assert abs((est.log_px.cpu() - model.exact_log_marginal(x).cpu()).mean().item()) < 0.02
+    assert 0.5 < est.acceptance.mean().item() < 0.8
 
 
 def test_ais_beats_importance_sampling_with_as_many_draws_from_a_poor_guide(ppca):

@@ -188,7 +188,6 @@ def test_set_capturable_moves_the_step_counts():
 # --- on a GPU -----------------------------------------------------------------------
 
 
-@pytest.mark.cuda
 @cuda_only
 def test_build_step_graphs_by_default_on_cuda_without_host_syncs(mnist_root, tmp_path):
     vae = VAE.from_config(SMALL).cuda()
@@ -213,7 +212,6 @@ def test_build_step_graphs_by_default_on_cuda_without_host_syncs(mnist_root, tmp
                                torch.optim.Adam(vae.parameters()), probe)
 
 
-@pytest.mark.cuda
 @cuda_only
 @pytest.mark.parametrize("schedule", ["constant", "burda2015"])
 def test_graphed_training_follows_plain_training_on_cuda(mnist_root, tmp_path, schedule):
@@ -232,7 +230,6 @@ def test_graphed_training_follows_plain_training_on_cuda(mnist_root, tmp_path, s
     assert all(isinstance(g["lr"], float) for g in groups)  # the graph's lr tensor stays out of the checkpoint
 
 
-@pytest.mark.cuda
 @cuda_only
 def test_graphed_resume_is_exact_on_cuda(mnist_root, tmp_path):
     settings = dict(device="cuda", train_limit=600, cuda_graph=True, schedule="burda2015")

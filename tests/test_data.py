@@ -144,6 +144,13 @@ def test_real_mnist_loads_as_uint8(mnist_root):
 
 
 @cuda_only
+def test_the_test_split_is_the_same_images_on_cuda_and_on_the_cpu(mnist_root):
+    cpu = load_splits("mnist", data_dir=mnist_root, train_limit=10, test_limit=500, test_seed=4)
+    cuda = load_splits("mnist", data_dir=mnist_root, train_limit=10, test_limit=500, test_seed=4, device="cuda")
+    assert cuda.test.is_cuda and torch.equal(cuda.test.cpu(), cpu.test)
+
+
+@cuda_only
 def test_images_stay_on_the_cuda_device(grey_images):
     images = Images(grey_images, "dynamic", device="cuda")
     assert images.pixels.is_cuda and images.pixels.dtype == torch.uint8
