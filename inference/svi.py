@@ -148,7 +148,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
     ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
-    via `pyro_vae.data.Images`). ``model``: your own `models.base.LatentModel`
+    via `pyro_vae.images.Images`). ``model``: your own `models.base.LatentModel`
     (a variant); its class must be registered (`models.register_model`) for
     the checkpoint to rebuild it. Ctrl-C or SIGTERM checkpoints the current
     step and returns with ``interrupted=True``; a NaN/inf loss raises
