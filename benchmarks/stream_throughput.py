@@ -3,7 +3,7 @@
 Writes ``--images`` random-blob PNGs of ``--side`` x ``--side`` (colour) into a temporary folder, then, one
 contender after another per round (``--rounds``, median):
 
-  (a) held: the folder decoded once into one uint8 tensor (`pyro_vae.data.Images`); the decoding itself is
+  (a) held: the folder decoded once into one uint8 tensor (`pyro_vae.images.Images`); the decoding itself is
       timed apart, as the one-off cost it is;
   (b) streamed with 0, 1, 2 ... ``--workers`` DataLoader processes (`pyro_vae.streaming.StreamedImages`).
 

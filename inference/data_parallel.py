@@ -1,7 +1,7 @@
 r"""Data-parallel training under ``torchrun``: N processes take one step on one global batch.
 
 Every rank draws the same global batch x_1..B (order and binarisation are
-functions of (seed, epoch, step), `pyro_vae.data.Images.batches`) and takes
+functions of (seed, epoch, step), `pyro_vae.images.Images.batches`) and takes
 its own contiguous slice of about B/N images. The loss is a *sum* over the
 batch, so the global gradient is the plain sum of the ranks' gradients,
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import math
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_
 from inference.stopping import Interrupted, interrupt_on_signals
 from pyro_vae import checkpoint, distributed, figures
 from pyro_vae.cli import ArgumentParser, error, non_negative_int, positive_int
-from pyro_vae.config import PRESETS, ModelConfig
+from pyro_vae.config import PRESETS, ModelConfig, TrainConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.distributed import sharded_map
@@ -95,72 +97,154 @@ def trust_line(summary: dict[str, float | None]) -> str:
             "heavy-tailed weights and likely sit below log p(x). Raise K or improve the guide.")
 
 
-def evaluate(
-    source: str | Path,
-    num_samples: int = 5000,
-    chunk_size: int | None = 500,
-    batch_size: int = 100,
-    test_limit: int | None = None,
-    gaps: bool = False,
-    gap_limit: int = 1000,
-    seed: int = 0,
-    device: str = "auto",
-    out: str | Path | None = None,
-    data_dir: str | None = None,
-    progress: bool = True,
-    images: torch.Tensor | None = None,
-    ais_steps: int = 0,
-    ais_chains: int = 16,
-    ais_limit: int | None = None,
-    bdmc_images: int = 0,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What a report computes, and where: the options of ``python -m inference.evaluate`` (field ``x_y`` is flag
+    ``--x-y``; ``bdmc_images`` is ``--bdmc``), with the same defaults.
+
+    ``batch_size`` images are estimated at once; memory is about ``chunk_size x batch_size`` particles
+    (``chunk_size=None``: all K at once). ``out`` defaults to ``RUN_DIR/report``. ``ais_steps`` T > 0 adds AIS with
+    ``ais_chains`` chains on the first ``ais_limit`` images (default all); ``bdmc_images`` N > 0 adds the BDMC
+    sandwich on N simulated images. ``data_dir``: the dataset root, if not the one the run recorded (the only
+    folder a missing dataset is downloaded into).
+    """
+
+    num_samples: int = 5000  # K importance samples per image
+    chunk_size: int | None = 500
+    batch_size: int = 100
+    test_limit: int | None = None  # the first N test images (None: all)
+    gaps: bool = False  # decompose the ELBO gap on the first gap_limit images (fits q* per image)
+    gap_limit: int = 1000
+    ais_steps: int = 0
+    ais_chains: int = 16
+    ais_limit: int | None = None
+    bdmc_images: int = 0
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    out: str | Path | None = None
+
+    def validated(self) -> "EvaluateConfig":
+        """``self``, or `ConfigError` naming the first option (as its flag) that cannot make a report."""
+        _check_counts(num_samples=self.num_samples, chunk_size=self.chunk_size, batch_size=self.batch_size,
+                      test_limit=self.test_limit, gap_limit=self.gap_limit, ais_chains=self.ais_chains,
+                      ais_limit=self.ais_limit)
+        _check_counts(minimum=0, ais_steps=self.ais_steps, bdmc=self.bdmc_images)
+        if self.bdmc_images and not self.ais_steps:
+            raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
+        return self
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvaluateConfig":
+        """The options parsed by `build_parser`."""
+        return cls(num_samples=args.num_samples, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                   test_limit=args.test_limit, gaps=args.gaps, gap_limit=args.gap_limit, ais_steps=args.ais_steps,
+                   ais_chains=args.ais_chains, ais_limit=args.ais_limit, bdmc_images=args.bdmc, seed=args.seed,
+                   device=args.device, data_dir=args.data_dir, out=args.out)
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint loaded for a report, on this process's device of the (torchrun) group."""
+
+    path: Path  # the checkpoint file
+    sha256: str  # of the very bytes that were loaded
+    payload: dict[str, Any]
+    model: torch.nn.Module
+    config: TrainConfig
+    device: torch.device
+    group: distributed.Group
+    out_dir: Path  # where the report goes, checked writable
+
+
+def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, images: torch.Tensor | None = None,
+             progress: bool = True, **fields: Any) -> dict[str, Any]:
     """Write the report for the checkpoint at ``source`` (a file or a run folder); return ``report.json``'s dict.
 
-    ``batch_size`` images are estimated at once; memory is about
-    ``chunk_size x batch_size`` particles (``chunk_size=None``: all K at once).
-    ``out`` defaults to ``RUN_DIR/report``. ``images`` (``[N, D]`` floats)
-    replaces the run's test split: required for a run trained on images handed
-    to `inference.svi.train` from Python. The report's ``checkpoint.sha256`` is
-    the hash of the very bytes that were loaded. ``ais_steps`` T > 0 adds AIS
-    with ``ais_chains`` chains on the first ``ais_limit`` images (default all);
-    ``bdmc_images`` N > 0 adds the BDMC sandwich on N simulated images.
+    ``options``: what to compute (`EvaluateConfig`); ``fields``: `EvaluateConfig` fields by name, replacing
+    those of ``options`` (``evaluate(run, num_samples=100, gaps=True)``). ``images`` (``[N, D]`` floats)
+    replaces the run's test split: required for a run trained on images handed to `inference.svi.train` from
+    Python. The report's ``checkpoint.sha256`` is the hash of the very bytes that were loaded.
     """
     started = time.perf_counter()
-    _check_counts(num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size, test_limit=test_limit,
-                  gap_limit=gap_limit, ais_chains=ais_chains, ais_limit=ais_limit)
-    _check_counts(minimum=0, ais_steps=ais_steps, bdmc=bdmc_images)
-    if bdmc_images and not ais_steps:
-        raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
-    ckpt_path = checkpoint.resolve_path(source)
-    out_dir = Path(out) if out else ckpt_path.parent / "report"
-    group, target = distributed.setup(device)  # under torchrun: join the group, take this rank's device
-    data = checkpoint.read_bytes(ckpt_path)
+    if options is not None and not isinstance(options, EvaluateConfig):
+        raise TypeError(f"evaluate's options must be an EvaluateConfig, got {type(options).__name__}; pass "
+                        "num_samples and the others by name")
+    options = dataclasses.replace(options or EvaluateConfig(), **fields).validated()
+    run = load_run(source, options)
+    x = report_images(run, options, images)
+    est = importance_estimate(run.model, x, options, progress)
+    estimate_seconds = time.perf_counter() - started
+    ais = ais_estimate(run.model, x[:options.ais_limit], options, progress) if options.ais_steps else None
+
+    report = importance_entries(run, x, est, options)
+    gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
+    if ais is not None:
+        report["ais"] = ais_entry(est, *ais, options)
+    if options.gaps:
+        report["gaps"], gap_values = gaps_entry(run.model, x, est, ais, options, progress)
+    sandwich = None
+    if options.bdmc_images:
+        report["bdmc"], sandwich = bdmc_entry(run.model, x[:1], options, progress)
+    report.update(run_entries(run, options, started, estimate_seconds, trust_line(report["khat"])))
+    published = published_entry(run.config.to_dict())
+    if published is not None:
+        report["published"] = published
+
+    if run.group.is_main:  # one report, written by rank 0
+        write_report(run.out_dir, report, est, ais, sandwich, gap_values)
+    return report
+
+
+def load_run(source: str | Path, options: EvaluateConfig) -> LoadedRun:
+    """The checkpoint at ``source`` read, hashed and built on this process's device (joining the torchrun group
+    when launched by it), and the report folder checked writable before any estimate is run."""
+    path = checkpoint.resolve_path(source)
+    out_dir = Path(options.out) if options.out else path.parent / "report"
+    group, device = distributed.setup(options.device)  # under torchrun: join the group, take this rank's device
+    data = checkpoint.read_bytes(path)
     sha256 = hashlib.sha256(data).hexdigest()
-    payload = checkpoint.parse(data, ckpt_path, map_location=target)
-    model = checkpoint.build_model(payload).to(target).eval()
-    run_config = checkpoint.config_of(payload)
-    config = run_config.to_dict()
+    payload = checkpoint.parse(data, path, map_location=device)
+    model = checkpoint.build_model(payload).to(device).eval()
+    config = checkpoint.config_of(payload)
     check_writable_dir(out_dir, files=REPORT_FILES)
+    return LoadedRun(path, sha256, payload, model, config, device, group, out_dir)
+
+
+def report_images(run: LoadedRun, options: EvaluateConfig, images: torch.Tensor | None = None) -> torch.Tensor:
+    """The first ``test_limit`` images the report estimates, ``[N, D]`` floats on the run's device: ``images``,
+    else the run's test split read again as it was trained on (binarised with its recorded seed)."""
+    config = run.config.to_dict()
     if images is not None:
-        x = images.to(target)[:test_limit]
+        x = images.to(run.device)[:options.test_limit]
     elif config["dataset"] == "custom":
-        raise DataError(f"{ckpt_path} was trained on images handed over from Python, not on a dataset that can be "
+        raise DataError(f"{run.path} was trained on images handed over from Python, not on a dataset that can be "
                         "loaded by name; evaluate it from Python: inference.evaluate.evaluate(RUN_DIR, images=x)")
     else:
         # download only into a folder the user named: the checkpoint's own data_dir is untrusted input
-        x = evaluation_images(config["dataset"], config["binarize"], data_dir or config["data_dir"], test_limit,
-                              config["test_seed"], target, download=data_dir is not None,
-                              options=run_config.evaluation_options(), held_out_from=run_config.held_out_from)
-    x_dim = model.init_kwargs().get("x_dim")
+        x = evaluation_images(config["dataset"], config["binarize"], options.data_dir or config["data_dir"],
+                              options.test_limit, config["test_seed"], run.device,
+                              download=options.data_dir is not None, options=run.config.evaluation_options(),
+                              held_out_from=run.config.held_out_from)
+    x_dim = run.model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "
                         f"images have shape {list(x.shape[1:])}; evaluate it on the data it was trained on")
+    return x
+
+
+def importance_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig,
+                        progress: bool) -> MarginalEstimate:
+    """Importance sampling with K = ``num_samples`` draws from the guide for every image of ``x``, ``batch_size``
+    images at a time, shared over the torchrun group; each batch seeded by its index (the same at any number of
+    processes)."""
+    num_samples, batch_size = options.num_samples, options.batch_size
 
     def estimate_batch(batch: tuple[int, torch.Tensor]) -> MarginalEstimate:
         i, xb = batch
         try:
-            return estimate_log_marginal(model.model, model.guide, xb, num_samples, chunk_size, DEFAULT_LADDER,
-                                         seed=seed + i)  # seeded by batch index: the same at any number of ranks
+            return estimate_log_marginal(model.model, model.guide, xb, num_samples, options.chunk_size,
+                                         DEFAULT_LADDER, seed=options.seed + i)
         except EstimationError:
             raise
         except ValueError as e:  # a distribution refused its parameters: the network output NaN or inf
@@ -169,92 +253,109 @@ def evaluate(
                                   "parameters are unusable (a diverged or damaged checkpoint)") from None
 
     batches = list(enumerate(x.split(batch_size)))
-    est = MarginalEstimate.concat(sharded_map(estimate_batch, batches, progress and f"log p(x), K={num_samples}"))
-    estimate_seconds = time.perf_counter() - started
-    ais = _run_ais(model, x[:ais_limit], ais_steps, ais_chains, batch_size, seed, progress) if ais_steps else None
+    return MarginalEstimate.concat(sharded_map(estimate_batch, batches, progress and f"log p(x), K={num_samples}"))
 
+
+def importance_entries(run: LoadedRun, x: torch.Tensor, est: MarginalEstimate,
+                       options: EvaluateConfig) -> dict[str, Any]:
+    """The report's first entries: what was estimated on which images, and importance sampling's numbers
+    (log p(x), NLL, bits/dim, the ELBO and its gap, the IWAE ladder, k-hat, ESS)."""
+    config = run.config.to_dict()
     n_images, x_dim = x.shape
     log_px = _mean_se(est.log_px)
-    elbo_gap = est.log_px - est.elbo
-    report: dict[str, Any] = {
+    return {
         "dataset": config["dataset"],
         "split": "test",
         "n_images": n_images,
         "binarize": config["binarize"],
         "test_seed": config["test_seed"],
-        "num_samples": num_samples,
+        "num_samples": options.num_samples,
         "log_px": log_px,
         "nll": -log_px["mean"],
         "bits_per_dim": -log_px["mean"] / (x_dim * math.log(2)),
         "elbo": _mean_se(est.elbo),
-        "elbo_gap": _mean_se(elbo_gap),
+        "elbo_gap": _mean_se(est.log_px - est.elbo),
         "iwae_ladder": {str(k): v.mean().item() for k, v in est.iwae.items()},
         "khat": khat_summary(est.khat),
         "ess": {"mean": est.ess.mean().item()},
     }
-    gap_values = {"total (log p(x) - ELBO)": elbo_gap.tolist()}
-    if ais is not None:
-        estimate, seconds = ais
-        m = len(estimate.log_px)
-        report["ais"] = {
-            "log_px": _mean_se(estimate.log_px),
-            "elbo_gap": _mean_se(estimate.log_px - est.elbo[:m]),
-            "elbo": _mean_se(est.elbo[:m]),
-            "importance": _mean_se(est.log_px[:m]),
-            "mc_se": {"mean": estimate.se.mean().item()},
-            "n_images": m,
-            "num_steps": ais_steps,
-            "num_chains": ais_chains,
-            "leapfrog_steps": estimate.leapfrog_steps,
-            "acceptance": None if ais_steps == 1 else estimate.acceptance.mean().item(),
-            "seconds": seconds,
-        }
-    if gaps:
-        m = min(gap_limit, n_images)
-        found = sharded_map(
-            lambda batch: inference_gaps(model, batch[1], est.slice(batch[0], batch[0] + len(batch[1])),
-                                         num_samples=num_samples, seed=seed),
-            list(zip(range(0, m, batch_size), x[:m].split(batch_size))), progress and "inference gaps")
-        candidates = {"importance sampling from q": est.log_px[:m],
-                      "importance sampling from q*": torch.cat([g.log_px for g in found])}
-        if ais is not None and len(ais[0].log_px) >= m:
-            candidates[f"AIS, {ais_steps} steps"] = ais[0].log_px[:m]
-        source, best = max(candidates.items(), key=lambda item: item[1].mean().item())
-        elbo_q = torch.cat([g.elbo_amortized for g in found])
-        elbo_q_star = torch.cat([g.elbo_optimal for g in found])
-        approximation, amortization = best - elbo_q_star, elbo_q_star - elbo_q
-        gap_values = {"total (log p(x) - ELBO)": (best - elbo_q).tolist()}
-        report["gaps"] = {"approximation": approximation.mean().item(), "amortization": amortization.mean().item(),
-                          "total": (best - elbo_q).mean().item(), "n_images": m, "log_px_source": source,
-                          "max_steps_taken": max(g.steps for g in found)}
-        gap_values.update({"approximation": approximation.tolist(), "amortization": amortization.tolist()})
-    sandwich = None
-    if bdmc_images:
-        report["bdmc"], sandwich = _run_bdmc(model, x[:1], bdmc_images, ais_steps, ais_chains, batch_size, seed,
-                                             progress)
-    report.update({
+
+
+def ais_entry(est: MarginalEstimate, estimate: AISEstimate, seconds: float, options: EvaluateConfig) -> dict[str, Any]:
+    """The report's ``ais`` entry: AIS beside the ELBO and importance sampling on the images AIS ran on."""
+    m = len(estimate.log_px)
+    return {
+        "log_px": _mean_se(estimate.log_px),
+        "elbo_gap": _mean_se(estimate.log_px - est.elbo[:m]),
+        "elbo": _mean_se(est.elbo[:m]),
+        "importance": _mean_se(est.log_px[:m]),
+        "mc_se": {"mean": estimate.se.mean().item()},
+        "n_images": m,
+        "num_steps": options.ais_steps,
+        "num_chains": options.ais_chains,
+        "leapfrog_steps": estimate.leapfrog_steps,
+        "acceptance": None if options.ais_steps == 1 else estimate.acceptance.mean().item(),
+        "seconds": seconds,
+    }
+
+
+def gaps_entry(model: torch.nn.Module, x: torch.Tensor, est: MarginalEstimate,
+               ais: tuple[AISEstimate, float] | None, options: EvaluateConfig,
+               progress: bool) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The report's ``gaps`` entry (Cremer et al. 2018) on the first ``gap_limit`` images, and the per-image gaps
+    that ``gaps.png`` draws. One log p(x) for all three gaps: the best estimate computed on these images
+    (importance sampling from q or from q*, or AIS where it ran on all of them)."""
+    m = min(options.gap_limit, len(x))
+    found = sharded_map(
+        lambda batch: inference_gaps(model, batch[1], est.slice(batch[0], batch[0] + len(batch[1])),
+                                     num_samples=options.num_samples, seed=options.seed),
+        list(zip(range(0, m, options.batch_size), x[:m].split(options.batch_size))), progress and "inference gaps")
+    candidates = {"importance sampling from q": est.log_px[:m],
+                  "importance sampling from q*": torch.cat([g.log_px for g in found])}
+    if ais is not None and len(ais[0].log_px) >= m:
+        candidates[f"AIS, {options.ais_steps} steps"] = ais[0].log_px[:m]
+    source, best = max(candidates.items(), key=lambda item: item[1].mean().item())
+    elbo_q = torch.cat([g.elbo_amortized for g in found])
+    elbo_q_star = torch.cat([g.elbo_optimal for g in found])
+    approximation, amortization = best - elbo_q_star, elbo_q_star - elbo_q
+    entry = {"approximation": approximation.mean().item(), "amortization": amortization.mean().item(),
+             "total": (best - elbo_q).mean().item(), "n_images": m, "log_px_source": source,
+             "max_steps_taken": max(g.steps for g in found)}
+    values = {"total (log p(x) - ELBO)": (best - elbo_q).tolist(), "approximation": approximation.tolist(),
+              "amortization": amortization.tolist()}
+    return entry, values
+
+
+def run_entries(run: LoadedRun, options: EvaluateConfig, started: float, estimate_seconds: float,
+                trust: str) -> dict[str, Any]:
+    """The report's closing entries: how long it took, where and how it ran, the model, the versions, the
+    checkpoint's path and hash, and the ``trust`` line."""
+    return {
         "seconds": time.perf_counter() - started,
         "seconds_log_px": estimate_seconds,
-        "device": str(target),
-        "processes": group.world_size,
-        "chunk_size": chunk_size,
-        "batch_size": batch_size,
-        "seed": seed,
-        "model": {"name": checkpoint.model_name(payload), "class": f"{type(model).__module__}:{type(model).__qualname__}",
-                  **payload["model_kwargs"]},
-        "epochs_trained": payload["epoch"],
+        "device": str(run.device),
+        "processes": run.group.world_size,
+        "chunk_size": options.chunk_size,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "model": {"name": checkpoint.model_name(run.payload),
+                  "class": f"{type(run.model).__module__}:{type(run.model).__qualname__}",
+                  **run.payload["model_kwargs"]},
+        "epochs_trained": run.payload["epoch"],
         "versions": _versions(),
-        "checkpoint": {"path": str(ckpt_path.resolve()), "sha256": sha256},
-        "trust": trust_line(report["khat"]),
-    })
+        "checkpoint": {"path": str(run.path.resolve()), "sha256": run.sha256},
+        "trust": trust,
+    }
+
+
+def published_entry(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's ``published`` entry: the published NLL of the run's preset, when the run is that preset's
+    model on dynamically binarised images (else None)."""
     preset = PRESETS.get(config.get("preset") or "")
     if (preset is not None and preset.published_nll is not None and config["binarize"] == "dynamic"
             and ModelConfig(**config["model"]) == preset.model):
-        report["published"] = {"preset": config["preset"], "nll": preset.published_nll, "source": preset.source}
-
-    if group.is_main:  # one report, written by rank 0
-        write_report(out_dir, report, est, ais, sandwich, gap_values)
-    return report
+        return {"preset": config["preset"], "nll": preset.published_nll, "source": preset.source}
+    return None
 
 
 def write_report(out_dir: Path, report: dict[str, Any], est: MarginalEstimate, ais: tuple[AISEstimate, float] | None,
@@ -289,12 +390,14 @@ def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None) 
             writer.writerow([i, *(f"{c[i].item():.10g}" for c in columns), *ais_row])
 
 
-def _run_ais(model: torch.nn.Module, x: torch.Tensor, steps: int, chains: int, batch_size: int, seed: int,
-             progress: bool) -> tuple[AISEstimate, float]:
-    """AIS from the guide on ``x`` in batches (randomness keyed by image index); the estimate and its seconds."""
+def ais_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig,
+                 progress: bool) -> tuple[AISEstimate, float]:
+    """AIS from the guide on ``x`` in batches (randomness keyed by image index), with ``ais_steps`` steps and
+    ``ais_chains`` chains; the estimate and its seconds."""
     started = time.perf_counter()
-    parts = sharded_map(lambda batch: ais_log_marginal(model.model, model.guide, batch[1], chains, steps, seed=seed,
-                                                       first_index=batch[0]),
+    steps, chains, batch_size = options.ais_steps, options.ais_chains, options.batch_size
+    parts = sharded_map(lambda batch: ais_log_marginal(model.model, model.guide, batch[1], chains, steps,
+                                                       seed=options.seed, first_index=batch[0]),
                         list(zip(range(0, len(x), batch_size), x.split(batch_size))), progress and f"AIS, T={steps}")
     return AISEstimate.concat(parts), time.perf_counter() - started
 
@@ -304,10 +407,13 @@ def bdmc_step_ladder(steps: int) -> list[int]:
     return sorted({max(1, steps // 100), max(1, steps // 10), steps})
 
 
-def _run_bdmc(model: torch.nn.Module, like: torch.Tensor, num_images: int, steps: int, chains: int, batch_size: int,
-              seed: int, progress: bool) -> tuple[dict[str, Any], Any]:
-    """The ``bdmc`` entry of the report: the sandwich at ``steps``, and its gap at the shorter schedules."""
+def bdmc_entry(model: torch.nn.Module, like: torch.Tensor, options: EvaluateConfig,
+               progress: bool) -> tuple[dict[str, Any], Any]:
+    """The report's ``bdmc`` entry: the sandwich on ``bdmc_images`` images simulated from the model at
+    ``ais_steps``, and its gap at the shorter schedules (`bdmc_step_ladder`); and the sandwich itself."""
     started = time.perf_counter()
+    num_images, steps, chains = options.bdmc_images, options.ais_steps, options.ais_chains
+    seed, batch_size = options.seed, options.batch_size
     ladder, sandwich = {}, None
     for t in tqdm(bdmc_step_ladder(steps), desc="BDMC", disable=not progress, leave=False):
         sandwich = bdmc(model.model, model.guide, num_images, like, chains, t, seed=seed, batch_size=batch_size)
@@ -424,20 +530,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m inference.evaluate", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder holding checkpoint.pt, or the file")
-    p.add_argument("--num-samples", type=positive_int, default=5000, help="K importance samples per image")
-    p.add_argument("--chunk-size", type=positive_int, default=500, help="particles evaluated at once")
-    p.add_argument("--batch-size", type=positive_int, default=100, help="images estimated at once")
+    defaults = EvaluateConfig()
+    p.add_argument("--num-samples", type=positive_int, default=defaults.num_samples,
+                   help="K importance samples per image")
+    p.add_argument("--chunk-size", type=positive_int, default=defaults.chunk_size, help="particles evaluated at once")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="images estimated at once")
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
     p.add_argument("--gaps", action="store_true", help="also decompose the ELBO gap (slow: fits q* per image)")
-    p.add_argument("--gap-limit", type=positive_int, default=1000, help="images for the gap decomposition")
-    p.add_argument("--ais-steps", type=non_negative_int, default=0, metavar="T",
+    p.add_argument("--gap-limit", type=positive_int, default=defaults.gap_limit,
+                   help="images for the gap decomposition")
+    p.add_argument("--ais-steps", type=non_negative_int, default=defaults.ais_steps, metavar="T",
                    help="annealed importance sampling with T intermediate distributions (0: off)")
-    p.add_argument("--ais-chains", type=positive_int, default=16, metavar="C", help="AIS chains per image")
+    p.add_argument("--ais-chains", type=positive_int, default=defaults.ais_chains, metavar="C",
+                   help="AIS chains per image")
     p.add_argument("--ais-limit", type=positive_int, metavar="N", help="run AIS on the first N images (default all)")
-    p.add_argument("--bdmc", type=non_negative_int, default=0, metavar="N",
+    p.add_argument("--bdmc", type=non_negative_int, default=defaults.bdmc_images, metavar="N",
                    help="BDMC sandwich on N images simulated from the model, at --ais-steps (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=defaults.device)
     p.add_argument("--data-dir", help="dataset root, if not the one the run recorded")
     p.add_argument("--out", help="report folder (default RUN_DIR/report)")
     p.add_argument("--no-progress", action="store_true")
@@ -449,10 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with interrupt_on_signals():
-            report = evaluate(args.source, args.num_samples, args.chunk_size, args.batch_size, args.test_limit,
-                              args.gaps, args.gap_limit, args.seed, args.device, args.out, args.data_dir,
-                              not args.no_progress, ais_steps=args.ais_steps, ais_chains=args.ais_chains,
-                              ais_limit=args.ais_limit, bdmc_images=args.bdmc)
+            report = evaluate(args.source, EvaluateConfig.from_args(args), progress=not args.no_progress)
             is_main = distributed.current().is_main  # rank 0 prints the report (before the group is left below)
     except PyroVAEError as e:  # under torchrun every rank meets the same bad input: rank 0 says it once
         return 2 if distributed.quiet_rank() else error(e)

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from inference.evaluate import evaluate, render_markdown
+from inference.evaluate import EvaluateConfig, evaluate, render_markdown
 from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
@@ -148,7 +148,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
     ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
-    via `pyro_vae.data.Images`). ``model``: your own `models.base.LatentModel`
+    via `pyro_vae.images.Images`). ``model``: your own `models.base.LatentModel`
     (a variant); its class must be registered (`models.register_model`) for
     the checkpoint to rebuild it. Ctrl-C or SIGTERM checkpoints the current
     step and returns with ``interrupted=True``; a NaN/inf loss raises
@@ -441,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             return result.exit_status
         if args.eval_samples:
             with interrupt_on_signals():
-                report = evaluate(out, num_samples=args.eval_samples, chunk_size=min(args.eval_samples, 500),
-                                  test_limit=config.test_limit, device=config.device, data_dir=config.data_dir,
-                                  progress=not args.no_progress)
+                report = evaluate(out, EvaluateConfig(num_samples=args.eval_samples,
+                                                      chunk_size=min(args.eval_samples, 500),
+                                                      test_limit=config.test_limit, device=config.device,
+                                                      data_dir=config.data_dir), progress=not args.no_progress)
             if speak:
                 print(render_markdown(report))
     except PyroVAEError as e:  # under torchrun every rank raises it (`distributed.together`): rank 0 says it once

@@ -1,154 +1,46 @@
-"""Image data, held on the training device and binarised explicitly.
+"""The splits a run uses: training images served batch by batch, test images frozen once (`DataSplits`).
 
-Where images come from (torchvision's MNIST family, a folder of files, an
-array file) is `pyro_vae.sources`; this module flattens them to ``[N, D]``
-(``D = C * H * W``, channel-major) and serves them.
+The top of the data layer, whose modules import one way (each only those before it):
 
-Binarisation modes (``binarize``):
+- `pyro_vae.sources`: where images come from, read into memory: torchvision's MNIST family (IDX files,
+  `load_pixels`, `load_labels`, `data_root`), a folder of image files, an array file; ``--dataset`` specs
+  (`parse_spec`, `read_source`), shaping and held-out splits (`SourceOptions`);
+- `pyro_vae.images`: one split held on a device and served as batches, binarised explicitly
+  (`Images`, `check_images`, ``BINARIZE_CHOICES``);
+- `pyro_vae.streaming`: one split too large to hold, decoded from its files batch by batch (`StreamedImages`);
+- this module: both splits of a source flattened to ``[N, D]`` (``D = C * H * W``, channel-major)
+  (`load_splits`, `DataSplits.from_arrays`) and the test split alone for a report (`evaluation_split`).
 
-- ``dynamic``: a fresh Bernoulli draw x ~ Bernoulli(grey / 255) each time a
-  batch is served (the protocol of Burda et al. 2015);
-- ``static``: one seeded draw at load time, reused every epoch;
-- ``none``: grey levels scaled to [0, 1] (for continuous likelihoods).
-
-Every random choice is a pure function of ``(seed, epoch, step)``, so a run
-stopped mid-epoch resumes with exactly the batches it would have seen.
-Evaluation data are binarised once with a recorded seed (`Images.frozen`).
+Reading a split goes down that chain once: a source is read, then its images are served. The names of the
+lower modules that the rest of the code uses are imported here too (``from pyro_vae.data import Images``).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import gzip
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from pyro_vae.device import free_memory
 from pyro_vae.errors import DataError
+from pyro_vae.images import BINARIZE_CHOICES, Images, check_images, epoch_order, served
+from pyro_vae.seeds import seed_for
+from pyro_vae.sources import (DATA_ENV_VAR, DATASETS, SourceOptions, SourceSplits, conform, data_root, list_folder,
+                              load_labels, load_pixels, parse_idx, parse_spec, read_source, splits_from_arrays)
+from pyro_vae.streaming import StreamedImages
 
-if TYPE_CHECKING:
-    from pyro_vae.sources import SourceOptions, SourceSplits
-
-#: ``--dataset`` name -> torchvision dataset class (imported on use: torchvision
-#: takes seconds to import, which every CLI start would otherwise pay).
-DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
-BINARIZE_CHOICES = ("dynamic", "static", "none")
-DATA_ENV_VAR = "PYRO_VAE_DATA"
-
-
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """Dataset root: ``data_dir``, else ``$PYRO_VAE_DATA``, else a user cache folder."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    if os.environ.get(DATA_ENV_VAR):
-        return Path(os.environ[DATA_ENV_VAR]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "pyro-vae"
-
-
-def _expected_files(dataset_cls: type) -> list[str]:
-    return [os.path.basename(name).removesuffix(".gz") for name, _md5 in dataset_cls.resources]
-
-
-def _present(raw: Path, name: str) -> Path | None:
-    """``raw/name``, else ``raw/name.gz`` (torchvision's layout allows both), else None."""
-    for path in (raw / name, raw / f"{name}.gz"):
-        if path.exists():
-            return path
-    return None
-
-
-def parse_idx(data: bytes, rank: int) -> torch.Tensor:
-    """The uint8 array of ``rank`` dims held by the bytes of an IDX file (LeCun's format: two zero bytes, type
-    0x08, the number of dims, each dim as a big-endian int32, then the values); `ValueError` when they hold none."""
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != rank:
-        raise ValueError(f"header {data[:4].hex() or 'missing'} is not that of uint8 data of {rank} dims")
-    head = 4 + 4 * rank
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)]
-    if len(data) < head or len(data) - head != math.prod(shape) or shape[0] == 0:
-        raise ValueError(f"holds {max(len(data) - head, 0)} values where its header promises {shape}")
-    return torch.frombuffer(bytearray(data[head:]), dtype=torch.uint8).view(*shape)
-
-
-def load_pixels(
-    dataset: str = "mnist",
-    train: bool = True,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-) -> torch.Tensor:
-    """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
-
-    Reads ``ROOT/<MNIST|FashionMNIST|KMNIST>/raw/*-ubyte``, or ``*-ubyte.gz`` where
-    only that is there (torchvision's layout).
-    When files are missing and ``download`` is true, torchvision fetches
-    them; if that fails (offline) or ``download`` is false, `DataError` names
-    the missing files and the folder they belong in. A file that is there but
-    cannot be read as IDX images (truncated, garbage, empty, not a file) is a
-    `DataError` that names it.
-    """
-    images = _read_idx(dataset, train, "images-idx3", data_dir, download, rank=3)
-    return images.reshape(len(images), -1).contiguous()
-
-
-def load_labels(
-    dataset: str = "mnist",
-    train: bool = True,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-) -> torch.Tensor:
-    """Read one split's class labels (digits 0-9 for MNIST) as int64 ``[N]``, on the CPU.
-
-    Same files, folder and errors as `load_pixels` (``*-labels-idx1-ubyte``);
-    row i labels image i of `load_pixels`.
-    """
-    return _read_idx(dataset, train, "labels-idx1", data_dir, download, rank=1).long()
-
-
-def _read_idx(dataset: str, train: bool, kind: str, data_dir: str | os.PathLike | None, download: bool,
-              rank: int) -> torch.Tensor:
-    """Read ``ROOT/<class>/raw/<train|t10k>-<kind>-ubyte`` as uint8 of ``rank`` dims, or raise `DataError`."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    from torchvision import datasets
-
-    cls = getattr(datasets, DATASETS[dataset])
-    root = data_root(data_dir)
-    raw = root / cls.__name__ / "raw"
-    if any(_present(raw, f) is None for f in _expected_files(cls)):
-        _download(cls, dataset, root, raw, download)
-    name = f"{'train' if train else 't10k'}-{kind}-ubyte"
-    path = _present(raw, name) or raw / name
-    try:
-        data = path.read_bytes()
-        return parse_idx(gzip.decompress(data) if path.suffix == ".gz" else data, rank)
-    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, gzip's BadGzipFile, ...)
-        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is unreadable ({why}): it may be truncated or corrupt; replace it with an intact "
-                        f"copy of the {dataset} file") from None
-
-
-def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) -> None:
-    """Fetch the split's files with torchvision, or raise `DataError` saying which are missing and where they go."""
-    cause = ""
-    if download:
-        try:
-            cls(str(root), train=True, download=True)
-            return
-        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-            lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
-            cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
-    missing = [f for f in _expected_files(cls) if _present(raw, f) is None]
-    raise DataError(
-        f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none'}. "
-        f"Put the four IDX files there (uncompressed, or each as NAME.gz), or point --data-dir or ${DATA_ENV_VAR} "
-        f"at a folder that holds {cls.__name__}/raw/."
-    )
+__all__ = [
+    # this module
+    "DataSplits", "build_splits", "check_held_out", "evaluation_images", "evaluation_split", "frozen_test",
+    "load_splits", "take_first",
+    # pyro_vae.sources
+    "DATASETS", "DATA_ENV_VAR", "SourceOptions", "data_root", "load_labels", "load_pixels", "parse_idx",
+    # pyro_vae.images, pyro_vae.seeds, pyro_vae.streaming
+    "BINARIZE_CHOICES", "Images", "check_images", "epoch_order", "seed_for", "served", "StreamedImages",
+]
 
 
 def take_first(pixels: torch.Tensor, limit: int | None, flag: str, what: str) -> torch.Tensor:
@@ -157,152 +49,6 @@ def take_first(pixels: torch.Tensor, limit: int | None, flag: str, what: str) ->
         raise DataError(f"{flag} {limit} asks for more images than the {len(pixels)} in {what}; "
                         f"use at most {len(pixels)} or drop {flag}")
     return pixels[:limit]
-
-
-def check_images(x: torch.Tensor, x_dim: int | None = None, binary: bool = False) -> None:
-    """Raise `DataError` unless ``x`` is a ``[N, x_dim]`` batch of pixels the model can take.
-
-    Floating pixels must be finite and in [0, 1] (uint8 grey levels are always
-    in range); ``binary`` also requires every pixel to be 0 or 1 (255 for uint8),
-    as a Bernoulli likelihood does.
-    """
-    if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
-        want = f"[N, {x_dim}]" if x_dim is not None else "[N, D]"
-        raise DataError(f"images must have shape {want} (flattened), got {list(x.shape)}; reshape with x.reshape(len(x), -1)")
-    if len(x) == 0:
-        raise DataError("the image batch is empty")
-    if x.dtype == torch.uint8:
-        top = 255
-    elif x.is_floating_point():
-        top = 1
-        if not torch.isfinite(x).all():
-            raise DataError("images contain NaN or infinite pixels; clean or drop those images")
-        lo, hi = x.min().item(), x.max().item()
-        if lo < 0 or hi > 1:
-            raise DataError(
-                f"pixel values must lie in [0, 1], found min {lo:g} and max {hi:g}; "
-                "divide 0-255 grey levels by 255"
-            )
-    else:
-        raise DataError(f"images must be uint8 grey levels or floats in [0, 1], got dtype {x.dtype}")
-    if binary and not ((x == 0) | (x == top)).all():
-        raise DataError(
-            "a Bernoulli likelihood needs binary pixels, but these are grey levels; "
-            "use --binarize dynamic or static, or a likelihood for continuous data"
-        )
-
-
-def seed_for(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (deterministic across processes and runs)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0x7FFFFFFFFFFFFFFF
-    return h
-
-
-def epoch_order(n: int, seed: int, epoch: int, device: torch.device,
-                shuffle: bool = True) -> tuple[torch.Generator, torch.Tensor]:
-    """``(gen, order)``: ``device``'s generator seeded by (seed, epoch), and the epoch's order of ``n`` images drawn
-    from it (a permutation; ``arange`` without ``shuffle``). Every way of serving a split uses this."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed_for(seed, epoch))
-    order = torch.randperm(n, generator=gen, device=device) if shuffle else torch.arange(n, device=device)
-    return gen, order
-
-
-def served(grey: torch.Tensor, binarize: str, gen: torch.Generator, seed: int, epoch: int, step: int) -> torch.Tensor:
-    """Batch ``step`` of an epoch as served: grey levels ``[B, D]`` in [0, 1], drawn 0/1 with the seed
-    (seed, epoch, step + 1) under ``dynamic``."""
-    if binarize != "dynamic":
-        return grey
-    gen.manual_seed(seed_for(seed, epoch, step + 1))
-    return torch.bernoulli(grey, generator=gen)
-
-
-class Images:
-    """One split of images on one device, served as float batches in [0, 1].
-
-    ``pixels``: uint8 grey levels ``[N, D]`` (kept as uint8, 1 byte a pixel) or
-    floats in [0, 1]. ``binarize`` picks how batches are served (module doc).
-    Moving to ``device`` happens once here, never per batch.
-    """
-
-    def __init__(self, pixels: torch.Tensor, binarize: str = "dynamic", seed: int = 0, device: torch.device | str = "cpu"):
-        if binarize not in BINARIZE_CHOICES:
-            raise DataError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_CHOICES)}")
-        check_images(pixels)
-        self.binarize = binarize
-        self.seed = seed
-        self.pixels = pixels.to(device)
-        if binarize == "static":  # one seeded draw, stored as 0/1 in the same dtype
-            self.pixels = self._draw(self.pixels, self._generator(seed_for(seed)))
-            self.pixels = self.pixels.to(torch.uint8) if pixels.dtype == torch.uint8 else self.pixels
-            self._scale = 1.0
-        else:
-            self._scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixels.device
-
-    @property
-    def dim(self) -> int:
-        return self.pixels.shape[1]
-
-    def is_binary(self) -> bool:
-        """True when every served pixel is 0 or 1."""
-        if self.binarize != "none":
-            return True
-        return bool(((self.pixels == 0) | (self.pixels == self._scale)).all())
-
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
-
-    def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
-        """Yield float batches ``[<=batch_size, D]`` for one epoch, starting at ``start_step``.
-
-        The order is a permutation seeded by ``(seed, epoch)``; a dynamic draw is
-        seeded by ``(seed, epoch, step)``. The last batch may be smaller.
-        """
-        gen, order = epoch_order(len(self), self.seed, epoch, self.device, shuffle)
-        for step in range(start_step, self.num_batches(batch_size)):
-            grey = self.pixels[order[step * batch_size : (step + 1) * batch_size]].float() / self._scale
-            yield served(grey, self.binarize, gen, self.seed, epoch, step)
-
-    def frozen(self, seed: int) -> torch.Tensor:
-        """The whole split as floats ``[N, D]``, binarised once with ``seed`` (for evaluation).
-
-        ``dynamic``: one Bernoulli draw seeded by ``seed``; ``static``: the stored
-        draw; ``none``: grey levels.
-        """
-        grey = self.pixels.float() / self._scale
-        if self.binarize == "dynamic":
-            return torch.bernoulli(grey, generator=self._generator(seed_for(seed)))
-        return grey
-
-    def to(self, device: torch.device | str) -> "Images":
-        """This split on ``device`` (itself when already there); seed, mode and stored draw unchanged.
-
-        Batches are drawn with that device's generator, so a dynamic draw on
-        CUDA differs from the CPU's for the same seed.
-        """
-        if torch.device(device) == self.device:
-            return self
-        moved = copy.copy(self)
-        moved.pixels = self.pixels.to(device)
-        return moved
-
-    def _generator(self, seed: int) -> torch.Generator:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed)
-        return gen
-
-    def _draw(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
-        return torch.bernoulli(pixels.float() / scale, generator=gen)
 
 
 @dataclass
@@ -333,7 +79,7 @@ class DataSplits:
 
     @classmethod
     def from_arrays(cls, images, labels=None, test_images=None, test_labels=None, *, binarize: str = "dynamic",
-                    options: "SourceOptions | None" = None, seed: int = 0, test_seed: int = 0,
+                    options: SourceOptions | None = None, seed: int = 0, test_seed: int = 0,
                     device: torch.device | str = "cpu") -> "DataSplits":
         """Splits from NumPy arrays or tensors, as ``array:PATH`` reads them (`pyro_vae.sources`).
 
@@ -342,8 +88,6 @@ class DataSplits:
         integers; without ``test_images`` a fraction is held out (``options``).
         For ``train(config, data=DataSplits.from_arrays(...))``.
         """
-        from pyro_vae.sources import SourceOptions, conform, splits_from_arrays
-
         options = options or SourceOptions()
         arrays = {"images": images, "labels": labels, "test_images": test_images, "test_labels": test_labels}
         raw = conform(splits_from_arrays({k: _numpy(v) for k, v in arrays.items() if v is not None}, options,
@@ -355,7 +99,7 @@ def _numpy(value):
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
 
-def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = None, test_limit: int | None = None,
+def build_splits(raw: SourceSplits, binarize: str, train_limit: int | None = None, test_limit: int | None = None,
                  seed: int = 0, test_seed: int = 0, device: torch.device | str = "cpu",
                  source: str = "custom") -> DataSplits:
     """`DataSplits` of ``raw`` images flattened to ``[N, D]``: the first ``*_limit`` of each split, on ``device``."""
@@ -367,7 +111,7 @@ def build_splits(raw: "SourceSplits", binarize: str, train_limit: int | None = N
                       classes=raw.classes)
 
 
-def frozen_test(raw: "SourceSplits", limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
+def frozen_test(raw: SourceSplits, limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
                 source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once with
     ``test_seed``, and their labels ``[N]`` (or None).
@@ -388,7 +132,7 @@ def evaluation_split(
     test_seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
-    options: "SourceOptions | None" = None,
+    options: SourceOptions | None = None,
     held_out_from: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int], tuple[str, ...] | None]:
     """``(x, labels, image_shape, classes)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]``
@@ -398,8 +142,6 @@ def evaluation_split(
     ``held_out_from``: the run's test split was held out of that many images; `DataError` if the source now
     holds another number (the held-out split would be other images, some of them trained on).
     """
-    from pyro_vae.sources import read_source
-
     raw = read_source(dataset, data_dir, options, download, test_only=True)
     check_held_out(raw.held_out_from, held_out_from, dataset)
     return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape, raw.classes)
@@ -420,7 +162,7 @@ def evaluation_images(
     test_seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
-    options: "SourceOptions | None" = None,
+    options: SourceOptions | None = None,
     held_out_from: int | None = None,
 ) -> torch.Tensor:
     """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``
@@ -439,7 +181,7 @@ def load_splits(
     test_seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
-    options: "SourceOptions | None" = None,
+    options: SourceOptions | None = None,
     memory_budget: float | None = None,
     workers: int = 2,
 ) -> DataSplits:
@@ -451,9 +193,6 @@ def load_splits(
     (`pyro_vae.streaming.StreamedImages`, ``workers`` decoding processes); its
     test split is held.
     """
-    from pyro_vae.device import free_memory
-    from pyro_vae.sources import SourceOptions, list_folder, parse_spec, read_source
-
     kind, path = parse_spec(dataset)
     if kind != "folder":
         raw = read_source(dataset, data_dir, options, download)
@@ -468,8 +207,6 @@ def load_splits(
     pixels = math.prod(listing.image_shape)
     if (len(listing.train) + 4 * len(listing.test)) * pixels <= memory_budget:  # uint8 training, float test images
         return build_splits(listing.read(), binarize, None, None, seed, test_seed, device, source=dataset)
-    from pyro_vae.streaming import StreamedImages
-
     test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), None, binarize, test_seed, device,
                                dataset)
     return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers), test,

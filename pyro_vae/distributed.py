@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from pyro_vae.data import seed_for
+from pyro_vae.seeds import seed_for
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PeerFailed, PyroVAEError
 

@@ -96,13 +96,19 @@ def _readable_ylim(ax, series: Sequence[Sequence[float]]) -> int:
 
 
 def plot_elbo_curve(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
+    """Write `elbo_figure` of ``history`` (one record per epoch) to ``path`` (``elbo.png``)."""
+    return _save(elbo_figure(history), path)
+
+
+def elbo_figure(history: Sequence[dict[str, float]]):
     """Train and test ELBO per epoch; beside them test rate and distortion when the records have them (nats per image).
 
     Readable for long runs: markers only up to `MARKER_EPOCHS` epochs, and the
     y-axis fitted to the later epochs (the first few, far lower, are said to
-    lie below it).
+    lie below it). Epochs are whole numbers on the axis, for short runs too.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     has_terms = bool(history) and all("test_rate" in h and "test_distortion" in h for h in history)
@@ -126,13 +132,14 @@ def plot_elbo_curve(history: Sequence[dict[str, float]], path: str | os.PathLike
     xlabel = "epoch" + (f" (epochs 1-{below} off the axis)" if below > 1 else " (epoch 1 off the axis)" if below else "")
     left.set_title("ELBO, a lower bound on log p(x); higher is better", fontsize=10)
     left.legend(fontsize=8)
-    left.set_xlabel(xlabel)
+    for ax in (axes if has_terms else [left]):
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epoch 1, 2, 3; not 1.2, 1.4
     if has_terms:
         axes[1].set_title("test ELBO = -(rate + distortion)", fontsize=10)
-        axes[1].set_xlabel(xlabel)
         handles = [line for ax, _, _ in panels[1:] for line in ax.get_lines()]
         axes[1].legend(handles, [h.get_label() for h in handles], fontsize=8, loc="center right")
-    return _save(fig, path)
+    return fig
 
 
 def latent_plane(codes: torch.Tensor) -> tuple[torch.Tensor, float | None]:

@@ -3,7 +3,7 @@ r"""Where images come from: a ``--dataset`` spec read into train and test splits
 ``--dataset`` takes
 
 - ``mnist``, ``fashion-mnist``, ``kmnist``: torchvision's IDX files under the
-  data root (`pyro_vae.data.load_pixels`), 1 x 28 x 28, their own test split;
+  data root (`load_pixels`, `load_labels`), 1 x 28 x 28, their own test split;
 - ``folder:PATH``: image files (PNG, JPEG, GIF, WebP, BMP, TIFF) decoded by
   Pillow and resized by torchvision, either flat in PATH or in ``ImageFolder`` layout
   (``PATH/<class>/*.png``: the sorted sub-folder names become labels 0..L-1);
@@ -21,11 +21,17 @@ Every image is made ``channels x S x S`` (`SourceOptions`): resized so the
 shorter side is S and centre-cropped; grey repeated to colour, or colour
 averaged to grey (ITU-R 601 luma). Values stay uint8 (0-255) where the source
 is uint8, else float in [0, 1].
+
+The bottom of the data layer: readers of files and arrays, importing none of the modules above them:
+`pyro_vae.images` serves images as batches, `pyro_vae.streaming` serves them from their files, and
+`pyro_vae.data` makes the splits a run uses (sources -> images -> streaming -> data).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.data import DATASETS, load_labels, load_pixels, seed_for
 from pyro_vae.errors import DataError
+from pyro_vae.seeds import seed_for
+
+#: ``--dataset`` name -> torchvision dataset class (imported on use: torchvision
+#: takes seconds to import, which every CLI start would otherwise pay).
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+DATA_ENV_VAR = "PYRO_VAE_DATA"
 
 SOURCE_KINDS = ("folder", "array")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
@@ -108,6 +119,117 @@ def read_source(spec: str, data_dir: str | os.PathLike | None = None, options: S
     else:
         splits = _read_array(path, options)
     return conform(splits, options, spec)
+
+
+# --- torchvision's MNIST family: IDX files -----------------------------------------------
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """Dataset root: ``data_dir``, else ``$PYRO_VAE_DATA``, else a user cache folder."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pyro-vae"
+
+
+def _expected_files(dataset_cls: type) -> list[str]:
+    return [os.path.basename(name).removesuffix(".gz") for name, _md5 in dataset_cls.resources]
+
+
+def _present(raw: Path, name: str) -> Path | None:
+    """``raw/name``, else ``raw/name.gz`` (torchvision's layout allows both), else None."""
+    for path in (raw / name, raw / f"{name}.gz"):
+        if path.exists():
+            return path
+    return None
+
+
+def parse_idx(data: bytes, rank: int) -> torch.Tensor:
+    """The uint8 array of ``rank`` dims held by the bytes of an IDX file (LeCun's format: two zero bytes, type
+    0x08, the number of dims, each dim as a big-endian int32, then the values); `ValueError` when they hold none."""
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != rank:
+        raise ValueError(f"header {data[:4].hex() or 'missing'} is not that of uint8 data of {rank} dims")
+    head = 4 + 4 * rank
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank)]
+    if len(data) < head or len(data) - head != math.prod(shape) or shape[0] == 0:
+        raise ValueError(f"holds {max(len(data) - head, 0)} values where its header promises {shape}")
+    return torch.frombuffer(bytearray(data[head:]), dtype=torch.uint8).view(*shape)
+
+
+def load_pixels(
+    dataset: str = "mnist",
+    train: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> torch.Tensor:
+    """Read one split as uint8 grey levels, shape ``[N, 784]``, on the CPU.
+
+    Reads ``ROOT/<MNIST|FashionMNIST|KMNIST>/raw/*-ubyte``, or ``*-ubyte.gz`` where
+    only that is there (torchvision's layout).
+    When files are missing and ``download`` is true, torchvision fetches
+    them; if that fails (offline) or ``download`` is false, `DataError` names
+    the missing files and the folder they belong in. A file that is there but
+    cannot be read as IDX images (truncated, garbage, empty, not a file) is a
+    `DataError` that names it.
+    """
+    images = _read_idx(dataset, train, "images-idx3", data_dir, download, rank=3)
+    return images.reshape(len(images), -1).contiguous()
+
+
+def load_labels(
+    dataset: str = "mnist",
+    train: bool = True,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> torch.Tensor:
+    """Read one split's class labels (digits 0-9 for MNIST) as int64 ``[N]``, on the CPU.
+
+    Same files, folder and errors as `load_pixels` (``*-labels-idx1-ubyte``);
+    row i labels image i of `load_pixels`.
+    """
+    return _read_idx(dataset, train, "labels-idx1", data_dir, download, rank=1).long()
+
+
+def _read_idx(dataset: str, train: bool, kind: str, data_dir: str | os.PathLike | None, download: bool,
+              rank: int) -> torch.Tensor:
+    """Read ``ROOT/<class>/raw/<train|t10k>-<kind>-ubyte`` as uint8 of ``rank`` dims, or raise `DataError`."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    from torchvision import datasets
+
+    cls = getattr(datasets, DATASETS[dataset])
+    root = data_root(data_dir)
+    raw = root / cls.__name__ / "raw"
+    if any(_present(raw, f) is None for f in _expected_files(cls)):
+        _download(cls, dataset, root, raw, download)
+    name = f"{'train' if train else 't10k'}-{kind}-ubyte"
+    path = _present(raw, name) or raw / name
+    try:
+        data = path.read_bytes()
+        return parse_idx(gzip.decompress(data) if path.suffix == ".gz" else data, rank)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, gzip's BadGzipFile, ...)
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}" if str(e).strip() else type(e).__name__
+        raise DataError(f"{path} is unreadable ({why}): it may be truncated or corrupt; replace it with an intact "
+                        f"copy of the {dataset} file") from None
+
+
+def _download(cls: type, dataset: str, root: Path, raw: Path, download: bool) -> None:
+    """Fetch the split's files with torchvision, or raise `DataError` saying which are missing and where they go."""
+    cause = ""
+    if download:
+        try:
+            cls(str(root), train=True, download=True)
+            return
+        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+            lines = [line.strip(" ()") for line in str(e).splitlines() if line.strip(" ()")]
+            cause = f" (download failed: {lines[-1] if lines else type(e).__name__})"
+    missing = [f for f in _expected_files(cls) if _present(raw, f) is None]
+    raise DataError(
+        f"{dataset} files not found in {raw}{cause}. Missing: {', '.join(missing) or 'none'}. "
+        f"Put the four IDX files there (uncompressed, or each as NAME.gz), or point --data-dir or ${DATA_ENV_VAR} "
+        f"at a folder that holds {cls.__name__}/raw/."
+    )
 
 
 # --- folders ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 r"""Training images too large to hold in memory, decoded from their files batch by batch.
 
-`StreamedImages` serves the same batches as `pyro_vae.data.Images` would for
+`StreamedImages` serves the same batches as `pyro_vae.images.Images` would for
 the same files and seed: the order is the permutation seeded by
 ``(seed, epoch)`` drawn on the training device, a dynamic binarisation is
 drawn on the device with the seed ``(seed, epoch, step)``. So a run gives the
@@ -9,6 +9,9 @@ same numbers (and resumes exactly) whether its folder was held or streamed.
 Files are decoded by a ``torch.utils.data.DataLoader`` with ``workers``
 processes, ``prefetch`` batches ahead per worker, into pinned memory when
 the device is CUDA, and copied to it without blocking.
+
+Built on `pyro_vae.sources` (decoding a file) and `pyro_vae.images` (the order and draws of a batch);
+`pyro_vae.data` picks it for a folder too large to hold.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pyro_vae.data import BINARIZE_CHOICES, epoch_order, seed_for, served
 from pyro_vae.errors import DataError
+from pyro_vae.images import BINARIZE_CHOICES, epoch_order, served
+from pyro_vae.seeds import seed_for
 from pyro_vae.sources import decode, shape_image
 
 
@@ -41,7 +45,7 @@ class _Files(Dataset):
 class StreamedImages:
     """One split of image files, served as float batches ``[<=B, C*H*W]`` in [0, 1] on ``device``.
 
-    The interface of `pyro_vae.data.Images` that training uses: ``len``,
+    The interface of `pyro_vae.images.Images` that training uses: ``len``,
     ``device``, ``dim``, ``is_binary``, ``num_batches``, ``batches``, ``to``.
     """
 
@@ -76,7 +80,7 @@ class StreamedImages:
 
     def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0,
                 shuffle: bool = True) -> Iterator[torch.Tensor]:
-        """The batches of `pyro_vae.data.Images.batches` for the same files, seed, epoch and step."""
+        """The batches of `pyro_vae.images.Images.batches` for the same files, seed, epoch and step."""
         gen, order = epoch_order(len(self), self.seed, epoch, self.device, shuffle)
         order = order.cpu()
         steps = range(start_step, self.num_batches(batch_size))

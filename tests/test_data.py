@@ -1,5 +1,7 @@
-"""Data: loading, binarisation modes, seeded order, validation, offline errors."""
+"""Data: loading, binarisation modes, seeded order, validation, offline errors; the package's imports point one way."""
 
+import ast
+import graphlib
 import gzip
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from pyro_vae.data import DataSplits, Images, check_images, data_root, load_labels, load_pixels, load_splits
 from pyro_vae.errors import DataError
 
-from conftest import MNIST_FILES, cuda_only
+from conftest import MNIST_FILES, REPO, cuda_only
 
 
 def _epoch(images, batch_size=10, epoch=0, start_step=0):
@@ -175,3 +177,31 @@ def test_moving_splits_to_their_own_device_changes_nothing(grey_images):
     splits = DataSplits(train=images, test=images.frozen(0), test_seed=0)
     same = splits.to("cpu")
     assert same.train is images and same.test is splits.test
+
+
+def _internal_imports(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports, at module level or inside a function (read from the source)."""
+    modules = {(f"{p}.{f.stem}" if f.stem != "__init__" else p): f for p in packages for f in (REPO / p).glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}  # from pkg import module
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_imports_point_one_way():
+    graph = _internal_imports(("pyro_vae", "models", "inference"))
+    assert {"pyro_vae.sources", "pyro_vae.images", "pyro_vae.streaming"} <= graph["pyro_vae.data"]
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"modules import each other in a circle: {' -> '.join(e.args[1])}")
+    # the data layer's chain: readers of files and arrays -> images served as batches -> streamed files -> splits
+    assert not graph["pyro_vae.sources"] & {"pyro_vae.images", "pyro_vae.streaming", "pyro_vae.data"}
+    assert not graph["pyro_vae.images"] & {"pyro_vae.sources", "pyro_vae.streaming", "pyro_vae.data"}
+    assert "pyro_vae.data" not in graph["pyro_vae.streaming"]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from inference import evaluate as evaluate_module
-from inference.evaluate import khat_summary, main, trust_line
+from inference.evaluate import EvaluateConfig, khat_summary, main, trust_line
 from inference.svi import main as train_main
+from pyro_vae.errors import ConfigError
 
 from conftest import cuda_only
 
@@ -118,6 +119,23 @@ def test_the_same_seed_gives_the_same_report(run_dir, tmp_path):
                                  out=tmp_path / name, progress=False)
         reports.append(json.loads((tmp_path / name / "report.json").read_text()))
     assert reports[0]["log_px"] == reports[1]["log_px"] and reports[0]["khat"] == reports[1]["khat"]
+
+
+def test_options_come_as_an_evaluate_config_or_by_name(run_dir, tmp_path):
+    options = EvaluateConfig(num_samples=20, batch_size=4, test_limit=8, device="cpu", out=tmp_path / "a")
+    given = evaluate_module.evaluate(run_dir, options, progress=False)
+    named = evaluate_module.evaluate(run_dir, num_samples=20, batch_size=4, test_limit=8, device="cpu",
+                                     out=tmp_path / "b", progress=False)
+    assert given["log_px"] == named["log_px"] and given["n_images"] == 8 and given["batch_size"] == 4
+    overridden = evaluate_module.evaluate(run_dir, options, test_limit=4, out=tmp_path / "c", progress=False)
+    assert overridden["n_images"] == 4 and overridden["num_samples"] == 20
+    with pytest.raises(TypeError, match="EvaluateConfig"):
+        evaluate_module.evaluate(run_dir, 20)  # the options once taken in order: now by name
+    with pytest.raises(ConfigError, match="--num-samples must be a positive integer"):
+        EvaluateConfig(num_samples=0).validated()
+    with pytest.raises(ConfigError, match="--bdmc needs --ais-steps"):
+        evaluate_module.evaluate(run_dir, bdmc_images=2, out=tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 def test_training_with_eval_samples_writes_a_report(mnist_root, tmp_path):

@@ -22,7 +22,7 @@ from pyro_vae import checkpoint
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.data import load_labels, load_pixels
 from pyro_vae.errors import DataError
-from pyro_vae.figures import _readable_ylim, latent_plane, plot_elbo_curve
+from pyro_vae.figures import _readable_ylim, elbo_figure, latent_plane, plot_elbo_curve
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -85,6 +85,21 @@ def test_elbo_curve_draws_rate_and_distortion_when_recorded(tmp_path):
     from matplotlib.image import imread
 
     assert imread(tmp_path / "with.png").shape[1] > 1.5 * imread(tmp_path / "without.png").shape[1]  # two panels
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+@pytest.mark.parametrize("terms", [False, True])
+def test_elbo_curve_of_a_short_run_marks_whole_epochs(epochs, terms):
+    history = [{"epoch": e, "train_elbo": -100 - 50 / e, "test_elbo": -99 - 50 / e,
+                **({"test_rate": 20 - 5 / e, "test_distortion": 79 + 55 / e} if terms else {})}
+               for e in range(1, epochs + 1)]
+    fig = elbo_figure(history)
+    epoch_axes = [ax for ax in fig.axes if ax.get_xlabel().startswith("epoch")]
+    assert len(epoch_axes) == (2 if terms else 1)
+    for ax in epoch_axes:
+        low, high = ax.get_xlim()
+        labels = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+        assert labels == [str(e) for e in range(1, epochs + 1)]  # 1, 2, 3: not 1.0, 1.2, 1.4, ...
 
 
 def test_rate_and_distortion_split_the_trace_elbo_on_the_same_draws():

@@ -1,0 +1,167 @@
+"""Images served as float batches: one split of pixels held on one device, binarised explicitly.
+
+Binarisation modes (``binarize``):
+
+- ``dynamic``: a fresh Bernoulli draw x ~ Bernoulli(grey / 255) each time a
+  batch is served (the protocol of Burda et al. 2015);
+- ``static``: one seeded draw at load time, reused every epoch;
+- ``none``: grey levels scaled to [0, 1] (for continuous likelihoods).
+
+Every random choice is a pure function of ``(seed, epoch, step)`` (`epoch_order`, `served`), so a run
+stopped mid-epoch resumes with exactly the batches it would have seen, and files streamed batch by batch
+(`pyro_vae.streaming`) are served the same batches as the same images held here.
+Evaluation data are binarised once with a recorded seed (`Images.frozen`).
+
+Where pixels come from is `pyro_vae.sources`; this module knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+
+import torch
+
+from pyro_vae.errors import DataError
+from pyro_vae.seeds import seed_for
+
+BINARIZE_CHOICES = ("dynamic", "static", "none")
+
+
+def check_images(x: torch.Tensor, x_dim: int | None = None, binary: bool = False) -> None:
+    """Raise `DataError` unless ``x`` is a ``[N, x_dim]`` batch of pixels the model can take.
+
+    Floating pixels must be finite and in [0, 1] (uint8 grey levels are always
+    in range); ``binary`` also requires every pixel to be 0 or 1 (255 for uint8),
+    as a Bernoulli likelihood does.
+    """
+    if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
+        want = f"[N, {x_dim}]" if x_dim is not None else "[N, D]"
+        raise DataError(f"images must have shape {want} (flattened), got {list(x.shape)}; reshape with x.reshape(len(x), -1)")
+    if len(x) == 0:
+        raise DataError("the image batch is empty")
+    if x.dtype == torch.uint8:
+        top = 255
+    elif x.is_floating_point():
+        top = 1
+        if not torch.isfinite(x).all():
+            raise DataError("images contain NaN or infinite pixels; clean or drop those images")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise DataError(
+                f"pixel values must lie in [0, 1], found min {lo:g} and max {hi:g}; "
+                "divide 0-255 grey levels by 255"
+            )
+    else:
+        raise DataError(f"images must be uint8 grey levels or floats in [0, 1], got dtype {x.dtype}")
+    if binary and not ((x == 0) | (x == top)).all():
+        raise DataError(
+            "a Bernoulli likelihood needs binary pixels, but these are grey levels; "
+            "use --binarize dynamic or static, or a likelihood for continuous data"
+        )
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device,
+                shuffle: bool = True) -> tuple[torch.Generator, torch.Tensor]:
+    """``(gen, order)``: ``device``'s generator seeded by (seed, epoch), and the epoch's order of ``n`` images drawn
+    from it (a permutation; ``arange`` without ``shuffle``). Every way of serving a split uses this."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed_for(seed, epoch))
+    order = torch.randperm(n, generator=gen, device=device) if shuffle else torch.arange(n, device=device)
+    return gen, order
+
+
+def served(grey: torch.Tensor, binarize: str, gen: torch.Generator, seed: int, epoch: int, step: int) -> torch.Tensor:
+    """Batch ``step`` of an epoch as served: grey levels ``[B, D]`` in [0, 1], drawn 0/1 with the seed
+    (seed, epoch, step + 1) under ``dynamic``."""
+    if binarize != "dynamic":
+        return grey
+    gen.manual_seed(seed_for(seed, epoch, step + 1))
+    return torch.bernoulli(grey, generator=gen)
+
+
+class Images:
+    """One split of images on one device, served as float batches in [0, 1].
+
+    ``pixels``: uint8 grey levels ``[N, D]`` (kept as uint8, 1 byte a pixel) or
+    floats in [0, 1]. ``binarize`` picks how batches are served (module doc).
+    Moving to ``device`` happens once here, never per batch.
+    """
+
+    def __init__(self, pixels: torch.Tensor, binarize: str = "dynamic", seed: int = 0, device: torch.device | str = "cpu"):
+        if binarize not in BINARIZE_CHOICES:
+            raise DataError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_CHOICES)}")
+        check_images(pixels)
+        self.binarize = binarize
+        self.seed = seed
+        self.pixels = pixels.to(device)
+        if binarize == "static":  # one seeded draw, stored as 0/1 in the same dtype
+            self.pixels = self._draw(self.pixels, self._generator(seed_for(seed)))
+            self.pixels = self.pixels.to(torch.uint8) if pixels.dtype == torch.uint8 else self.pixels
+            self._scale = 1.0
+        else:
+            self._scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    @property
+    def dim(self) -> int:
+        return self.pixels.shape[1]
+
+    def is_binary(self) -> bool:
+        """True when every served pixel is 0 or 1."""
+        if self.binarize != "none":
+            return True
+        return bool(((self.pixels == 0) | (self.pixels == self._scale)).all())
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, epoch: int = 0, start_step: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
+        """Yield float batches ``[<=batch_size, D]`` for one epoch, starting at ``start_step``.
+
+        The order is a permutation seeded by ``(seed, epoch)``; a dynamic draw is
+        seeded by ``(seed, epoch, step)``. The last batch may be smaller.
+        """
+        gen, order = epoch_order(len(self), self.seed, epoch, self.device, shuffle)
+        for step in range(start_step, self.num_batches(batch_size)):
+            grey = self.pixels[order[step * batch_size : (step + 1) * batch_size]].float() / self._scale
+            yield served(grey, self.binarize, gen, self.seed, epoch, step)
+
+    def frozen(self, seed: int) -> torch.Tensor:
+        """The whole split as floats ``[N, D]``, binarised once with ``seed`` (for evaluation).
+
+        ``dynamic``: one Bernoulli draw seeded by ``seed``; ``static``: the stored
+        draw; ``none``: grey levels.
+        """
+        grey = self.pixels.float() / self._scale
+        if self.binarize == "dynamic":
+            return torch.bernoulli(grey, generator=self._generator(seed_for(seed)))
+        return grey
+
+    def to(self, device: torch.device | str) -> "Images":
+        """This split on ``device`` (itself when already there); seed, mode and stored draw unchanged.
+
+        Batches are drawn with that device's generator, so a dynamic draw on
+        CUDA differs from the CPU's for the same seed.
+        """
+        if torch.device(device) == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.pixels = self.pixels.to(device)
+        return moved
+
+    def _generator(self, seed: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return gen
+
+    def _draw(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
+        return torch.bernoulli(pixels.float() / scale, generator=gen)
