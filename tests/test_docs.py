@@ -184,6 +184,7 @@ def test_every_python_fence_runs_or_is_marked_no_run_with_a_reason():
 
 @pytest.mark.parametrize("page", [p for p in SNIPPET_PAGES if runnable(p)], ids=lambda p: p.name)
 def test_snippets_run(page, mnist_root, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # the snippets import this checkout's code, whatever the cwd
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYRO_VAE_DATA", str(mnist_root))
     monkeypatch.setenv("MPLBACKEND", "Agg")
