@@ -41,5 +41,6 @@ if [ -n "${GPU_BUNDLE_RESUME:-}" ]; then
   cp "$GPU_BUNDLE_RESUME" "$out/burda2015_run.tar.gz"
 fi
 
-du -sh "$out" "$out"/*
-echo "bundle: $out ($(du -sm "$out" | cut -f1) MiB; the device call carries it with the repository, 64 MiB in all)"
+du -sh "$out"/*
+repo=$(git ls-files -z | du --files0-from=- -cb | tail -n 1 | cut -f1)
+echo "bundle: $out $(du -sm "$out" | cut -f1) MiB; the repository's tracked files $((repo / 1048576)) MiB (a device call carries both: 64 MiB in all)"
