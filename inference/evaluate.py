@@ -41,8 +41,10 @@ import torch
 from tqdm.auto import tqdm
 
 from inference.ais import AISEstimate, ais_log_marginal, bdmc
+from inference.active_units import active_units
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
+from inference.rate_distortion import rate_distortion
 from inference.stopping import Interrupted, interrupt_on_signals
 from pyro_vae import checkpoint, distributed, figures
 from pyro_vae.cli import ArgumentParser, error, non_negative_int, positive_int
@@ -178,6 +180,7 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
     ais = ais_estimate(run.model, x[:options.ais_limit], options, progress) if options.ais_steps else None
 
     report = importance_entries(run, x, est, options)
+    report["latent_sites"] = latent_sites_entry(run.model, x, options)
     gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
     if ais is not None:
         report["ais"] = ais_entry(est, *ais, options)
@@ -281,6 +284,17 @@ def importance_entries(run: LoadedRun, x: torch.Tensor, est: MarginalEstimate,
     }
 
 
+def latent_sites_entry(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig) -> dict[str, Any]:
+    """The report's ``latent_sites`` entry: for every latent site of the guide (each stochastic layer), its share of
+    the rate (one draw per image, `inference.rate_distortion`; nats per image) and Burda et al.'s active units
+    (`inference.active_units`), over the report's images."""
+    rate = rate_distortion(model.model, model.guide, x, seed=options.seed, batch_size=options.batch_size)
+    activity = active_units(model.model, model.guide, x, seed=options.seed)
+    return {name: {"rate": _mean_se(rate.site_rates[name]), "units": activity[name].units,
+                   "active_units": activity[name].active, "activity_threshold": activity[name].threshold}
+            for name in activity}
+
+
 def ais_entry(est: MarginalEstimate, estimate: AISEstimate, seconds: float, options: EvaluateConfig) -> dict[str, Any]:
     """The report's ``ais`` entry: AIS beside the ELBO and importance sampling on the images AIS ran on."""
     m = len(estimate.log_px)
@@ -320,7 +334,7 @@ def gaps_entry(model: torch.nn.Module, x: torch.Tensor, est: MarginalEstimate,
     approximation, amortization = best - elbo_q_star, elbo_q_star - elbo_q
     entry = {"approximation": approximation.mean().item(), "amortization": amortization.mean().item(),
              "total": (best - elbo_q).mean().item(), "n_images": m, "log_px_source": source,
-             "max_steps_taken": max(g.steps for g in found)}
+             "max_steps_taken": max(g.steps for g in found), "q_star": found[0].family}
     values = {"total (log p(x) - ELBO)": (best - elbo_q).tolist(), "approximation": approximation.tolist(),
               "amortization": amortization.tolist()}
     return entry, values
@@ -471,6 +485,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**{report['trust']}**",
     ]
+    if report.get("latent_sites"):
+        lines += ["", "Latent sites (rate: log q - log p of the site at one draw per image, nats per image; active "
+                      "units: Cov_x(E_q[z_u]) above the threshold, Burda et al. 2015):", "",
+                  "| site | rate | active units |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {pm(site['rate'])} | {site['active_units']} of {site['units']} |"
+                  for name, site in report["latent_sites"].items()]
     if "ais" in report:
         a = report["ais"]
         lines += ["", f"On the first {a['n_images']} images, the three estimates side by side (nats per image, ± standard "
@@ -508,7 +528,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| amortization: ELBO[q*] - ELBO[q] | {g['amortization']:.2f} |",
             f"| total: log p(x) - ELBO[q] | {g['total']:.2f} |",
             "",
-            f"log p(x) for all three: {g['log_px_source']} (the best estimate computed on these images).",
+            f"log p(x) for all three: {g['log_px_source']} (the best estimate computed on these images). "
+            f"q*: {g['q_star']}.",
         ]
     return "\n".join(lines) + "\n"
 

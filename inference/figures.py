@@ -1,11 +1,15 @@
 r"""What a trained VAE learned, in pictures: ``python -m inference.figures RUN_DIR``.
 
-Draws into ``RUN_DIR/figures`` (or ``--out``), for any checkpoint:
+Draws into ``RUN_DIR/figures`` (or ``--out``), for any checkpoint of any model
+family (the contract of `models.base.LatentModel`; what needs an optional
+capability is skipped, with one line, where the model lacks it):
 
-- ``samples.png``: mean images E[x|z] for 64 draws z ~ p(z);
-- ``reconstructions.png``: test images (odd rows) and E[x|z] at their codes (even rows);
-- ``latent.png``: the codes of the test images (q's mean, `LatentModel.encode`),
-  coloured by digit; for z_dim > 2 their first two principal components;
+- ``samples.png``: mean images E[x|z] for 64 draws of every latent from the prior;
+- ``reconstructions.png``: test images (odd rows) and E[x|z] at their codes (even
+  rows; at one draw of the guide for a model without a central code);
+- ``latent.png``: the codes of the test images (``encode``: q's mean; the site
+  ``code_site`` names, "z" by default, in the title), coloured by label; for more
+  than 2 dimensions their first two principal components;
 - ``interpolation.png``: each row a test image x_a, the decodings of
   z = (1 - t) z_a + t z_b for t = 0, 1/9, ..., 1, and x_b;
 - ``manifold.png`` (z_dim = 2 only): a 20 x 20 grid of decodings at the prior's
@@ -21,17 +25,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from inference import predictive
 from models.base import LatentModel
 from pyro_vae import checkpoint, figures
 from pyro_vae.cli import ArgumentParser, error, positive_int
 from pyro_vae.data import evaluation_split
 from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
 
 #: The files `draw_run_figures` writes (manifold.png only when z_dim = 2).
@@ -88,14 +93,18 @@ def interpolation_pairs(labels: torch.Tensor | None, num_pairs: int, n: int) -> 
 
 def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
                      history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0,
-                     image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
+                     image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+                     log: Callable[[str], None] = print) -> list[Path]:
     """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
 
-    The random draws (samples) use a forked RNG seeded by ``seed``: the caller's
-    random stream is untouched. Image grids are drawn with ``image_shape``
-    (C, H, W), else the model's recorded shape (``model.config.image``), else a
-    square one read from D; for images of no known shape only the latent map
-    and the curves. Returns the paths written.
+    Any model/guide pair of the contract (`models.base.LatentModel`) gets samples from its full prior and
+    reconstructions (`inference.predictive`, from traces, where the model has no ``generate``/``reconstruct``);
+    the latent map and interpolations need a central code (``encode`` and ``decode``), the manifold also
+    ``z_dim == 2``: a figure a model cannot give is skipped (a stale one removed) with one ``log`` line.
+    The random draws use a forked RNG seeded by ``seed``: the caller's random stream is untouched. Image grids
+    are drawn with ``image_shape`` (C, H, W), else the model's recorded shape (``model.config.image``), else a
+    square one read from D; for images of no known shape only the latent map and the curves. Returns the
+    paths written.
     """
     fig_dir = Path(fig_dir)
     written = []
@@ -104,28 +113,44 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
     shape = image_shape or getattr(getattr(model, "config", None), "image", None) \
         or figures.square_image_shape(x.shape[-1])
     drawable = shape is not None and math.prod(shape) == x.shape[-1]  # flat vectors of unknown shape: no grids
-    if not drawable:  # stale grids from another model would mislead
-        for name in ("samples.png", "reconstructions.png", "interpolation.png"):
-            (fig_dir / name).unlink(missing_ok=True)
+    has_code = all(callable(getattr(model, name, None)) for name in ("encode", "decode"))
+    code_site = getattr(model, "code_site", "z")
+    skipped = []
+    if not drawable:
+        skipped += ["samples.png", "reconstructions.png", "interpolation.png"]
+    if not has_code:
+        skipped += ["latent.png", "interpolation.png"]
+        log("note: no latent map or interpolations: the model has no central code (encode and decode)")
+    if not (has_code and drawable and getattr(model, "z_dim", None) == 2):
+        skipped.append("manifold.png")  # drawn for a 2-D code only
+    for name in skipped:  # a stale figure from another model would mislead
+        (fig_dir / name).unlink(missing_ok=True)
     try:
-        if drawable:
-            with forked_rng(x.device):
-                torch.manual_seed(seed)
-                written.append(figures.save_image_grid(model.generate(64), fig_dir / "samples.png", shape=shape))
-            written.append(figures.save_reconstructions(x[:32], model.reconstruct(x[:32]),
-                                                        fig_dir / "reconstructions.png", shape))
-        codes = latent_codes(model, x)
-        written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png", names=class_names))
-        if drawable:
-            starts, ends = interpolation_pairs(labels, 8, len(x))
-            rows = interpolate(model, x[starts], x[ends])
-            written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
-                                                   nrow=rows.shape[1], shape=shape))
-        if model.z_dim == 2 and drawable:
+        with forked_rng(x.device):
+            torch.manual_seed(seed)
+            if drawable:
+                samples = (model.generate(64) if callable(getattr(model, "generate", None))
+                           else predictive.prior_means(model.model, model.guide, x, 64))
+                written.append(figures.save_image_grid(samples, fig_dir / "samples.png", shape=shape))
+                if callable(getattr(model, "reconstruct", None)):
+                    recon = model.reconstruct(x[:32])
+                else:
+                    log("note: reconstructions at one draw of the guide (the model has no central code)")
+                    recon = predictive.guide_reconstructions(model.model, model.guide, x[:32])
+                written.append(figures.save_reconstructions(x[:32], recon, fig_dir / "reconstructions.png", shape))
+        if has_code:
+            codes = latent_codes(model, x)
+            written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png",
+                                               title=f"posterior means of test images ({code_site})",
+                                               names=class_names))
+            if drawable:
+                starts, ends = interpolation_pairs(labels, 8, len(x))
+                rows = interpolate(model, x[starts], x[ends])
+                written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
+                                                       nrow=rows.shape[1], shape=shape))
+        if "manifold.png" not in skipped:
             written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE,
                                                    shape=shape))
-        else:
-            (fig_dir / "manifold.png").unlink(missing_ok=True)  # a stale one from another model would mislead
         if history:
             written.append(figures.plot_elbo_curve(history, fig_dir / "elbo.png"))
     finally:
@@ -148,8 +173,6 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
     target = resolve_device(device)
     payload = checkpoint.read(path, map_location=target)
     model = checkpoint.build_model(payload).to(target)
-    if not isinstance(model, LatentModel):
-        raise CheckpointError(f"{path} holds a {type(model).__name__}, which has no encoder and decoder to draw")
     config = checkpoint.config_of(payload)
     history = checkpoint.history_of(payload)
     if config.dataset == "custom":

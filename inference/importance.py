@@ -74,7 +74,8 @@ class MarginalEstimate:
 
 # --- traces -> per-datapoint log weights ------------------------------------------------
 
-def _sample_sites(trace: poutine.Trace) -> dict[str, dict]:
+def sample_sites(trace: poutine.Trace) -> dict[str, dict]:
+    """The trace's sample sites (latent and observed), plates' subsample sites left out."""
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)}
 
@@ -136,16 +137,16 @@ def inspect_programs(model: Callable, guide: Callable, x: torch.Tensor) -> Layou
     """Trace once (one particle, no particle plate) to find plate nesting and check the structure."""
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    plates = {f.name for trace in (guide_trace, model_trace) for site in _sample_sites(trace).values()
+    plates = {f.name for trace in (guide_trace, model_trace) for site in sample_sites(trace).values()
               for f in site["cond_indep_stack"]}
     if DATA_PLATE not in plates:
         raise EstimationError(f"the model has no pyro.plate({DATA_PLATE!r}); put the datapoints in that plate")
-    guide_sites = tuple(n for n, s in _sample_sites(guide_trace).items() if not s["is_observed"])
-    model_sites = tuple(_sample_sites(model_trace))
-    missing = [n for n, s in _sample_sites(model_trace).items() if not s["is_observed"] and n not in guide_sites]
+    guide_sites = tuple(n for n, s in sample_sites(guide_trace).items() if not s["is_observed"])
+    model_sites = tuple(sample_sites(model_trace))
+    missing = [n for n, s in sample_sites(model_trace).items() if not s["is_observed"] and n not in guide_sites]
     if missing:
         raise EstimationError(f"model latent site(s) {missing} have no guide counterpart; the guide must sample every latent")
-    nesting = max([-f.dim for t in (guide_trace, model_trace) for s in _sample_sites(t).values()
+    nesting = max([-f.dim for t in (guide_trace, model_trace) for s in sample_sites(t).values()
                    for f in s["cond_indep_stack"] if f.vectorized] + [1])
     return Layout(-nesting - 1, guide_sites, model_sites)
 

@@ -48,10 +48,11 @@ from inference.evaluate import EvaluateConfig, evaluate, render_markdown
 from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
-from inference.run_start import RESUMABLE_CHANGES, default_out, needs_binary_pixels, prepare
+from inference.run_start import RESUMABLE_CHANGES, default_out, prepare
 from inference.cuda_graph import CudaGraphStep
 from inference.step import build_step
 from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
+from inference.predictive import observation_is_discrete
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
@@ -196,7 +197,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             return signum
         return step_fn.agree(signum or 0, f"at epoch {epoch + 1}, step {step}") or None
 
-    meaning = ("negative: a lower bound on log p(x), higher is better" if needs_binary_pixels(model)
+    meaning = ("negative: a lower bound on log p(x), higher is better"
+               if observation_is_discrete(model.model, model.guide, data.test[:1])
                else "a lower bound on the log-density of x, higher is better")
     num_batches = data.train.num_batches(config.batch_size)
     # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.

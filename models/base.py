@@ -1,4 +1,45 @@
-r"""The shape every model family here shares: p(z) p(x|z) with an amortised guide.
+r"""The contract every model family keeps, and the base of the one-latent VAEs.
+
+**The contract** (`LatentModel`). A model family is a ``PyroModule`` with two
+Pyro programs, ``model(x, kl_weight=1.0)`` and ``guide(x, kl_weight=1.0)``,
+for a batch of images ``x [B, D]``:
+
+- the datapoints sit in ``pyro.plate("data", len(x))`` in both programs;
+- any number of continuous latent sites, with any names and shapes, the same
+  sites in both programs (the guide samples every latent the model samples);
+- one observed site, of any name, with ``obs=x``;
+- ``kl_weight`` scales the latent sites (``poutine.scale``) for KL weighting
+  and warm-up; estimators read unscaled densities, so it changes no report;
+- ``init_kwargs()``: the constructor arguments a checkpoint stores to rebuild
+  it, and ``@register_model(NAME)`` (`models.registry`): the only way a
+  checkpoint names its class.
+
+That is all that training, checkpoints, the report (importance sampling, AIS,
+BDMC, the inference gaps, per-site rate and active units) and the figures may
+rely on. Everything below reads the two programs through Pyro traces.
+
+**Optional capabilities**, used where a model has them; where it has not,
+that figure or field is skipped (or made from traces) with one line saying so:
+
+- ``generate(n) -> [n, D]``: mean images E[x|z] for z from the prior (else:
+  the observed site's mean in a trace of the model with its observation
+  released, `inference.predictive`);
+- ``reconstruct(x) -> [B, D]``: E[x|z] at a central code of q(z|x) (else: at
+  one draw of the guide);
+- ``encode(x) -> [B, d]`` and ``decode(z) -> [..., D]``: a central code and its
+  mean image, for the latent map and interpolations (``code_site``, if set,
+  names the latent site the code belongs to, e.g. ``"z1"``); ``z_dim == 2``
+  adds the decoded manifold;
+- ``likelihood.binary_data``: the likelihood takes 0/1 pixels only (checked
+  against the data before training);
+- ``encoder`` and ``posterior_head`` (as `SingleLatentModel`): the inference
+  gaps fit q* in the guide's own family rather than a diagonal Normal.
+
+A subclass's own ``model`` and ``guide`` run as ``pyro_method``s (decorated or
+not), so its ``nn.Module`` parameters are Pyro parameters inside them.
+
+**One latent site** (`SingleLatentModel`, the base of `models.vae.VAE` and
+`models.linear.LinearGaussianVAE`)::
 
     model:  z_i ~ p(z) = N(0, I_{z_dim}),   x_i ~ p(x | z_i)          i in pyro.plate("data")
     guide:  z_i ~ q(z | x_i) = guide_family(encoder(x_i))
@@ -6,12 +47,9 @@ r"""The shape every model family here shares: p(z) p(x|z) with an amortised guid
 A subclass sets ``z_dim``, ``encoder`` (a module mapping ``[..., x_dim]`` to
 the raw parameters of the guide head) and ``posterior_head`` (see
 ``models.guides``), and defines ``observation(z)``. The latent site is ``"z"``,
-the observed site ``"x"``.
-
-``kl_weight`` scales the latent site in both programs (``poutine.scale``), so
-the ELBO becomes E_q[log p(x|z)] - kl_weight * KL(q(z|x) || p(z)): the beta-VAE
-objective, and KL warm-up when the weight grows from 0 to 1. Estimators of
-log p(x) read unscaled densities, so it does not change what they measure.
+the observed site ``"x"``; it has every optional capability. ``kl_weight``
+makes the ELBO E_q[log p(x|z)] - kl_weight * KL(q(z|x) || p(z)): the beta-VAE
+objective, and KL warm-up when the weight grows from 0 to 1.
 """
 
 from __future__ import annotations
@@ -28,15 +66,40 @@ from models.guides import GuideHead
 
 
 class LatentModel(PyroModule):
-    """Base of the VAE families: the prior, the amortised posterior and the two Pyro programs."""
+    """The contract (module doc): ``model(x, kl_weight)`` and ``guide(x, kl_weight)`` Pyro programs and
+    ``init_kwargs()``. Nothing else is assumed of a model."""
 
-    z_dim: int
-    encoder: torch.nn.Module
-    posterior_head: GuideHead
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``model`` and ``guide`` run as `pyro_method`s, decorated or not: inside the module's
+        Pyro context its parameters are Pyro parameters (``pyro.param`` sites), which the compiled losses take as
+        inputs. Written without it, a user's programs would trace the parameters as constants."""
+        super().__init_subclass__(**kwargs)
+        for name in ("model", "guide"):
+            program = cls.__dict__.get(name)
+            if callable(program) and not getattr(program, "_in_pyro_context", False):
+                wrapped = pyro_method(program)
+                wrapped._in_pyro_context = True
+                setattr(cls, name, wrapped)
 
     def init_kwargs(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this model (stored in checkpoints)."""
         raise NotImplementedError
+
+    def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """p(z) p(x|z) for images ``x [B, D]``, datapoints in ``pyro.plate("data")``."""
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> Any:
+        """q(z|x) for images ``x [B, D]``, the same latent sites as `model`."""
+        raise NotImplementedError
+
+
+class SingleLatentModel(LatentModel):
+    """One latent site ``"z"``: the prior, the amortised posterior, the two Pyro programs and every capability."""
+
+    z_dim: int
+    encoder: torch.nn.Module
+    posterior_head: GuideHead
 
     # --- the three distributions -------------------------------------------------
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
@@ -52,7 +115,6 @@ class LatentModel(PyroModule):
         return self.posterior_head(self.encoder(x))
 
     # --- the Pyro programs -------------------------------------------------------
-    @pyro_method
     def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """p(z) p(x|z) for images ``x [B, x_dim]``; returns ``x``."""
         with pyro.plate("data", x.shape[0]):
@@ -60,7 +122,6 @@ class LatentModel(PyroModule):
                 z = pyro.sample("z", self.prior(x))
             return pyro.sample("x", self.observation(z), obs=x)
 
-    @pyro_method
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """q(z|x) for images ``x [B, x_dim]``; returns ``z [B, z_dim]``."""
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):

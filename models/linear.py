@@ -21,14 +21,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from models.base import LatentModel
+from models.base import SingleLatentModel
 from models.guides import make_guide
 from models.registry import register_model
 from pyro_vae.errors import ConfigError
 
 
 @register_model("linear-gaussian")
-class LinearGaussianVAE(LatentModel):
+class LinearGaussianVAE(SingleLatentModel):
     """Linear decoder with Gaussian noise of fixed scale; linear encoder into a guide head (``diagonal``, ``full``)."""
 
     def __init__(self, x_dim: int, z_dim: int, noise_scale: float = 0.5, guide: str = "diagonal"):

@@ -14,7 +14,7 @@ The likelihood p(x|z) and the guide family q(z|x) are picked by name
 (``models.likelihoods.LIKELIHOODS``, ``models.guides.GUIDES``); to change
 another piece (the prior, say) subclass `VAE` and override one method. The
 prior, the amortised posterior and the Pyro programs live in
-`models.base.LatentModel`.
+`models.base.SingleLatentModel`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 
-from models.base import LatentModel
+from models.base import SingleLatentModel
 from models.guides import make_guide
 from models.likelihoods import make_likelihood
 from models.registry import register_model
@@ -34,7 +34,7 @@ from pyro_vae.nets import make_networks
 
 
 @register_model("vae")
-class VAE(LatentModel):
+class VAE(SingleLatentModel):
     """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP (or conv) encoder and mirrored decoder.
 
     Defaults are the ``burda2015`` preset: 784-200-200-50, tanh, Bernoulli

@@ -19,7 +19,7 @@ def _traces(vae, x):
     return guide_trace, model_trace
 
 
-def _sample_sites(trace):
+def sample_sites(trace):
     return {name: site for name, site in trace.nodes.items() if site["type"] == "sample" and name != "data"}
 
 
@@ -28,8 +28,8 @@ def test_sites_shapes_and_plates():
     x = torch.bernoulli(torch.full((5, 784), 0.3))
     guide_trace, model_trace = _traces(vae, x)
 
-    assert set(_sample_sites(guide_trace)) == {"z"}
-    assert set(_sample_sites(model_trace)) == {"z", "x"}
+    assert set(sample_sites(guide_trace)) == {"z"}
+    assert set(sample_sites(model_trace)) == {"z", "x"}
     z, obs = model_trace.nodes["z"], model_trace.nodes["x"]
     assert not z["is_observed"] and obs["is_observed"]
     assert torch.equal(obs["value"], x)
