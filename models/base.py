@@ -33,6 +33,7 @@ class LatentModel(PyroModule):
     z_dim: int
     encoder: torch.nn.Module
     posterior_head: GuideHead
+    code_site: str = "z"  # the latent site that `encode` / `decode` work on (figures title the latent map by it)
 
     def init_kwargs(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this model (stored in checkpoints)."""
