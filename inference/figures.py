@@ -121,8 +121,9 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
     if not has_code:
         skipped += ["latent.png", "interpolation.png"]
         log("note: no latent map or interpolations: the model has no central code (encode and decode)")
-    if not (has_code and drawable and getattr(model, "z_dim", None) == 2):
-        skipped.append("manifold.png")  # drawn for a 2-D code only
+    if not (has_code and drawable and getattr(model, "z_dim", None) == 2 and getattr(model, "standard_normal_code",
+                                                                                     False)):
+        skipped.append("manifold.png")  # a grid of N(0, 1) quantiles: for a 2-D code of prior N(0, I) only
     for name in skipped:  # a stale figure from another model would mislead
         (fig_dir / name).unlink(missing_ok=True)
     try:

@@ -21,9 +21,9 @@ import pyro
 import torch
 
 from inference.cuda_graph import set_capturable
+from models import build_from_config
 from models.base import LatentModel
 from models.registry import name_of
-from models.vae import VAE
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.data import DataSplits, check_held_out, load_splits
@@ -156,8 +156,8 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
             config = dataclasses.replace(config, dataset=data.source)
     if model is None:
         config = with_data_shape(config, data)  # the data say how many pixels, and of what shape
-        check_fits(lambda: VAE.from_config(config.model), device, "the model")
-        model = VAE.from_config(config.model)
+        check_fits(lambda: build_from_config(config.model), device, "the model")
+        model = build_from_config(config.model)
     model = model.to(device)
     _check_data(model, data, config.binarize)
     if group.world_size > 1 and config.batch_size < group.world_size:

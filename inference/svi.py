@@ -57,8 +57,8 @@ from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from pyro_vae import checkpoint, distributed
-from pyro_vae.cli import ArgumentParser, error, positive_int
-from pyro_vae.config import DEFAULT_PRESET, PRESETS, TrainConfig
+from pyro_vae.cli import ArgumentParser, error, latent_sizes, layer_widths, positive_int
+from pyro_vae.config import DEFAULT_PRESET, DEFAULT_PSEUDO_INPUTS, FAMILIES, PRESETS, PRIORS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
@@ -144,7 +144,7 @@ class TrainResult:
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None,
           model: LatentModel | None = None) -> TrainResult:
-    """Train ``VAE(config.model)`` (or ``model``) by SVI for ``config.epochs`` epochs; write into ``config.out``.
+    """Train ``models.build_from_config(config.model)`` (or ``model``) by SVI for ``config.epochs`` epochs; write into ``config.out``.
 
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS), help=f"published setup (default {DEFAULT_PRESET})")
-    m.add_argument("--latent-dim", type=positive_int, help=f"size of z (default {d.model.z_dim})")
-    m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, e.g. 200,200")
+    m.add_argument("--latent-dim", type=positive_int, help=f"size of z, vae family (default {d.model.z_dim})")
+    m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, vae family, e.g. 200,200")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
     m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default, any image size) or conv (square images, even side of at least 8)")
     m.add_argument("--likelihood", choices=list(LIKELIHOODS),
@@ -297,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--obs-scale", type=float, help="standard deviation sqrt(c) of the gaussian likelihood (default 1)")
     m.add_argument("--guide", choices=list(GUIDES), help="q(z|x): diagonal (default), full (scale_tril), iaf")
     m.add_argument("--flow-steps", type=positive_int, help="IAF transforms of --guide iaf (default 2)")
+    m.add_argument("--family", choices=FAMILIES,
+                   help="vae: one latent layer (default); hierarchical: L stochastic layers (Burda et al. 2015), "
+                        "sized by --latent-dims and --layer-hidden-dims (--preset burda2015-2layer sets both)")
+    m.add_argument("--latent-dims", type=latent_sizes, metavar="D1,D2,...",
+                   help="hierarchical family: sizes of z1 (nearest the data) .. zL, e.g. 100,50")
+    m.add_argument("--layer-hidden-dims", type=layer_widths, metavar="W,W/W,W",
+                   help="hierarchical family: each layer's hidden widths, layers split by '/', z1's first, e.g. "
+                        "200,200/100,100")
+    m.add_argument("--prior", choices=PRIORS,
+                   help="p(z) (the top layer's in the hierarchical family): standard N(0, I) (default), or vamp, "
+                        "the VampPrior (1/K) sum_k q(z|u_k) over K learned pseudo-inputs (Tomczak & Welling 2018)")
+    m.add_argument("--pseudo-inputs", type=positive_int, metavar="K",
+                   help=f"pseudo-inputs of --prior vamp (default {DEFAULT_PSEUDO_INPUTS})")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, help=f"total epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
@@ -357,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation", "arch": "arch",
-                "likelihood": "likelihood", "obs_scale": "obs_scale", "guide": "guide", "flow_steps": "flow_steps"}
+                "likelihood": "likelihood", "obs_scale": "obs_scale", "guide": "guide", "flow_steps": "flow_steps",
+                "family": "family", "latent_dims": "latent_dims", "layer_hidden_dims": "layer_hidden_dims",
+                "prior": "prior", "pseudo_inputs": "pseudo_inputs"}
 _RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 
@@ -397,7 +412,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         path = Path(args.out) / "checkpoint.pt"
         return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
-    model = dataclasses.replace(preset.model, **{_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    model = preset.model.changed({_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
     if args.obs_scale is not None and model.likelihood != "gaussian":
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")

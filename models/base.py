@@ -29,7 +29,8 @@ that figure or field is skipped (or made from traces) with one line saying so:
 - ``encode(x) -> [B, d]`` and ``decode(z) -> [..., D]``: a central code and its
   mean image, for the latent map and interpolations (``code_site``, if set,
   names the latent site the code belongs to, e.g. ``"z1"``); ``z_dim == 2``
-  adds the decoded manifold;
+  with ``standard_normal_code`` (the code's prior is N(0, I)) adds the decoded
+  manifold;
 - ``likelihood.binary_data``: the likelihood takes 0/1 pixels only (checked
   against the data before training);
 - ``encoder`` and ``posterior_head`` (as `SingleLatentModel`): the inference
@@ -100,6 +101,13 @@ class SingleLatentModel(LatentModel):
     z_dim: int
     encoder: torch.nn.Module
     posterior_head: GuideHead
+    code_site: str = "z"  # the latent site that `encode` / `decode` work on (figures title the latent map by it)
+
+    @property
+    def standard_normal_code(self) -> bool:
+        """Whether the code has the N(0, I) prior (not overridden), so the decoded manifold's grid of N(0, 1)
+        quantiles covers the prior."""
+        return type(self).prior is SingleLatentModel.prior
 
     # --- the three distributions -------------------------------------------------
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:

@@ -27,6 +27,8 @@ class MixturePriorVAE(VAE):
 
     def __init__(self, *args, num_components: int = 10, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.vamp is not None:
+            raise ConfigError("MixturePriorVAE's prior is its own learned mixture; it takes no --prior vamp")
         if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
             raise ConfigError(f"num_components must be a positive integer, got {num_components!r}")
         self.num_components = num_components

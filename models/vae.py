@@ -10,10 +10,11 @@ Both put the datapoints in ``pyro.plate("data", B)``; the latent site is
 ``[D]``). Trained by maximising the ELBO
 ``E_q[log p(x, z) - log q(z|x)] <= log p(x)`` (nats per image).
 
-The likelihood p(x|z) and the guide family q(z|x) are picked by name
-(``models.likelihoods.LIKELIHOODS``, ``models.guides.GUIDES``); to change
-another piece (the prior, say) subclass `VAE` and override one method. The
-prior, the amortised posterior and the Pyro programs live in
+The likelihood p(x|z), the guide family q(z|x) and the prior p(z) are picked
+by name (``models.likelihoods.LIKELIHOODS``, ``models.guides.GUIDES``,
+``models.priors``: N(0, I) or the VampPrior (1/K) sum_k q(z | u_k) over K
+learned pseudo-inputs); to change another piece subclass `VAE` and override
+one method. The amortised posterior and the Pyro programs live in
 `models.base.SingleLatentModel`.
 """
 
@@ -28,8 +29,10 @@ import torch
 from models.base import SingleLatentModel
 from models.guides import make_guide
 from models.likelihoods import make_likelihood
+from models.priors import make_prior
 from models.registry import register_model
-from pyro_vae.config import ModelConfig
+from pyro_vae.config import DEFAULT_PSEUDO_INPUTS, ModelConfig
+from pyro_vae.errors import ConfigError
 from pyro_vae.nets import make_networks
 
 
@@ -42,6 +45,8 @@ class VAE(SingleLatentModel):
     deviation of the ``gaussian`` likelihood, ``flow_steps`` the depth of the
     ``iaf`` guide, ``arch`` ``mlp`` or ``conv``; ``image_shape`` (C, H, W) of the
     ``x_dim`` pixels (the conv nets need it for anything but 28x28 grey).
+    ``prior`` ``standard`` (N(0, I)) or ``vamp``, the VampPrior with
+    ``pseudo_inputs`` K learned pseudo-inputs (`models.priors.VampPrior`).
     """
 
     def __init__(
@@ -56,29 +61,53 @@ class VAE(SingleLatentModel):
         flow_steps: int = 2,
         arch: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
+        prior: str = "standard",
+        pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS,
     ):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
-                                  flow_steps, arch, image_shape).validated()
+                                  flow_steps, arch, image_shape, prior=prior, pseudo_inputs=pseudo_inputs).validated()
         self.z_dim = z_dim
         self.likelihood = make_likelihood(likelihood, obs_scale)
         self.posterior_head = make_guide(guide, z_dim, flow_steps)
         self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
                                                    self.posterior_head.num_inputs, self.likelihood.params_per_pixel,
                                                    self.config.image)
+        self.vamp = make_prior(prior, x_dim, pseudo_inputs)  # None for N(0, I): no parameters, no state
+
+    #: ModelConfig fields that are not this family's constructor arguments (the hierarchical family's).
+    _OTHER_FAMILIES_FIELDS = ("family", "latent_dims", "layer_hidden_dims")
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VAE":
-        return cls(**dataclasses.asdict(config))
+        if config.family != "vae":
+            raise ConfigError(f"{cls.__name__} is the vae family; the config is of the {config.family!r} family "
+                              "(build it with models.build_from_config)")
+        kwargs = dataclasses.asdict(config)
+        for name in cls._OTHER_FAMILIES_FIELDS:
+            del kwargs[name]
+        return cls(**kwargs)
 
     def init_kwargs(self) -> dict[str, Any]:
         kwargs = dataclasses.asdict(self.config)
+        for name in self._OTHER_FAMILIES_FIELDS:
+            del kwargs[name]
         kwargs["hidden_dims"] = list(kwargs["hidden_dims"])
         if kwargs["image_shape"] is not None:
             kwargs["image_shape"] = list(kwargs["image_shape"])
         else:
             del kwargs["image_shape"]  # as checkpoints before image shapes were recorded
+        if kwargs["prior"] == "standard":  # as checkpoints before priors were named
+            del kwargs["prior"], kwargs["pseudo_inputs"]
         return kwargs
+
+    @property
+    def standard_normal_code(self) -> bool:
+        return self.vamp is None and type(self).prior is VAE.prior
+
+    def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """p(z): N(0, I) (`LatentModel.prior`), or the VampPrior (1/K) sum_k q(z | u_k), event shape ``[z_dim]``."""
+        return super().prior(x) if self.vamp is None else self.vamp(self.posterior)
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z) for latents ``z [..., z_dim]``, event shape ``[x_dim]``."""

@@ -51,3 +51,25 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
+
+
+def _sizes(text: str, flag: str, example: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated positive integers like {example}, "
+                                         f"got {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated positive integers like {example}, got {text!r}")
+    return sizes
+
+
+def latent_sizes(text: str) -> tuple[int, ...]:
+    """argparse type of ``--latent-dims``: ``100,50`` -> (100, 50)."""
+    return _sizes(text, "--latent-dims", "100,50")
+
+
+def layer_widths(text: str) -> tuple[tuple[int, ...], ...]:
+    """argparse type of ``--layer-hidden-dims``: layers split by ``/``, ``200,200/100,100`` -> ((200, 200), (100, 100))."""
+    return tuple(_sizes(layer, "--layer-hidden-dims", "200,200/100,100 (layers split by '/')")
+                 for layer in text.split("/"))

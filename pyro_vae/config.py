@@ -47,13 +47,31 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: Model families a config can name (``models.build_from_config`` builds them): the one-layer VAE, and
+#: L >= 1 stochastic layers (``models.hierarchical``).
+FAMILIES = ("vae", "hierarchical")
+#: Priors of the (top) latent layer (``models.priors``): N(0, I), or the VampPrior of Tomczak & Welling (2018).
+PRIORS = ("standard", "vamp")
+#: K, the VampPrior's pseudo-inputs, unless ``--pseudo-inputs`` says otherwise (the paper's choice for MNIST).
+DEFAULT_PSEUDO_INPUTS = 500
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a VAE: ``x_dim -> hidden_dims -> z_dim`` and back.
+    """Shape of a model: for the ``vae`` family ``x_dim -> hidden_dims -> z_dim`` and back.
 
     ``likelihood`` and ``guide`` are names from the registries in
     ``models.likelihoods`` and ``models.guides``; ``arch`` one of
     ``pyro_vae.nets.ARCHITECTURES``.
+
+    ``family`` (`FAMILIES`) picks the model class. The ``hierarchical`` family has L stochastic layers
+    z1 (nearest the data) .. zL of sizes ``latent_dims``, layer l's networks of widths ``layer_hidden_dims[l]``
+    (q(z_l | z_{l-1}) in that order, p(z_{l-1} | z_l) mirrored; z_0 = x); its ``z_dim`` and ``hidden_dims`` are
+    its first layer's (z1, the code layer), so they must equal ``latent_dims[0]`` and ``layer_hidden_dims[0]``:
+    `ModelConfig.hierarchical` fills them in. The ``vae`` family leaves both per-layer fields None.
+
+    ``prior`` (`PRIORS`) is p(z) of the vae family and p(z_L) of the hierarchical one; ``pseudo_inputs`` is the
+    VampPrior's K. A config written before these fields existed loads as the one-layer VAE with N(0, I).
     """
 
     x_dim: int = 784
@@ -66,13 +84,62 @@ class ModelConfig:
     flow_steps: int = 2  # transforms of the ``iaf`` guide
     arch: str = "mlp"
     image_shape: tuple[int, ...] | None = None  # (C, H, W) of the x_dim pixels; None: 1 x 28 x 28 when x_dim is 784
+    family: str = "vae"
+    latent_dims: tuple[int, ...] | None = None  # hierarchical: sizes of z1..zL
+    layer_hidden_dims: tuple[tuple[int, ...], ...] | None = None  # hierarchical: widths of each layer's networks
+    prior: str = "standard"
+    pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS  # K of the VampPrior (prior "vamp" only)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the tuple so configs compare equal after a round trip.
-        for name in ("hidden_dims", "image_shape"):
+        for name in ("hidden_dims", "image_shape", "latent_dims"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)) and all(isinstance(h, int) for h in value):
                 object.__setattr__(self, name, tuple(value))
+        value = self.layer_hidden_dims
+        if isinstance(value, (list, tuple)) and all(isinstance(w, (list, tuple)) and all(isinstance(h, int) for h in w)
+                                                    for w in value):
+            object.__setattr__(self, "layer_hidden_dims", tuple(tuple(w) for w in value))
+
+    @classmethod
+    def hierarchical(cls, latent_dims: tuple[int, ...], layer_hidden_dims: tuple[tuple[int, ...], ...],
+                     **settings: Any) -> "ModelConfig":
+        """The ``hierarchical`` family's config, its ``z_dim`` and ``hidden_dims`` taken from the first layer.
+
+        ``ModelConfig.hierarchical((100, 50), ((200, 200), (100, 100)))`` is Burda et al.'s two-layer model.
+        """
+        latent, widths = tuple(latent_dims), tuple(tuple(w) for w in layer_hidden_dims)
+        return cls(family="hierarchical", latent_dims=latent, layer_hidden_dims=widths,
+                   z_dim=latent[0] if latent else 0, hidden_dims=widths[0] if widths else (), **settings)
+
+    def changed(self, changes: dict[str, Any]) -> "ModelConfig":
+        """This config with the fields in ``changes`` set (a preset's model changed by command-line flags).
+
+        The hierarchical family is sized by ``latent_dims`` and ``layer_hidden_dims``, each one not changed
+        kept from this config (a one-layer config gives its ``z_dim`` and ``hidden_dims`` as layer 1), and its
+        ``z_dim`` and ``hidden_dims`` follow its first layer: changing those two instead is refused
+        (`ConfigError`). ``family="vae"`` on a hierarchical config keeps its first layer alone.
+        """
+        changes = dict(changes)
+        if changes.get("family", self.family) != "hierarchical":
+            base = self if self.family != "hierarchical" else dataclasses.replace(self, latent_dims=None,
+                                                                                  layer_hidden_dims=None)
+            return dataclasses.replace(base, **changes)
+        one_layer = [flag for name, flag in (("z_dim", "--latent-dim"), ("hidden_dims", "--hidden-dims"))
+                     if name in changes]
+        _require(not one_layer, f"{' and '.join(one_layer)} {'size' if len(one_layer) > 1 else 'sizes'} the vae "
+                                "family's one layer; the hierarchical family "
+                                "takes --latent-dims (z1 first, e.g. 100,50) and --layer-hidden-dims (e.g. "
+                                "200,200/100,100)")
+        latent = tuple(changes.pop("latent_dims", self.latent_dims or (self.z_dim,)))
+        widths = tuple(changes.pop("layer_hidden_dims", self.layer_hidden_dims or (self.hidden_dims,)))
+        return dataclasses.replace(self, **changes, latent_dims=latent, layer_hidden_dims=widths,
+                                   z_dim=latent[0] if latent else 0, hidden_dims=widths[0] if widths else ())
+
+    @property
+    def num_layers(self) -> int:
+        """L, the stochastic layers: ``len(latent_dims)`` for the hierarchical family, else 1."""
+        return len(self.latent_dims) if self.family == "hierarchical" and self.latent_dims else 1
 
     @property
     def image(self) -> tuple[int, ...] | None:
@@ -82,6 +149,15 @@ class ModelConfig:
     def validated(self) -> "ModelConfig":
         """``self``, or `ConfigError` naming the first setting no model can take (as its flag)."""
         _require(_positive_int(self.x_dim), f"x_dim must be a positive integer, got {self.x_dim!r}")
+        for name in ("family", "prior"):
+            _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
+        _require(self.family in FAMILIES, f"--family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.family == "hierarchical":  # first: its z_dim and hidden_dims are read from its layers
+            self._validate_layers()
+        else:
+            _require(self.latent_dims is None and self.layer_hidden_dims is None,
+                     "--latent-dims and --layer-hidden-dims size the hierarchical family's layers; the vae family "
+                     "takes --latent-dim and --hidden-dims: drop them, or add --family hierarchical")
         _require(_positive_int(self.z_dim), f"--latent-dim must be a positive integer, got {self.z_dim!r}")
         _require(isinstance(self.hidden_dims, tuple) and len(self.hidden_dims) > 0
                  and all(_positive_int(h) for h in self.hidden_dims),
@@ -98,7 +174,35 @@ class ModelConfig:
         _require(self.likelihood == "gaussian" or self.obs_scale == 1.0,
                  f"--obs-scale sets the gaussian likelihood's standard deviation; the {self.likelihood!r} likelihood "
                  "does not use it: drop it, or use --likelihood gaussian")
+        self._validate_prior()
         return self
+
+    def _validate_prior(self) -> None:
+        _require(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        _require(_positive_int(self.pseudo_inputs),
+                 f"--pseudo-inputs must be a positive integer, got {self.pseudo_inputs!r}")
+        _require(self.prior == "vamp" or self.pseudo_inputs == DEFAULT_PSEUDO_INPUTS,
+                 "--pseudo-inputs sets the VampPrior's number of pseudo-inputs; the standard prior does not use it: "
+                 "drop it, or add --prior vamp")
+        _require(self.prior != "vamp" or self.guide != "iaf",
+                 "--prior vamp is a mixture of the guide's q(z|u_k), which takes --guide diagonal or full, not iaf")
+
+    def _validate_layers(self) -> None:
+        latent, widths = self.latent_dims, self.layer_hidden_dims
+        _require(isinstance(latent, tuple) and len(latent) > 0 and all(_positive_int(d) for d in latent),
+                 f"--latent-dims must be one or more positive integers (z1 first), got {latent!r}")
+        _require(isinstance(widths, tuple) and all(isinstance(w, tuple) and len(w) > 0
+                                                   and all(_positive_int(h) for h in w) for w in widths),
+                 f"--layer-hidden-dims must give one or more positive widths per layer, got {widths!r}")
+        _require(len(widths) == len(latent),
+                 f"--layer-hidden-dims must give one list of widths per layer: {len(latent)} for --latent-dims "
+                 f"{','.join(map(str, latent))}, got {len(widths)}")
+        _require(self.z_dim == latent[0] and tuple(self.hidden_dims) == widths[0],
+                 f"the hierarchical family's z_dim and hidden_dims are its first layer's ({latent[0]} and "
+                 f"{widths[0]}), got {self.z_dim} and {self.hidden_dims}; build it with ModelConfig.hierarchical")
+        _require(self.guide == "diagonal",
+                 f"the hierarchical family's layers are diagonal Normals; --guide {self.guide} is the vae family's")
+        _require(self.arch == "mlp", f"the hierarchical family's networks are MLPs; --arch {self.arch} is the vae family's")
 
 
 @dataclass(frozen=True)
@@ -117,6 +221,10 @@ class Preset:
 #: ``burda2015``: the VAE of Burda et al. (2015), Table 1 (784-200-200-50, tanh,
 #: k=1). ``burda2015-iwae``: the same net trained on the IWAE bound with k=50.
 #: ``pyro-example``: Pyro's own VAE example (one hidden layer of 400, softplus, z=50).
+#: ``burda2015-2layer``: Burda et al.'s two stochastic layers, 784-200-200-[100]-100-100-[50], tanh, trained on
+#: the ELBO by sampled KL (``--elbo trace``: the closed-form ``meanfield`` is biased for stacked layers);
+#: ``burda2015-2layer-iwae``: the same net on the IWAE bound with k=50.
+_TWO_LAYER = ModelConfig.hierarchical((100, 50), ((200, 200), (100, 100)), activation="tanh")
 PRESETS: dict[str, Preset] = {
     "burda2015": Preset(ModelConfig(z_dim=50, hidden_dims=(200, 200), activation="tanh"), {},
                         86.76, "Burda et al. 2015, Table 1 (VAE, k=1; 3280 epochs; k=5000 estimate)"),
@@ -125,6 +233,12 @@ PRESETS: dict[str, Preset] = {
                              84.78, "Burda et al. 2015, Table 1 (IWAE, k=50; 3280 epochs; k=5000 estimate)"),
     "pyro-example": Preset(ModelConfig(z_dim=50, hidden_dims=(400,), activation="softplus"), {}, None,
                            "Pyro's examples/vae/vae.py"),
+    "burda2015-2layer": Preset(_TWO_LAYER, {"elbo": "trace"}, 85.33,
+                               "Burda et al. 2015, Table 1 (VAE, two stochastic layers, k=1; 3280 epochs; "
+                               "k=5000 estimate)"),
+    "burda2015-2layer-iwae": Preset(_TWO_LAYER, {"elbo": "iwae", "num_particles": 50}, 82.90,
+                                    "Burda et al. 2015, Table 1 (IWAE, two stochastic layers, k=50; 3280 epochs; "
+                                    "k=5000 estimate)"),
 }
 DEFAULT_PRESET = "burda2015"
 
@@ -192,6 +306,10 @@ class TrainConfig:
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         self.model.validated()
+        _require(not (self.model.num_layers > 1 and self.elbo == "meanfield"),
+                 f"--elbo meanfield takes each layer's KL in closed form at the guide's sample of the layer above, "
+                 f"which is biased when q(z2|z1) depends on z1 (TraceMeanField_ELBO's mean-field condition); the "
+                 f"{self.model.num_layers}-layer hierarchical family trains with --elbo trace or iwae")
         _require(_positive_int(self.epochs), f"--epochs must be a positive integer, got {self.epochs!r}")
         _require(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size!r}")
         _require(_positive_int(self.num_particles), f"--num-particles must be a positive integer, got {self.num_particles!r}")
@@ -236,6 +354,10 @@ class TrainConfig:
         d["model"]["hidden_dims"] = list(self.model.hidden_dims)
         if self.model.image_shape is not None:
             d["model"]["image_shape"] = list(self.model.image_shape)
+        if self.model.latent_dims is not None:
+            d["model"]["latent_dims"] = list(self.model.latent_dims)
+        if self.model.layer_hidden_dims is not None:
+            d["model"]["layer_hidden_dims"] = [list(w) for w in self.model.layer_hidden_dims]
         return d
 
     @classmethod
