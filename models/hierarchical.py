@@ -35,7 +35,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import pyro_method
 from torch import nn
 
 from models.base import LatentModel
@@ -139,7 +138,6 @@ class HierarchicalVAE(LatentModel):
         return self.likelihood(self.decoder(z1))
 
     # --- the Pyro programs -------------------------------------------------------
-    @pyro_method
     def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """p(z_L) prod_l p(z_l | z_{l+1}) p(x | z1) for images ``x [B, x_dim]``; returns ``x``."""
         with pyro.plate("data", x.shape[0]):
@@ -149,7 +147,6 @@ class HierarchicalVAE(LatentModel):
                     z = pyro.sample(self.sites[layer], self.conditional(layer, z))
             return pyro.sample("x", self.observation(z), obs=x)
 
-    @pyro_method
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """prod_l q(z_l | z_{l-1}) for images ``x [B, x_dim]``; returns ``z1 [B, d_1]``."""
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
@@ -167,3 +164,18 @@ class HierarchicalVAE(LatentModel):
         for layer in reversed(range(len(self.sites) - 1)):
             z = self.conditional(layer, z).sample()
         return self.decode(z)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The code of images ``x [B, x_dim]``: the mean of q(z1|x), ``[B, d_1]``."""
+        return self.posterior(x).mean
+
+    @torch.no_grad()
+    def decode(self, z1: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x|z1] for codes ``z1 [..., d_1]``: ``[..., x_dim]``."""
+        return self.observation(z1).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x|z1] at the mean of q(z1|x): ``[B, x_dim]``."""
+        return self.decode(self.encode(x))

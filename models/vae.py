@@ -106,7 +106,7 @@ class VAE(SingleLatentModel):
         return self.vamp is None and type(self).prior is VAE.prior
 
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """p(z): N(0, I) (`LatentModel.prior`), or the VampPrior (1/K) sum_k q(z | u_k), event shape ``[z_dim]``."""
+        """p(z): N(0, I) (`SingleLatentModel.prior`), or the VampPrior (1/K) sum_k q(z | u_k), event shape ``[z_dim]``."""
         return super().prior(x) if self.vamp is None else self.vamp(self.posterior)
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
