@@ -142,7 +142,7 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
         if has_code:
             codes = latent_codes(model, x)
             written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png",
-                                               title=f"posterior means of test images ({code_site})",
+                                               title=f"posterior means ({code_site})",
                                                names=class_names))
             if drawable:
                 starts, ends = interpolation_pairs(labels, 8, len(x))
