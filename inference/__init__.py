@@ -8,6 +8,7 @@ steps), `rate_distortion` (the ELBO split into rate and distortion).
 
 Estimating log p(x): `importance` (importance sampling from the guide: log p-hat(x), the IWAE ladder, ESS,
 PSIS k-hat), `gaps` (approximation and amortisation gaps), `ais` (annealed importance sampling and the BDMC
-sandwich), `evaluate` (the report, ``python -m inference.evaluate``) and `figures` (pictures of a trained
-model, ``python -m inference.figures``).
+sandwich), `evaluate` (the report, ``python -m inference.evaluate``), `compare` (paired per-image differences
+of reports on the same images, ``python -m inference.compare``) and `figures` (pictures of a trained model,
+``python -m inference.figures``).
 """

@@ -5,20 +5,101 @@ program as a graph, which removes Pyro's Python from each training step. It
 also freezes anything the program computes in Python from the data, so
 `check_compiled` runs the compiled and the plain loss side by side before the
 first step, and training uses the compiled one only when they agree.
+
+Pyro's ``pyro.ops.jit.trace`` passes each parameter to ``torch.jit.trace`` once per *name*, so a
+tensor that a model reaches under two names (a layer shared by two networks, weights tied between
+the generative and the inference network) is passed twice, and the tracer hands the program a
+different tensor for the second copy: Pyro's own ``assert constrained_param.unconstrained() is
+unconstrained_param`` then fails with an empty message. `SharedParameterFunction` passes each
+tensor once, under all its names; the losses here compile with it.
 """
 
 from __future__ import annotations
 
+import traceback
 import warnings
 import weakref
+from pathlib import Path
 
+import pyro
 import pyro.ops.jit
 import torch
+from pyro import poutine
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.ops.jit import _hashable_args_kwargs
+from pyro.util import ignore_jit_warnings
 
 from pyro_vae.device import forked_rng
 from pyro_vae.errors import CompileError
+
+
+class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
+    """``pyro.ops.jit.CompiledFunction`` that passes each parameter tensor to ``torch.jit.trace`` once.
+
+    Pyro's passes one input per parameter *name*; a tensor shared by several names (tied weights)
+    then reaches the traced program as two inputs, and Pyro's identity check fails (module doc).
+    Here the inputs are the distinct tensors, in the order the program first reaches them, and
+    every name maps to its tensor's input. Compiled once per number of positional arguments and
+    value of the keyword arguments, as Pyro's.
+    """
+
+    def __call__(self, *args, **kwargs):
+        key = _hashable_args_kwargs(args, kwargs)
+        if key not in self.compiled:
+            with poutine.block(), poutine.trace(param_only=True) as first_capture:
+                self.fn(*args, **kwargs)
+            self._param_names = list(first_capture.trace.nodes)
+            slot_of_tensor: dict[int, int] = {}
+            slots: list[int] = []  # name i -> its tensor's input
+            for name in self._param_names:
+                slots.append(slot_of_tensor.setdefault(id(pyro.param(name).unconstrained()), len(slot_of_tensor)))
+            self._slots = slots
+            self._first_names = [self._param_names[slots.index(i)] for i in range(len(slot_of_tensor))]
+            weakself = weakref.ref(self)
+
+            def compiled(*params_and_args):
+                self = weakself()
+                tensors, args = params_and_args[: len(self._first_names)], params_and_args[len(self._first_names):]
+                constrained = {}
+                for name, slot in zip(self._param_names, self._slots):
+                    param = pyro.param(name)  # initialised by the capture above
+                    if param.unconstrained() is not tensors[slot]:
+                        raise RuntimeError(f"pyro.param({name!r}) is not the tensor passed to the compiled function")
+                    constrained[name] = param
+                return poutine.replay(self.fn, params=constrained)(*args, **kwargs)
+
+            if self.ignore_warnings:
+                compiled = ignore_jit_warnings()(compiled)
+            inputs = tuple(pyro.param(name).unconstrained() for name in self._first_names) + args
+            with pyro.validation_enabled(False):
+                self.jit_options.pop("time_compilation", None)
+                self.compiled[key] = torch.jit.trace(compiled, inputs, **self.jit_options)
+        else:
+            inputs = tuple(pyro.param(name).unconstrained() for name in self._first_names) + args
+        with poutine.block(hide=self._param_names), poutine.trace(param_only=True) as capture:
+            result = self.compiled[key](*inputs)
+        for name in capture.trace.nodes:
+            if name not in self._param_names:
+                raise NotImplementedError("pyro.ops.jit.trace assumes all params are created on first invocation, "
+                                          f"but found new param: {name}")
+        return result
+
+
+class _CompiledWithSharedParameters:
+    """Descriptor for the attribute in which a Pyro JIT loss stores its ``pyro.ops.jit.trace`` function: what is
+    stored there is re-wrapped as a `SharedParameterFunction` (the same program, compiled on its first call)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__.get(self.name)
+
+    def __set__(self, obj, value) -> None:
+        if type(value) is pyro.ops.jit.CompiledFunction:
+            value = SharedParameterFunction(value.fn, value.ignore_warnings, value.jit_options)
+        obj.__dict__[self.name] = value
 
 
 class JitTraceELBO(JitTrace_ELBO):
@@ -27,8 +108,10 @@ class JitTraceELBO(JitTrace_ELBO):
     Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with
     ``loss`` still attached to the graph inside the compiled function, so its
     gradient is 2x ``Trace_ELBO``'s (Adam hardly notices; SGD would).
-    `check_compiled` compares the two, so a change in Pyro shows.
+    `check_compiled` compares the two, so a change in Pyro shows. Compiled by `SharedParameterFunction`.
     """
+
+    _loss_and_surrogate_loss = _CompiledWithSharedParameters()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
@@ -43,8 +126,11 @@ class JitTraceMeanFieldELBO(JitTraceMeanField_ELBO):
     finds it: every call builds and traces a new function, which runs the Pyro
     program three times (a warm-up, the trace, the graph) and so draws other
     random numbers than the plain loss on the same seed. That, not the maths,
-    is why it failed `check_compiled`; reusing the stored function fixes both.
+    is why it failed `check_compiled`; reusing the stored function fixes both. Compiled by
+    `SharedParameterFunction`.
     """
+
+    _differentiable_loss = _CompiledWithSharedParameters()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         compiled = getattr(self, "_differentiable_loss", None)
@@ -67,12 +153,12 @@ class CompiledSurrogate:
         if compiled is None:
             weakself = weakref.ref(self)
 
-            @pyro.ops.jit.trace(ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options)
-            def compiled(*args, **kwargs):
+            def surrogate(*args, **kwargs):
                 # model and guide travel as keyword arguments, so each pair is its own compiled key and trace
                 model, guide = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_guide")
                 return super(CompiledSurrogate, weakself()).loss_and_surrogate_loss(model, guide, *args, **kwargs)
 
+            compiled = SharedParameterFunction(surrogate, self.ignore_jit_warnings, self.jit_options)
             self._compiled_surrogate = compiled
         return compiled(*args, _pyro_model=model, _pyro_guide=guide, **kwargs)
 
@@ -112,8 +198,7 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
         try:
             return loss_and_grads(compiled, x)
         except Exception as e:  # noqa: BLE001 - any failure to compile or run means: do not use it
-            cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""  # some causes print whole tensors
-            raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {type(e).__name__}: {cause}") from e
+            raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {failure_cause(e)}") from e
 
     with forked_rng(probe.device), warnings.catch_warnings():
         # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
@@ -131,6 +216,22 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
                     raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
                                        f"same seed (in {key}: relative difference {difference:.2g})")
     return differences
+
+
+def failure_cause(e: BaseException) -> str:
+    """``Type: first line of the message`` (200 characters at most: some causes print whole tensors); for an empty
+    message (a bare ``assert``), where it was raised instead: ``AssertionError at pyro/ops/jit.py:96 (assert ...)``."""
+    text = str(e).strip()
+    if text:
+        return f"{type(e).__name__}: {text.splitlines()[0][:200]}"
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return f"{type(e).__name__} (no message)"
+    last = frames[-1]
+    parts = Path(last.filename).parts
+    where = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else last.filename
+    line = (last.line or "").strip()
+    return f"{type(e).__name__} at {where}:{last.lineno}" + (f" ({line[:160]})" if line else "")
 
 
 def relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:

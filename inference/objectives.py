@@ -23,8 +23,27 @@ Gradient estimators of the same objectives (the same expectation, other variance
 How the surrogates are built, without re-deriving densities: Pyro's traces give log q_phi(z) with
 z = z(phi, eps) from ``rsample``, so autograd yields path + score. Adding
 log q_phi(stop_grad(z)) - its value (zero in value) adds the score term back with the opposite
-sign, leaving the path term. For DReG a backward hook on each latent value multiplies the
-gradient reaching z_j by w~_j, so the encoder path gets w~_j^2 while the decoder keeps w~_j.
+sign, leaving the path term. With several latent sites the score term of site s is
+d/dphi log q_phi(z_s | z_parents) at *all* z fixed, so that term is computed on a replay of the
+guide on the detached values (`_score_cancelling_terms`): the trace's own distribution of z_s was
+computed from the undetached parents, and cancelling through it would also remove the path terms
+that reach phi through them.
+
+For DReG the model is run on views of the guide's latent values, and a backward hook on each view
+multiplies the gradient by w~_j: the model's path into the encoder gets w~_j^2, the decoder keeps
+w~_j, and the path-only log q terms are weighted w~_j^2 in the surrogate itself. Tucker et al.'s
+identity is one of the joint reparameterisation z = T_phi(eps) of all sites, so it holds for
+several sites, a guide site depending on another included (q(z2|z1) q(z1|x)): the factor applies
+once per particle to the whole path derivative. (A hook on each of the guide's own values would
+apply it again at every site a later one depends on.) It needs one KL weight over all latent sites.
+
+`TraceMeanField_ELBO` takes each site's KL in closed form given the values the other sites were
+sampled at. That is an estimate of the ELBO only when no latent that the model conditions site s on
+is sampled by the guide *from* s (Pyro's docs: for every latent z, its parents in the model must
+not be descendants of z in the guide). A bottom-up guide q(z1|x) q(z2|z1) against a top-down model
+p(z2) p(z1|z2) breaks it: KL(q(z1|x) || p(z1|z2)) integrates z1 out while z2 was drawn given z1.
+`meanfield_violation` finds such a pair on a probe batch; `inference.step` then trains ``trace``
+with one line saying why, or refuses an explicit ``--elbo meanfield``.
 """
 
 from __future__ import annotations
@@ -32,13 +51,14 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
-from pyro.distributions import TransformedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_identically_zero
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import warn_if_nan
+from torch.distributions import kl_divergence
 
 from inference.compiled import CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO
 from pyro_vae.errors import ConfigError
@@ -52,17 +72,39 @@ def _latent_sites(trace) -> list[dict]:
             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
 
 
-def _score_cancelling(site: dict) -> torch.Tensor:
+def _score_cancelling(site: dict, fn=None) -> torch.Tensor:
     """log q_phi(stop_grad(z)) minus its value, per element: zero, with the *score* term's gradient.
 
     Added to the ELBO surrogate, it cancels the score term that autograd puts into -log q_phi(z).
-    Scale (``poutine.scale``) and mask as Pyro applies them to the site's own log-density.
+    Scale (``poutine.scale``) and mask as Pyro applies them to the site's own log-density. ``fn``:
+    the site's distribution computed from detached parents (`_score_cancelling_terms`), else the trace's.
     """
     _, score_function_term, _ = site["score_parts"]
     if not is_identically_zero(score_function_term):
         raise ConfigError(f"--gradient stl/dreg need a reparameterised guide; site {site['name']!r} is not")
-    log_prob = scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
+    fn = site["fn"] if fn is None else fn
+    log_prob = scale_and_mask(fn.log_prob(site["value"].detach()), site["scale"], site["mask"])
     return log_prob - log_prob.detach()
+
+
+def _score_cancelling_terms(latents: list[dict], guide, args, kwargs) -> list[torch.Tensor]:
+    """`_score_cancelling` of each latent site of a guide trace (module doc).
+
+    With one site its distribution depends on no other latent, so the trace's own is used. With several,
+    ``guide`` (as the trace ran it, particle plate included) is replayed on the detached values, so each
+    site's distribution is computed from detached parents and the term holds the score and nothing else.
+    """
+    if len(latents) == 1:
+        return [_score_cancelling(latents[0])]
+    detached = {site["name"]: site["value"].detach() for site in latents}
+    with poutine.block(hide_types=["sample"]):  # an outer trace would see the sites twice
+        replayed = poutine.trace(poutine.condition(guide, data=detached)).get_trace(*args, **kwargs)
+    return [_score_cancelling(site, replayed.nodes[site["name"]]["fn"]) for site in latents]
+
+
+def _particles(elbo: ELBO, fn):
+    """``fn`` as `ELBO._get_traces` runs it: in the vectorised particle plate when there is one."""
+    return elbo._vectorized_num_particles(fn) if elbo.vectorize_particles else fn
 
 
 class TraceSTL_ELBO(Trace_ELBO):
@@ -76,9 +118,10 @@ class TraceSTL_ELBO(Trace_ELBO):
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         loss, surrogate = 0.0, 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            latents = _latent_sites(guide_trace)
             elbo = sum(site["log_prob_sum"] for site in model_trace.nodes.values() if site["type"] == "sample")
-            elbo = elbo - sum(site["log_prob_sum"] for site in _latent_sites(guide_trace))
-            cancel = sum(_score_cancelling(site).sum() for site in _latent_sites(guide_trace))
+            elbo = elbo - sum(site["log_prob_sum"] for site in latents)
+            cancel = sum(t.sum() for t in _score_cancelling_terms(latents, _particles(self, guide), args, kwargs))
             loss = loss - elbo / self.num_particles
             surrogate = surrogate - (elbo + cancel) / self.num_particles
         return loss, surrogate
@@ -103,8 +146,9 @@ class JitTraceSTL_ELBO(CompiledSurrogate, TraceSTL_ELBO):
 class IWAE_DReG(Trace_ELBO):
     """The IWAE bound with doubly reparameterised gradients (module doc); its value equals ``RenyiELBO(alpha=0)``'s.
 
-    Needs every sample site inside the datapoints' plate (``max_plate_nesting=1``)
-    and a reparameterised guide. ``num_particles`` is k; particles are always
+    Needs every sample site inside the datapoints' plate (``max_plate_nesting=1``), a reparameterised
+    guide and one KL weight (``poutine.scale``) over all latent sites. Any number of latent sites, one
+    depending on another included, and flow guides. ``num_particles`` is k; particles are always
     vectorised. Eager only: the weight hook is not something tracing records.
     """
 
@@ -115,55 +159,150 @@ class IWAE_DReG(Trace_ELBO):
         kwargs["vectorize_particles"] = True
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
 
-    def _log_weights(self, model, guide, args, kwargs) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-        """``(log w [k, B], score-cancelling terms [k, B], guide latent sites)`` from one vectorised trace."""
+    def _get_trace(self, model, guide, args, kwargs):
+        """The guide's trace, and the model's run on *views* of its latent values (the hooks' place, module doc)."""
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        views = {site["name"]: site["value"].view_as(site["value"]) for site in _latent_sites(guide_trace)}
+        model_trace = poutine.trace(poutine.condition(model, data=views)).get_trace(*args, **kwargs)
+        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        missing = sorted(set(views) - set(model_trace.nodes))
+        if missing:
+            raise ConfigError(f"the guide samples {', '.join(map(repr, missing))}, which the model does not")
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        return model_trace, guide_trace
+
+    def _log_weights(self, model, guide, args, kwargs):
+        """``(model log p [k, B], path-only log q [k, B], the model's latent views, their KL weight)``."""
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
         latents = _latent_sites(guide_trace)
-        for site in latents:
-            fn = getattr(site["fn"], "base_dist", site["fn"])
-            if isinstance(site["fn"], TransformedDistribution) or isinstance(fn, TransformedDistribution):
-                # a flow caches z -> base sample, so log q would skip the hook on z: the encoder would get w~, not w~^2
-                raise ConfigError("--gradient dreg does not support flow guides (--guide iaf); use --guide diagonal or full")
-        if len(latents) != 1:  # a latent that depends on another would get both hooks' factors
-            raise ConfigError("--gradient dreg supports one latent site; this guide has "
-                              f"{', '.join(s['name'] for s in latents)}")
         shape = (self.num_particles, len(args[0]))
         sites = [*model_sites, *latents]
         if any(tuple(s["log_prob"].shape) != shape for s in sites):
             raise ConfigError(f"--gradient dreg needs every sample site in the datapoints' plate; log-densities have "
                               f"shapes {[list(s['log_prob'].shape) for s in sites]}, not {list(shape)}")
-        log_w = sum(s["log_prob"] for s in model_sites) - sum(s["log_prob"] for s in latents)
-        cancel = sum(_score_cancelling(s) for s in latents)
-        return log_w, cancel, latents
+        scale = _common_scale([*latents, *(model_trace.nodes[s["name"]] for s in latents)])
+        cancel = sum(_score_cancelling_terms(latents, _particles(self, guide), args, kwargs))
+        log_p = sum(s["log_prob"] for s in model_sites)
+        log_q_path = sum(s["log_prob"] for s in latents) - cancel
+        return log_p, log_q_path, [model_trace.nodes[s["name"]]["value"] for s in latents], scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_w, cancel, latents = self._log_weights(model, guide, args, kwargs)
+        log_p, log_q_path, views, beta = self._log_weights(model, guide, args, kwargs)
+        log_w = log_p - log_q_path  # the value of log w (the cancelling terms are zero)
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)  # [B]
         weights = torch.softmax(log_w.detach(), dim=0)  # w~ [k, B]
-        for site in latents:
-            value = site["value"]
-            if value.requires_grad:  # the encoder's path: w~ more, so w~^2 in all (module doc)
-                # Under a KL weight beta on the site, log w = log p(x|z) + beta (log p(z) - log q(z)); the
-                # reparameterisation identity then gives (1 - beta) w~ + beta w~^2 (beta = 1: w~^2).
-                beta = site["scale"]
-                factor = weights if not torch.is_tensor(beta) and beta == 1.0 else (1 - beta) + beta * weights
+        # The encoder's path gets c = (1 - beta) w~ + beta w~^2 (beta = 1: w~^2): from the reparameterisation
+        # identity on the score term, beta (w~ - w~^2) of it, under a KL weight beta on the latent sites.
+        factor = weights if not torch.is_tensor(beta) and beta == 1.0 else (1 - beta) + beta * weights  # c / w~
+        for value in views:
+            if value.requires_grad:  # the model's path into the encoder: w~ more, so c in all
                 scale = factor.reshape(factor.shape + (1,) * (value.dim() - factor.dim()))
                 value.register_hook(lambda grad, scale=scale: grad * scale)
-        surrogate = (weights * (log_w + cancel)).sum()
+        surrogate = (weights * log_p).sum() - (weights * factor * log_q_path).sum()
         loss = -bound.sum()
         warn_if_nan(loss, "loss")
         return loss.detach() - (surrogate - surrogate.detach())
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            log_w, _, _ = self._log_weights(model, guide, args, kwargs)
-            return -float((torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum())
+            log_p, log_q, _, _ = self._log_weights(model, guide, args, kwargs)
+            return -float((torch.logsumexp(log_p - log_q, dim=0) - math.log(self.num_particles)).sum())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss)
+
+
+def _common_scale(sites: list[dict]) -> float | torch.Tensor:
+    """The one ``poutine.scale`` of ``sites`` (model and guide latents); `ConfigError` if they differ."""
+    first = sites[0]["scale"]
+    for site in sites[1:]:
+        scale = site["scale"]
+        same = (scale is first or (not torch.is_tensor(scale) and not torch.is_tensor(first) and scale == first)
+                or (torch.is_tensor(scale) and torch.is_tensor(first) and scale.shape == first.shape
+                    and bool((scale == first).all())))
+        if not same:
+            raise ConfigError("--gradient dreg needs one KL weight (poutine.scale) on every latent site of model and "
+                              f"guide; {sites[0]['name']!r} has {first}, {site['name']!r} {scale}")
+    return first
+
+
+def meanfield_violation(model, guide, *args, **kwargs) -> str | None:
+    """Why ``TraceMeanField_ELBO`` would not estimate the ELBO of ``model``/``guide`` on these arguments, or None.
+
+    The condition (module doc; Pyro's ``TraceMeanField_ELBO`` docs): for every latent site s whose KL it
+    takes in closed form, no site the model draws s depending on may be drawn by the guide depending on s,
+    directly or through other sites. Sites in the same order in both programs meet it (what Pyro's own
+    check, a warning, tests): then the guide and the model run once each. Otherwise each site's parents
+    are read off autograd: both programs run again on the sampled values as leaf tensors, and site b
+    depends on site a when b's log-density at its value reaches a's leaf. A dependence that the program
+    hides from autograd (``.detach()``, ``.item()``) is not seen. Random: call it under a forked RNG.
+    """
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    latents = [site["name"] for site in _latent_sites(guide_trace)]
+    model_order = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and name in latents]
+    if model_order == latents:
+        return None
+    values = {name: guide_trace.nodes[name]["value"] for name in latents}
+    discrete = [name for name, value in values.items() if not torch.is_floating_point(value)]
+    if discrete:
+        return (f"the guide draws its latent sites in another order than the model (guide: {', '.join(latents)}; "
+                f"model: {', '.join(model_order)}), and how they depend on each other cannot be traced through the "
+                f"discrete site {discrete[0]!r}, so TraceMeanField_ELBO's closed-form KL cannot be shown to "
+                "estimate the ELBO")
+    leaves = {name: value.detach().requires_grad_() for name, value in values.items()}
+    with poutine.block(), torch.enable_grad():
+        guide_again = poutine.trace(poutine.condition(guide, data=leaves)).get_trace(*args, **kwargs)
+        model_again = poutine.trace(poutine.condition(model, data=leaves)).get_trace(*args, **kwargs)
+        guide_parents, model_parents = _parents(guide_again, leaves), _parents(model_again, leaves)
+    for site in model_order:
+        descendants = _descendants(site, guide_parents)
+        both = [name for name in model_order if name in model_parents[site] and name in descendants]
+        if both and _closed_form_kl(guide_again.nodes[site]["fn"], model_again.nodes[site]["fn"]):
+            other = both[0]
+            how = "depending on" if site in guide_parents[other] else "downstream of"
+            return (f"the guide draws {other!r} {how} {site!r} while the model draws {site!r} depending on "
+                    f"{other!r}, so TraceMeanField_ELBO's closed-form KL for {site!r} would not estimate the ELBO")
+    return None
+
+
+def _parents(trace, leaves: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+    """Latent site -> the latent sites (of ``leaves``) its distribution in ``trace`` depends on, by autograd."""
+    parents = {}
+    for name, leaf in leaves.items():
+        others = [other for other in leaves if other != name]
+        log_prob = trace.nodes[name]["fn"].log_prob(leaf).sum()
+        grads = torch.autograd.grad(log_prob, [leaves[o] for o in others], allow_unused=True) \
+            if others and log_prob.requires_grad else [None] * len(others)
+        parents[name] = {other for other, grad in zip(others, grads) if grad is not None}
+    return parents
+
+
+def _descendants(site: str, parents: dict[str, set[str]]) -> set[str]:
+    """The sites that depend on ``site``, directly or through others, in a program with these ``parents``."""
+    found, frontier = set(), [site]
+    while frontier:
+        current = frontier.pop()
+        for child, its_parents in parents.items():
+            if current in its_parents and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _closed_form_kl(q, p) -> bool:
+    """Whether ``TraceMeanField_ELBO`` takes KL(q || p) in closed form (it samples the term otherwise)."""
+    try:
+        with torch.no_grad():
+            kl_divergence(q, p)
+    except NotImplementedError:
+        return False
+    return True
 
 
 #: (``--elbo``, ``--gradient``) -> (plain class, JIT-compiled class or None, fixed arguments).

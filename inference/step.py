@@ -8,9 +8,14 @@ against the plain loss before the first step (`inference.compiled.check_compiled
 falling back to the plain loss, with the reason, when the check fails. On CUDA
 it then captures the whole step in a CUDA graph where that checks out
 (`inference.cuda_graph`), again falling back, with the reason, when it does not.
+Before all that, `objective_for` checks that ``meanfield`` (the default) estimates
+the ELBO of the model at hand, and trains ``trace`` with one line saying why
+where it does not (`inference.objectives.meanfield_violation`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from pyro.infer.elbo import ELBO
@@ -18,11 +23,12 @@ from pyro.infer.elbo import ELBO
 from inference.compiled import check_compiled
 from inference.cuda_graph import build_graph_step, wants_graph
 from inference.data_parallel import DataParallelStep, LossAndGrads
-from inference.objectives import jit_available, make_elbo
+from inference.objectives import jit_available, make_elbo, meanfield_violation
 from models.base import LatentModel
 from pyro_vae.config import TrainConfig
+from pyro_vae.device import forked_rng
 from pyro_vae.distributed import Group
-from pyro_vae.errors import CaptureError, CompileError
+from pyro_vae.errors import CaptureError, CompileError, ConfigError
 
 
 class PlainStep:
@@ -73,6 +79,26 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     return PlainStep(loss_and_grads, optim)
 
 
+def objective_for(model: LatentModel, config: TrainConfig, probe: torch.Tensor, log=print,
+                  chosen: bool = False) -> TrainConfig:
+    """``config``, or, where ``config.elbo`` is ``meanfield`` and `meanfield_violation` finds that
+    ``TraceMeanField_ELBO`` would not estimate ``model``'s ELBO on ``probe``, ``config`` with ``elbo="trace"``
+    and one logged line saying why; with ``chosen`` (the user named ``--elbo meanfield``) a `ConfigError`
+    instead. The check runs the guide and the model on ``probe`` under a forked RNG: the training stream
+    is left where it was.
+    """
+    if config.elbo != "meanfield":
+        return config
+    with forked_rng(probe.device):
+        why = meanfield_violation(model.model, model.guide, probe)
+    if why is None:
+        return config
+    if chosen:
+        raise ConfigError(f"--elbo meanfield does not apply to this model: {why}; use --elbo trace")
+    log(f"note: training --elbo trace, not the default meanfield: {why}")
+    return dataclasses.replace(config, elbo="trace")
+
+
 def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optimizer, probe: torch.Tensor,
                log=print, group: Group | None = None) -> tuple:
     """``(step, compiled)``: the training step for ``config``, JIT-compiled and CUDA-graphed where that is safe.
@@ -85,8 +111,11 @@ def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optim
     default) captures the compiled step in a CUDA graph on CUDA, in one process,
     when `build_graph_step`'s check passes, else logs why and runs it uncaptured;
     True insists (`ConfigError`/`CaptureError`); False, and every CPU run, never
-    captures. The step is then a `inference.cuda_graph.CudaGraphStep`.
+    captures. The step is then a `inference.cuda_graph.CudaGraphStep`. ``config.elbo`` ``meanfield`` where it
+    does not estimate ``model``'s ELBO trains ``trace`` (`objective_for`, which ``train`` calls first, so
+    that the run records the objective it trained).
     """
+    config = objective_for(model, config, probe, log)
     step, compiled = _compiled_or_plain(model, config, optim, probe, log, group)
     device = next(model.parameters()).device
     if not wants_graph(config.cuda_graph, device, group.world_size if group is not None else 1, compiled) \

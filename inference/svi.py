@@ -50,9 +50,9 @@ from inference.objectives import ELBO_NAMES, GRADIENTS
 from inference.rate_distortion import rate_distortion
 from inference.run_start import RESUMABLE_CHANGES, default_out, prepare
 from inference.cuda_graph import CudaGraphStep
-from inference.step import build_step
-from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
+from inference.step import build_step, objective_for
 from inference.predictive import observation_is_discrete
+from inference.stopping import Interrupted, StopRequest, interrupt_on_signals
 from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
@@ -143,7 +143,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, data: DataSplits | None = None,
-          model: LatentModel | None = None) -> TrainResult:
+          model: LatentModel | None = None, elbo_chosen: bool = False) -> TrainResult:
     """Train ``models.build_from_config(config.model)`` (or ``model``) by SVI for ``config.epochs`` epochs; write into ``config.out``.
 
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
@@ -160,6 +160,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     global batch of ``config.batch_size`` images (`inference.data_parallel`),
     draws its own Monte Carlo noise, and all stop together (a signal, a NaN or
     an error on any rank); rank 0 alone writes files and logs.
+
+    ``config.elbo`` ``meanfield`` (the default) where ``TraceMeanField_ELBO`` does not estimate the
+    model's ELBO (a guide drawing a site from one that the model draws it from: `inference.step.objective_for`)
+    trains ``trace``, says so in one line and records ``trace`` in the run's config; with ``elbo_chosen``
+    (``--elbo meanfield`` on the command line) it is a `ConfigError` instead.
     """
     config.validated()
     group, device = distributed.setup(config.device)
@@ -167,8 +172,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     progress = progress and group.is_main
     with distributed.together("before training"):
         config, data, model, optim, start = prepare(config, resume, data, model, device, group)
-        step_fn, compiled = build_step(model, config, optim, probe=data.test[: config.batch_size], log=log,
-                                       group=group)
+        probe = data.test[: config.batch_size]
+        config = objective_for(model, config, probe, log, chosen=elbo_chosen)  # the run records what it trains
+        step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
         out_dir = Path(config.out)
         if group.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"paper's batch is {BURDA2015_BATCH_SIZE}: pass --batch-size {BURDA2015_BATCH_SIZE} for it (the "
                         "schedule does not change the batch size)")
     t.add_argument("--elbo", choices=ELBO_NAMES,
-                   help=f"trace: Trace_ELBO; meanfield: TraceMeanField_ELBO, the KL in closed form; iwae: "
-                        f"RenyiELBO(alpha=0) (default {d.elbo})")
+                   help=f"trace: Trace_ELBO; meanfield: TraceMeanField_ELBO, the KL in closed form (where it is "
+                        f"not the ELBO, a guide drawing a site from one the model draws it from, the default trains "
+                        f"trace with a note, and --elbo meanfield is refused); iwae: RenyiELBO(alpha=0) "
+                        f"(default {d.elbo})")
     t.add_argument("--gradient", choices=GRADIENTS,
                    help="gradient estimator: standard (default); stl, sticking the landing (--elbo trace); "
                         "dreg, doubly reparameterised (--elbo iwae)")
@@ -440,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         out = Path(config.out)
-        result = train(config, resume=args.resume, progress=not args.no_progress)
+        result = train(config, resume=args.resume, progress=not args.no_progress, elbo_chosen=args.elbo is not None)
         speak = not distributed.quiet_rank()
         if result.interrupted:
             epoch, step = result.position

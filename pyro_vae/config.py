@@ -306,10 +306,6 @@ class TrainConfig:
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         self.model.validated()
-        _require(not (self.model.num_layers > 1 and self.elbo == "meanfield"),
-                 f"--elbo meanfield takes each layer's KL in closed form at the guide's sample of the layer above, "
-                 f"which is biased when q(z2|z1) depends on z1 (TraceMeanField_ELBO's mean-field condition); the "
-                 f"{self.model.num_layers}-layer hierarchical family trains with --elbo trace or iwae")
         _require(_positive_int(self.epochs), f"--epochs must be a positive integer, got {self.epochs!r}")
         _require(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size!r}")
         _require(_positive_int(self.num_particles), f"--num-particles must be a positive integer, got {self.num_particles!r}")

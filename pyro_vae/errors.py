@@ -46,6 +46,10 @@ class CaptureError(ConfigError):
     """A training step that failed to capture in a CUDA graph, or whose replay disagreed with the plain step."""
 
 
+class ReportError(PyroVAEError):
+    """A report folder that is missing or damaged, or reports that cannot be compared (other test images)."""
+
+
 class PeerFailed(PyroVAEError):
     """Another process of a ``torchrun`` job failed (``rank`` names it); this one stopped with it."""
 

@@ -15,6 +15,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from inference import svi
 from inference.evaluate import evaluate, published_entry
 from inference.importance import estimate_log_marginal
+from inference.step import objective_for
 from models import VAE, HierarchicalVAE, build_from_config
 from models.guides import MIN_SCALE
 from models.priors import DiagonalNormalMixture
@@ -167,7 +168,7 @@ def test_two_layer_capabilities_and_log_marginal_above_the_elbo():
     assert torch.isfinite(est.log_px).all() and (est.log_px >= est.elbo).all()
 
 
-def test_closed_form_kl_is_biased_for_stacked_layers_so_meanfield_is_refused():
+def test_closed_form_kl_is_biased_for_stacked_layers_so_meanfield_is_refused_or_replaced():
     """TraceMeanField_ELBO replaces E[log p(z1|z2) - log q(z1|x)] by -KL(q(z1|x) || p(z1|z2)) at the guide's z2,
     as if z2 did not depend on z1; it does (q(z2|z1)), so the two differ (here by nats, layers coupled)."""
     pyro.set_rng_seed(0)
@@ -183,11 +184,17 @@ def test_closed_form_kl_is_biased_for_stacked_layers_so_meanfield_is_refused():
         p1 = model.conditional(0, model.layer_posterior(1, z1).sample())
         bias = (p1.log_prob(z1) - p1.log_prob(q1.sample((n,)))).mean(0)  # joint minus what the closed form sees
     assert bias.abs().max() > 1.0, bias
-    two_layer = PRESETS["burda2015-2layer"].model
-    with pytest.raises(ConfigError, match="--elbo meanfield .* biased"):
-        TrainConfig(model=two_layer, elbo="meanfield").validated()
-    TrainConfig(model=two_layer, elbo="trace").validated()
-    TrainConfig(model=two_layer.changed({"latent_dims": (8,), "layer_hidden_dims": ((32,),)}), elbo="meanfield").validated()
+    # the general check (inference.step.objective_for) sees it: refused when asked for, the default falls back
+    two_layer = build_from_config(PRESETS["burda2015-2layer"].model)
+    probe = _binary(4)
+    with pytest.raises(ConfigError, match="--elbo meanfield does not apply to this model: .*'z1'"):
+        objective_for(two_layer, TrainConfig(elbo="meanfield"), probe, chosen=True)
+    notes = []
+    assert objective_for(two_layer, TrainConfig(elbo="meanfield"), probe, log=notes.append).elbo == "trace"
+    assert len(notes) == 1 and notes[0].startswith("note: training --elbo trace")
+    one_layer = build_from_config(PRESETS["burda2015-2layer"].model.changed(
+        {"latent_dims": (8,), "layer_hidden_dims": ((32,),)}))
+    assert objective_for(one_layer, TrainConfig(elbo="meanfield"), probe, chosen=True).elbo == "meanfield"
 
 
 def _config(*flags: str) -> TrainConfig:
@@ -215,15 +222,23 @@ def test_flags_size_the_layers_and_pick_the_prior():
     (["--pseudo-inputs", "20"], "--pseudo-inputs sets the VampPrior"),
     (["--prior", "vamp", "--guide", "iaf"], "--prior vamp .* not iaf"),
     (["--preset", "burda2015-2layer", "--latent-dim", "10"], "--latent-dim sizes the vae family"),
-    (["--preset", "burda2015-2layer", "--elbo", "meanfield"], "--elbo meanfield"),
     (["--preset", "burda2015-2layer", "--guide", "full"], "diagonal Normals"),
     (["--preset", "burda2015-2layer", "--latent-dims", "8,4,2"], "one list of widths per layer: 3"),
     (["--latent-dims", "100,50"], "hierarchical family's layers"),
-], ids=["k-without-vamp", "vamp-iaf", "latent-dim", "meanfield", "full-guide", "widths-count", "vae-latent-dims"])
+], ids=["k-without-vamp", "vamp-iaf", "latent-dim", "full-guide", "widths-count", "vae-latent-dims"])
 def test_settings_no_model_can_take_are_one_line_config_errors(flags, message):
     with pytest.raises(ConfigError, match=message) as caught:
         _config(*flags)
     assert "\n" not in str(caught.value)
+
+
+def test_an_explicit_meanfield_on_two_layers_is_one_line_and_writes_nothing(mnist_root, tmp_path, capsys):
+    status = svi.main(["--preset", "burda2015-2layer", "--elbo", "meanfield", "--epochs", "1", "--train-limit", "200",
+                       "--test-limit", "50", "--data-dir", str(mnist_root), "--out", str(tmp_path / "run"),
+                       "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("error: --elbo meanfield does not apply to this model") and "\n" not in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flags", [["--pseudo-inputs", "0"], ["--latent-dims", "100,x"],

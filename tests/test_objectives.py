@@ -199,12 +199,13 @@ def test_dreg_under_a_kl_weight_matches_the_iwae_gradient_of_that_weight():
 
 
 def test_dreg_refuses_what_it_cannot_estimate():
+    """One particle is refused; a flow guide is not (tests/test_multisite.py checks its gradient's expectation)."""
     from models.vae import VAE
 
     with pytest.raises(ConfigError, match="at least 2"):
         make_elbo("iwae", num_particles=1, gradient="dreg")
     pyro.clear_param_store()
     vae = VAE(z_dim=3, hidden_dims=(8,), guide="iaf")
-    with pytest.raises(ConfigError, match="does not support flow guides"):
-        make_elbo("iwae", num_particles=2, gradient="dreg").differentiable_loss(
-            vae.model, vae.guide, torch.bernoulli(torch.full((4, 784), 0.3)), 1.0)
+    loss = make_elbo("iwae", num_particles=2, gradient="dreg").differentiable_loss(
+        vae.model, vae.guide, torch.bernoulli(torch.full((4, 784), 0.3)), 1.0)
+    assert torch.isfinite(loss)
