@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         rate = ", ".join(f"{s} {v['rate']['mean']:.1f}" for s, v in sites.items())
         active = ", ".join(f"{s} {v['active_units']}/{v['units']}" for s, v in sites.items())
         diff = differences.get(folder.name)
-        paired = (f"{diff['log_px']['mean']:+.2f} ± {diff['log_px']['se']:.2f}" if diff else "(baseline)")
+        paired = (f"{diff['difference']['log_px']['mean']:+.2f} ± {diff['difference']['log_px']['se']:.2f}" if diff
+                  else "(baseline)")
         pub = f"{published[0]:.2f} ({published[1]})" if published else "n/a (other architecture)"
         print(f"| {name} | {report['log_px']['mean']:.2f} ± {report['log_px']['se']:.2f} | "
               f"{report['ais']['log_px']['mean']:.2f} | {report['elbo']['mean']:.2f} | {paired} | {rate} | {active} | "

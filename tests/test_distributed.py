@@ -16,6 +16,7 @@ from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.distributed import Group, current, sharded_map
 
 from conftest import REPO
+import user_models  # noqa: F401 - registers the models written from scratch, as a user's import does
 
 TIMEOUT = 600  # a hung rank fails the test instead of hanging CI
 
@@ -117,6 +118,17 @@ def test_two_processes_train_in_step_and_like_one_process(mnist_root, tmp_path):
     assert config.batch_size == 100  # the global batch, as given
     single = _state(tmp_path / "one0" / "checkpoint.pt")["model_state"]
     assert not any(torch.equal(v, rank1[k]) for k, v in single.items() if v.numel() > 1)  # own noise: close, not a copy
+
+
+def test_a_model_written_from_scratch_trains_on_two_processes_in_step(mnist_root, tmp_path):
+    """Two stochastic layers, other site names, no VAE attribute: data-parallel training keeps the ranks equal."""
+    run = _torchrun(mnist_root, str(tmp_path / "two"), "--epochs", "2", "--train-limit", "1200", "--test-limit", "100",
+                    "--user-model", "two-layer", "--dump", str(tmp_path / "dump"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (_state(tmp_path / "dump" / f"rank{r}-epoch2.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0) and any("q_top" in k for k in rank0)
+    model, config = load(tmp_path / "two", device="cpu")  # tests/user_models is imported here too
+    assert type(model).__name__ == "TwoLayerVAE" and config.elbo == "trace"
 
 
 def test_a_signal_to_one_rank_stops_both_and_resuming_equals_an_uninterrupted_run(mnist_root, tmp_path):

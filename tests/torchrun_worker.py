@@ -24,6 +24,7 @@ from pyro_vae import distributed
 from pyro_vae.cli import error
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import PyroVAEError
+from user_models import USER_MODELS  # registers them, as a user's own module does
 
 
 def inject(kind: str, rank: int, call: int) -> None:
@@ -63,6 +64,8 @@ def main() -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--dump", type=Path)
     p.add_argument("--fault", help="raise|sigterm:RANK:CALL")
+    p.add_argument("--user-model", choices=sorted(USER_MODELS),
+                   help="train a model written from scratch (tests/user_models.py) instead of the VAE")
     args = p.parse_args()
     if args.fault:
         kind, rank, call = args.fault.split(":")
@@ -75,8 +78,10 @@ def main() -> int:
         if args.resume:  # continue from wherever the checkpoint stopped
             first = len(torch.load(Path(args.out) / "checkpoint.pt", weights_only=True)["history"]) + 1
         for epoch in range(first, args.epochs + 1):
-            result = svi.train(dataclasses.replace(config, epochs=epoch), resume=args.resume or epoch > 1,
-                               progress=False)
+            resuming = args.resume or epoch > 1
+            model = USER_MODELS[args.user_model]() if args.user_model and not resuming else None
+            result = svi.train(dataclasses.replace(config, epochs=epoch, elbo="trace" if args.user_model else config.elbo),
+                               resume=resuming, progress=False, model=model)
             if result.interrupted:
                 return result.exit_status
             if args.dump:
