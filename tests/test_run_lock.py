@@ -172,7 +172,6 @@ def test_a_refusal_after_the_checks_changes_nothing(mnist_root, tmp_path, monkey
     """Both runs past their checks at once: the one that locks second is refused when it locks, writing nothing."""
     out = tmp_path / "run"
     assert svi.main([*TINY, "--data-dir", str(mnist_root), "--out", str(out)]) == 0
-    before = hashes(out)
     monkeypatch.setattr(svi, "check_free", lambda folder: None)  # as if the other run locked after this one looked
     with RunLock(out, "training"):
         before = hashes(out)
@@ -218,7 +217,7 @@ def test_a_second_report_into_the_same_folder_is_refused(tiny_run, monkeypatch, 
     assert run_evaluate.main(argv) == 0
     err = capsys.readouterr().err
     assert second == [2]
-    assert one_error_line(err) .startswith(f"error: {tiny_run / 'report'} is in use by another run (pid {os.getpid()}")
+    assert one_error_line(err).startswith(f"error: {tiny_run / 'report'} is in use by another run (pid {os.getpid()}")
     assert json.loads((tiny_run / "report" / "report.json").read_text())["num_samples"] == 4
 
 
