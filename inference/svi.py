@@ -243,7 +243,7 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
 
     def save(epoch: int, step: int, partial: dict | None = None, record: dict | None = None) -> None:
         """Checkpoint, then (``record``) the epoch's metrics line: the folder never claims more than the checkpoint
-        holds. A write error is `WriteFailed` on every rank (rank 0 names the file)."""
+        holds. A write error is `WriteFailed` on rank 0 (naming the file), `PeerFailed` on the others."""
         nonlocal saved
         rng_states = distributed.all_gather(checkpoint.rng_state())  # every rank's noise, for an exact resume
         with distributed.together(f"writing the checkpoint of epoch {epoch + (1 if step else 0)}"):
