@@ -47,13 +47,15 @@ from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_
 from inference.rate_distortion import rate_distortion
 from inference.stopping import Interrupted, interrupt_on_signals
 from pyro_vae import checkpoint, distributed, figures
-from pyro_vae.cli import ArgumentParser, error, non_negative_int, positive_int
+from pyro_vae.cli import ArgumentParser, error, exit_status, non_negative_int, positive_int
 from pyro_vae.config import PRESETS, ModelConfig, TrainConfig
 from pyro_vae.data import evaluation_images
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.distributed import sharded_map
 from pyro_vae.errors import ConfigError, DataError, EstimationError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
+from pyro_vae.run_lock import RunLock, check_free
+from pyro_vae.writes import write_failed, write_text_atomic
 
 KHAT_GOOD, KHAT_BAD = 0.5, 0.7
 #: The files a report writes into its folder.
@@ -175,6 +177,18 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
     options = dataclasses.replace(options or EvaluateConfig(), **fields).validated()
     run = load_run(source, options)
     x = report_images(run, options, images)
+    with distributed.together("before the report"):  # checked; from here on the report folder is this run's
+        lock = RunLock(run.out_dir, "the report").acquire() if run.group.is_main else None
+    try:
+        return _evaluate(run, x, options, progress, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(run: LoadedRun, x: torch.Tensor, options: EvaluateConfig, progress: bool, started: float
+              ) -> dict[str, Any]:
+    """The estimates and the report of `evaluate`, with the report folder locked (rank 0)."""
     est = importance_estimate(run.model, x, options, progress)
     estimate_seconds = time.perf_counter() - started
     ais = ais_estimate(run.model, x[:options.ais_limit], options, progress) if options.ais_steps else None
@@ -195,7 +209,11 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
         report["published"] = published
 
     if run.group.is_main:  # one report, written by rank 0
-        write_report(run.out_dir, report, est, ais, sandwich, gap_values)
+        try:
+            write_report(run.out_dir, report, est, ais, sandwich, gap_values)
+        except OSError as e:  # no space, quota, I/O: one line (`WriteFailed`, exit status 1), not a traceback
+            raise write_failed(e.filename or run.out_dir, e, f"{run.path} is untouched",
+                               "free space and run the report again") from None
     return report
 
 
@@ -211,6 +229,7 @@ def load_run(source: str | Path, options: EvaluateConfig) -> LoadedRun:
     model = checkpoint.build_model(payload).to(device).eval()
     config = checkpoint.config_of(payload)
     check_writable_dir(out_dir, files=REPORT_FILES)
+    check_free(out_dir)  # another report being written there: say so before any estimate is run
     return LoadedRun(path, sha256, payload, model, config, device, group, out_dir)
 
 
@@ -376,8 +395,8 @@ def write_report(out_dir: Path, report: dict[str, Any], est: MarginalEstimate, a
                  sandwich: Any, gap_values: dict[str, list[float]]) -> None:
     """Write `REPORT_FILES` into ``out_dir``: the report as JSON and Markdown, the per-image table, the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")  # whole, or the old one kept
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     write_per_image(out_dir / "per_image.csv", est, None if ais is None else ais[0])
     figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
@@ -583,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate(args.source, EvaluateConfig.from_args(args), progress=not args.no_progress)
             is_main = distributed.current().is_main  # rank 0 prints the report (before the group is left below)
     except PyroVAEError as e:  # under torchrun every rank meets the same bad input: rank 0 says it once
-        return 2 if distributed.quiet_rank() else error(e)
+        return exit_status(e) if distributed.quiet_rank() else error(e)
     except Interrupted as e:
         if not distributed.quiet_rank():
             print(f"error: stopped by {e}; the report was not finished", file=sys.stderr)

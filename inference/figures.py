@@ -38,6 +38,8 @@ from pyro_vae.data import evaluation_split
 from pyro_vae.device import DEVICE_CHOICES, forked_rng, resolve_device
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
+from pyro_vae.run_lock import check_free, run_lock
+from pyro_vae.writes import write_failed
 
 #: The files `draw_run_figures` writes (manifold.png only when z_dim = 2).
 FIGURE_FILES = ("samples.png", "reconstructions.png", "latent.png", "interpolation.png", "manifold.png", "elbo.png")
@@ -165,12 +167,17 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
 
     ``out`` defaults to ``RUN_DIR/figures``. Data are downloaded only into a
     ``data_dir`` given here, never into one named by the (untrusted) checkpoint.
+    Drawing holds the lock (`pyro_vae.run_lock`) of RUN_DIR when into ``RUN_DIR/figures``, else of ``out``:
+    `FolderInUse` while another process writes there; `WriteFailed` naming a figure that cannot be written.
     """
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be at least 1, got {test_limit}")
     path = checkpoint.resolve_path(source)
     fig_dir = Path(out) if out else path.parent / "figures"
     check_writable_dir(fig_dir, files=FIGURE_FILES)
+    # Into RUN/figures: the run folder's lock (a training there draws them too); elsewhere: that folder's own.
+    locked = path.parent if fig_dir.absolute() == (path.parent / "figures").absolute() else fig_dir
+    check_free(locked)
     target = resolve_device(device)
     payload = checkpoint.read(path, map_location=target)
     model = checkpoint.build_model(payload).to(target)
@@ -187,7 +194,12 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "
                         f"images have {x.shape[1]}; draw it with the data it was trained on")
-    return draw_run_figures(model, x, labels, history, fig_dir, seed, class_names=classes)
+    with run_lock(locked, "figures"):
+        try:
+            return draw_run_figures(model, x, labels, history, fig_dir, seed, class_names=classes)
+        except OSError as e:
+            raise write_failed(e.filename or fig_dir, e, f"the figures written before it and {path} are kept",
+                               "free space and draw them again") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,9 @@ from each step, most of its cost over hand-written PyTorch. On CUDA the whole st
 captured in a CUDA graph where a replay checks out (`inference.cuda_graph`).
 
 A run writes into ``OUT``: ``config.json``, ``metrics.jsonl`` (one line per
-epoch), ``checkpoint.pt`` (every epoch, atomically) and ``figures/``. Under
+epoch, added once that epoch's checkpoint is in place), ``checkpoint.pt`` (every
+epoch, atomically) and ``figures/``, holding ``OUT/.lock`` (`pyro_vae.run_lock`)
+all the while: a second run into the same ``OUT`` is refused. Under
 ``torchrun --nproc_per_node N -m inference.svi`` the N processes split each
 global batch of ``--batch-size`` images (`inference.data_parallel`).
 """
@@ -57,12 +59,14 @@ from models.base import LatentModel
 from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from pyro_vae import checkpoint, distributed
-from pyro_vae.cli import ArgumentParser, error, latent_sizes, layer_widths, positive_int
+from pyro_vae.cli import ArgumentParser, error, exit_status, latent_sizes, layer_widths, positive_int
 from pyro_vae.config import DEFAULT_PRESET, DEFAULT_PSEUDO_INPUTS, FAMILIES, PRESETS, PRIORS, TrainConfig
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
 from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
+from pyro_vae.run_lock import RunLock, check_free
+from pyro_vae.writes import append_line, reason, write_failed, write_text_atomic
 from pyro_vae.schedule import BURDA2015_BATCH_SIZE, SCHEDULES, learning_rate, set_learning_rate, total_epochs
 from pyro_vae.sources import parse_spec, source_channels
 
@@ -154,7 +158,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     the checkpoint to rebuild it. Ctrl-C or SIGTERM checkpoints the current
     step and returns with ``interrupted=True``; a NaN/inf loss raises
     `TrainingDiverged` and leaves the last good checkpoint as it was. Bad
-    settings, data or output folders are refused before anything is written.
+    settings, data or output folders are refused before anything is written, and so is an ``OUT``
+    another process is writing (`pyro_vae.errors.FolderInUse`; rank 0 holds ``OUT``'s lock,
+    `pyro_vae.run_lock`). A file that cannot be written (no space, quota, I/O error) raises
+    `pyro_vae.errors.WriteFailed` naming it and what was kept; a figure that cannot be is a warning.
 
     Under ``torchrun`` every process calls this: each takes a slice of every
     global batch of ``config.batch_size`` images (`inference.data_parallel`),
@@ -168,28 +175,97 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     """
     config.validated()
     group, device = distributed.setup(config.device)
-    log = (tqdm.write if progress else print) if group.is_main else _silent
+    lock = None
+    try:
+        with distributed.together("before training"):
+            if group.is_main and config.out:
+                check_free(config.out)  # another run writing there: say so before loading anything
+            seen = _file_state(Path(config.out or default_out()) / "checkpoint.pt")
+            config, data, model, optim, start = prepare(config, resume, data, model, device, group)
+            log = (tqdm.write if progress else print) if group.is_main else _silent
+            probe = data.test[: config.batch_size]
+            config = objective_for(model, config, probe, log, chosen=elbo_chosen)  # the run records what it trains
+            step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
+            if group.is_main:  # the one writer: everything from here on is written under OUT's lock
+                lock = RunLock(config.out, "training").acquire()
+                _start_writing(config, start, resume, seen)
+        return _train(config, resume, progress, data, model, optim, start, step_fn, compiled, group, device, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _file_state(path: Path) -> tuple | None:
+    """What tells whether ``path`` was replaced: (inode, size, mtime), or None when there is no file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def resume_command(out: Path | str) -> str:
+    """The command line that resumes the run in ``out`` (under torchrun: as many processes)."""
+    launcher = (f"torchrun --nproc_per_node {distributed.current().world_size} -m inference.svi"
+                if distributed.launched_by_torchrun() else "python -m inference.svi")
+    return f"{launcher} --resume --out {shlex.quote(str(out))}"
+
+
+def _start_writing(config: TrainConfig, start, resume: bool, seen: tuple | None) -> None:
+    """Under OUT's lock: check that no other run wrote the checkpoint since `prepare` looked, then write
+    ``config.json`` and ``metrics.jsonl`` (on resume, rewritten from the checkpoint's history), each whole or not at all."""
+    out_dir = Path(config.out)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if _file_state(ckpt_path) != seen:  # another run, now finished, wrote it while this one was starting
+        raise CheckpointError(f"{ckpt_path} was written by another run while this one was starting; "
+                              + ("resume again to continue from it" if resume else
+                                 "pass --resume to continue that run, or choose another --out"))
+    kept = f"the checkpoint of epoch {start.epoch} is kept" if resume else "nothing was trained"
+    fix = (f"free space and resume with: {resume_command(out_dir)}" if resume
+           else "free space or choose another --out, and start again")
+    for name, text in (("config.json", json.dumps(config.to_dict(), indent=2) + "\n"),
+                       ("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in start.history))):
+        try:
+            write_text_atomic(out_dir / name, text)
+        except OSError as e:
+            raise write_failed(out_dir / name, e, kept, fix) from None
+
+
+def _train(config, resume, progress, data, model, optim, start, step_fn, compiled, group, device, log) -> TrainResult:
+    """The epochs of `train`, once everything is checked and OUT is locked (rank 0)."""
     progress = progress and group.is_main
-    with distributed.together("before training"):
-        config, data, model, optim, start = prepare(config, resume, data, model, device, group)
-        probe = data.test[: config.batch_size]
-        config = objective_for(model, config, probe, log, chosen=elbo_chosen)  # the run records what it trains
-        step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
-        out_dir = Path(config.out)
-        if group.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-            with open(out_dir / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
-                f.writelines(json.dumps(h) + "\n" for h in start.history)
+    out_dir = Path(config.out)
     ckpt_path = out_dir / "checkpoint.pt"
     parallel = group.world_size > 1
     start_epoch, start_step, history, partial = start.epoch, start.step, start.history, start.partial
 
-    def save(epoch: int, step: int, partial: dict | None = None) -> None:
+    saved = (start.epoch, start.step) if resume else None  # what the checkpoint on disk holds
+
+    def kept(note: str = "") -> str:
+        if saved is None:
+            return f"no checkpoint was written{note}; free space and start again with the same command"
+        where = f"of epoch {saved[0]}" if not saved[1] else f"at step {saved[1]} of epoch {saved[0] + 1}"
+        return f"the checkpoint {where} is kept{note}; free space and resume with: {resume_command(out_dir)}"
+
+    def save(epoch: int, step: int, partial: dict | None = None, record: dict | None = None) -> None:
+        """Checkpoint, then (``record``) the epoch's metrics line: the folder never claims more than the checkpoint
+        holds. A write error is `WriteFailed` on rank 0 (naming the file), `PeerFailed` on the others."""
+        nonlocal saved
         rng_states = distributed.all_gather(checkpoint.rng_state())  # every rank's noise, for an exact resume
-        if group.is_main:
-            checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history, partial=partial,
-                            rng_states=rng_states)
+        with distributed.together(f"writing the checkpoint of epoch {epoch + (1 if step else 0)}"):
+            if group.is_main:
+                try:
+                    checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history,
+                                    partial=partial, rng_states=rng_states)
+                except OSError as e:
+                    raise write_failed(ckpt_path, e, kept()) from None
+                saved = (epoch, step)
+                if record is not None:
+                    try:
+                        append_line(out_dir / "metrics.jsonl", json.dumps(record))
+                    except OSError as e:
+                        raise write_failed(out_dir / "metrics.jsonl", e,
+                                           kept(" (a resume rewrites metrics.jsonl from it)")) from None
 
     def diverged(epoch: int, step: int, loss: float) -> TrainingDiverged:
         kept = (f"the last good checkpoint ({ckpt_path}, epoch {history[-1]['epoch']}) is kept" if history
@@ -245,10 +321,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             record = {"epoch": epoch + 1, "train_elbo": -loss_sum / images,
                       **epoch_metrics(model, data.test, seed=config.test_seed), "seconds": seconds}
             history.append(record)
-            if group.is_main:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            save(epoch + 1, 0)
+            save(epoch + 1, 0, record=record)  # the checkpoint first, then its line in metrics.jsonl
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {record['train_elbo']:.2f}  "
                 f"test ELBO {record['test_elbo']:.2f} nats/image ({meaning})  {seconds:.1f} s")
             start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
@@ -256,8 +329,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
         if not interrupted:  # a signal after the last step: training is complete, but it was asked to stop
             stop_signal = agreed_signal(stop.signum, start_epoch - 1, num_batches)
     if group.is_main:
-        draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed,
-                         class_names=data.classes)
+        try:
+            draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed,
+                             class_names=data.classes)
+        except OSError as e:  # the run itself is done and checkpointed: a figure is not worth failing it for
+            print(f"warning: could not write {e.filename or out_dir / 'figures'} ({reason(e)}); training is "
+                  f"complete and {ckpt_path} holds it; draw the figures later with: python -m inference.figures "
+                  f"{shlex.quote(str(out_dir))}", file=sys.stderr)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled, isinstance(step_fn, CudaGraphStep))
 
@@ -439,7 +517,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m inference.svi`` (also under ``torchrun``); returns the exit status.
 
-    0 when training finished; 2 and one ``error:`` line for bad input; 128 +
+    0 when training finished; 2 and one ``error:`` line for bad input or an ``--out`` another run is
+    writing; 1 and one ``error:`` line when a file could not be written (no space, quota, I/O error); 128 +
     the signal number when SIGINT/SIGTERM stopped it (checkpoint written).
     Under ``torchrun`` rank 0 alone prints; the others return the same status.
     """
@@ -452,11 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         speak = not distributed.quiet_rank()
         if result.interrupted:
             epoch, step = result.position
-            launcher = (f"torchrun --nproc_per_node {distributed.current().world_size} -m inference.svi"
-                        if distributed.launched_by_torchrun() else "python -m inference.svi")
             if speak:
                 print(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint written to {out / 'checkpoint.pt'}\n"
-                      f"resume with: {launcher} --resume --out {shlex.quote(str(out))}")
+                      f"resume with: {resume_command(out)}")
             return result.exit_status
         if speak:
             print(f"done: {out} (config.json, metrics.jsonl, checkpoint.pt, figures/)")
@@ -473,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             if speak:
                 print(render_markdown(report))
     except PyroVAEError as e:  # under torchrun every rank raises it (`distributed.together`): rank 0 says it once
-        return 2 if distributed.quiet_rank() else error(e)
+        return exit_status(e) if distributed.quiet_rank() else error(e)
     except Interrupted as e:
         kept = (f"{out / 'checkpoint.pt'} is the last checkpoint written" if out and (out / "checkpoint.pt").exists()
                 else "no checkpoint was written")

@@ -31,6 +31,7 @@ import torch
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import CheckpointError
+from pyro_vae.writes import os_error_in
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -80,6 +81,8 @@ def save(
     be of a registered class (`models.register_model`) and offer ``init_kwargs()``.
     ``rng_states``: under ``torchrun``, every rank's `rng_state` in rank order
     (``rng_states_by_rank``; ``rng_state`` stays this process's, rank 0's).
+    A write that fails (no space, quota, I/O error) raises ``OSError`` naming ``path``, with the temporary
+    file removed and the previous checkpoint at ``path`` as it was.
     """
     from models.registry import name_of  # models imports this toolkit; see the module doc
 
@@ -111,9 +114,14 @@ def save(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        cause = os_error_in(e) if isinstance(e, Exception) else None
+        if cause is None:
+            raise
+        # A write error (no space, quota, I/O, read-only): the OSError itself, naming the checkpoint, not the
+        # RuntimeError torch.save raises while handling it. The file at ``path`` is the previous one, untouched.
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

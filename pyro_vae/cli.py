@@ -1,4 +1,5 @@
-"""What every command line here shares: bad input is one ``error: ...`` line on stderr and exit status 2."""
+"""What every command line here shares: bad input is one ``error: ...`` line on stderr and exit status 2
+(a file that could not be written: the same one line, exit status 1)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def error(problem: object) -> int:
-    """Print ``error: PROBLEM`` as one line on stderr (any line breaks in it folded) and return exit status 2."""
+    """Print ``error: PROBLEM`` as one line on stderr (any line breaks in it folded) and return its exit status:
+    2 (bad input), or the error's own ``exit_status`` (1 for a file that could not be written,
+    `pyro_vae.errors.WriteFailed`)."""
     print("error: " + " ".join(str(problem).split()), file=sys.stderr)
-    return 2
+    return exit_status(problem)
+
+
+def exit_status(problem: object) -> int:
+    """The exit status of an error: its ``exit_status`` attribute, else 2."""
+    return getattr(problem, "exit_status", 2)
 
 
 def _int_at_least(text: str, low: int, kind: str) -> int:

@@ -56,3 +56,16 @@ class PeerFailed(PyroVAEError):
     def __init__(self, message: str, rank: int):
         super().__init__(message)
         self.rank = rank
+
+
+class FolderInUse(PyroVAEError):
+    """Another process holds the output folder's lock (`pyro_vae.run_lock`); nothing was written."""
+
+
+class WriteFailed(PyroVAEError):
+    """A file could not be written (no space, quota, I/O error, read-only file system): exit status 1, not 2.
+
+    The message names the file, the operating system's reason and what was kept.
+    """
+
+    exit_status = 1

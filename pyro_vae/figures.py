@@ -10,6 +10,7 @@ inline plots keep working). matplotlib and torchvision are imported on use.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -46,8 +47,21 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(_as_images(images, shape), path, nrow=nrow, padding=2, pad_value=0.5)
+    with _whole_or_none(path):
+        save_image(_as_images(images, shape), path, nrow=nrow, padding=2, pad_value=0.5)
     return path
+
+
+@contextlib.contextmanager
+def _whole_or_none(path: Path):
+    """A write error (no space, I/O) removes the partly written ``path`` and raises ``OSError`` naming it."""
+    try:
+        yield
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def draw_image_grid(ax, images: torch.Tensor, nrow: int = 8, title: str = "",
@@ -219,7 +233,8 @@ def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with _whole_or_none(path):
+        fig.savefig(path, dpi=120)
     return path
 
 
