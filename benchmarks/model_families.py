@@ -4,7 +4,7 @@ IWAE, each trained and reported the same way, then compared image by image (``py
 Trains each with ``python -m inference.svi`` (same epochs, batch size, seed, data) and reports each checkpoint with
 ``python -m inference.evaluate`` (the same K, test images, AIS schedule and seed), then prints one Markdown table:
 test log p(x) by importance sampling and AIS, the ELBO, per-layer rate and active units, seconds per training
-epoch, the paired difference against the first row (from ``inference.compare``), and the published NLL where the
+epoch (the median over epochs), the paired difference against the first row (from ``inference.compare``), and the published NLL where the
 family has one. Example (the budget of BENCHMARKS.md's table):
 
     python benchmarks/model_families.py --epochs 20 --num-samples 5000 --test-limit 2000 --ais-limit 200 --ais-steps 100 --out runs/families
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ais-limit", type=int, default=200)
     p.add_argument("--ais-steps", type=int, default=100)
     p.add_argument("--ais-chains", type=int, default=16)
-    p.add_argument("--only", help="comma-separated row numbers (1-based) to run; the others are read from --out")
+    p.add_argument("--only", help="comma-separated row numbers (1-based) to run; the others are read from --out "
+                                  "(--only 0: run none, print the table of what --out holds)")
     p.add_argument("--out", type=Path, default=Path("runs/families"))
     args = p.parse_args(argv)
     only = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(FAMILIES) + 1))
@@ -63,14 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.epochs} epochs, batch {args.batch_size}; IS K={args.num_samples} on the first {args.test_limit} test "
           f"images; AIS T={args.ais_steps}, {args.ais_chains} chains on the first {args.ais_limit}; nats per image\n")
     print("| model | log p(x) IS | log p(x) AIS | ELBO | minus row 1 (IS, paired) | rate by layer | active units by "
-          "layer | s/epoch | published NLL |")
+          "layer | s/epoch (median) | published NLL |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     differences = {Path(c["report"]).parent.name: c for c in compared.get("comparisons", [])}
     for i, (name, (_, published)) in enumerate(FAMILIES.items()):
         folder = folders[i]
         report = json.loads((folder / "report" / "report.json").read_text())
         history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        seconds = sum(h["seconds"] for h in history) / len(history)
+        seconds = statistics.median(h["seconds"] for h in history)  # robust to an epoch slowed by other work
         sites = report["latent_sites"]
         rate = ", ".join(f"{s} {v['rate']['mean']:.1f}" for s, v in sites.items())
         active = ", ".join(f"{s} {v['active_units']}/{v['units']}" for s, v in sites.items())
