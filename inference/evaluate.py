@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from inference.ais import AISEstimate, ais_log_marginal, bdmc
+from inference.ais import AISEstimate, ais_log_marginal, bdmc, dequantized_ais
 from inference.active_units import active_units
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
@@ -179,7 +179,8 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
     x = report_images(run, options, images)
     est = importance_estimate(run.model, x, options, progress, dequantize_bits=dequantize_bits(run))
     estimate_seconds = time.perf_counter() - started
-    ais = ais_estimate(run.model, x[:options.ais_limit], options, progress) if options.ais_steps else None
+    ais = (ais_estimate(run.model, x[:options.ais_limit], options, progress, dequantize_bits=dequantize_bits(run))
+           if options.ais_steps else None)
 
     report = importance_entries(run, x, est, options)
     report["latent_sites"] = latent_sites_entry(run.model, model_images(run, x, options.seed), options)
@@ -192,7 +193,7 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
         report["gaps"], gap_values = gaps_entry(run.model, x, est, ais, options, progress)
     sandwich = None
     if options.bdmc_images:
-        report["bdmc"], sandwich = bdmc_entry(run.model, x[:1], options, progress)
+        report["bdmc"], sandwich = bdmc_entry(run.model, model_images(run, x[:1], options.seed), options, progress)
     report.update(run_entries(run, options, started, estimate_seconds, trust_line(report["khat"])))
     published = published_entry(run.config.to_dict())
     if published is not None:
@@ -214,10 +215,10 @@ def load_run(source: str | Path, options: EvaluateConfig) -> LoadedRun:
     payload = checkpoint.parse(data, path, map_location=device)
     model = checkpoint.build_model(payload).to(device).eval()
     config = checkpoint.config_of(payload)
-    if config.dequantize != "none" and (options.ais_steps or options.gaps):
-        raise ConfigError(f"{path} was trained on dequantized data: its report bounds log P(x) by importance "
-                          "sampling with u drawn with the particles; --ais-steps, --bdmc and --gaps do not draw u "
-                          "yet: drop them")
+    if config.dequantize != "none" and options.gaps:
+        raise ConfigError(f"{path} was trained on dequantized data: its report bounds log P(x) with u drawn with the "
+                          "particles (and the AIS chains); the fit of q* per image in --gaps does not draw u yet: "
+                          "drop --gaps")
     check_writable_dir(out_dir, files=REPORT_FILES)
     return LoadedRun(path, sha256, payload, model, config, device, group, out_dir)
 
@@ -442,13 +443,20 @@ def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None, 
 
 
 def ais_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig,
-                 progress: bool) -> tuple[AISEstimate, float]:
+                 progress: bool, dequantize_bits: int | None = None) -> tuple[AISEstimate, float]:
     """AIS from the guide on ``x`` in batches (randomness keyed by image index), with ``ais_steps`` steps and
-    ``ais_chains`` chains; the estimate and its seconds."""
+    ``ais_chains`` chains; the estimate and its seconds. ``dequantize_bits`` b: ``x`` are levels of a dequantized
+    run, each chain drawing its own u (`inference.ais.dequantized_ais`)."""
     started = time.perf_counter()
     steps, chains, batch_size = options.ais_steps, options.ais_chains, options.batch_size
-    parts = sharded_map(lambda batch: ais_log_marginal(model.model, model.guide, batch[1], chains, steps,
-                                                       seed=options.seed, first_index=batch[0]),
+
+    def one(model_fn, guide_fn, xb, first):
+        if dequantize_bits is None:
+            return ais_log_marginal(model_fn, guide_fn, xb, chains, steps, seed=options.seed, first_index=first)
+        return dequantized_ais(model_fn, guide_fn, xb, dequantize_bits, chains, steps, seed=options.seed,
+                               first_index=first)
+
+    parts = sharded_map(lambda batch: one(model.model, model.guide, batch[1], batch[0]),
                         list(zip(range(0, len(x), batch_size), x.split(batch_size))), progress and f"AIS, T={steps}")
     return AISEstimate.concat(parts), time.perf_counter() - started
 

@@ -357,13 +357,25 @@ def test_training_a_discrete_likelihood_on_unit_floats_from_python_is_refused(tm
         svi.train(config, data=data, progress=False)
 
 
-def test_a_dequantized_report_refuses_ais_for_now(tmp_path, grey_images):
+def test_a_dequantized_report_runs_ais_and_bdmc_and_refuses_gaps_for_now(tmp_path, grey_images):
     data = DataSplits.from_arrays(grey_images.reshape(-1, 28, 28), binarize="none", encoding="dequantized")
     config = TrainConfig(model=ModelConfig(z_dim=2, hidden_dims=(8,), likelihood="gaussian-learned"), epochs=1,
                          binarize="none", dequantize="uniform", out=str(tmp_path / "run"), device="cpu")
     svi.train(config, data=data, progress=False)
-    with pytest.raises(ConfigError, match="dequantized"):
-        evaluate(tmp_path / "run", images=grey_images.float(), num_samples=10, ais_steps=5, progress=False)
-    report = evaluate(tmp_path / "run", images=grey_images.float()[:8], num_samples=50, chunk_size=50,
-                      progress=False)
+    with pytest.raises(ConfigError, match="--gaps"):
+        evaluate(tmp_path / "run", images=grey_images.float(), num_samples=10, gaps=True, progress=False)
+    report = evaluate(tmp_path / "run", images=grey_images.float()[:4], num_samples=50, chunk_size=50,
+                      ais_steps=3, ais_chains=2, bdmc_images=2, progress=False)
     assert report["bits_per_dim_kind"] == "dequantized-bound" and report["bits_per_dim"] > 0
+    assert report["ais"]["bits_per_dim"] > 0 and math.isfinite(report["bdmc"]["gap"]["mean"])
+    assert "lower bound on the log-probability" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+def test_dequantized_ais_is_a_lower_bound_on_the_exact_log_probability():
+    from inference.ais import dequantized_ais
+    bits = 3
+    model = ToyDensity(torch.tensor([-1.0, 0.0, 0.5, 1.5]))
+    levels = torch.tensor([[1.0, 3.0, 4.0, 7.0], [4.0, 4.0, 4.0, 4.0]], dtype=torch.float64)
+    exact = exact_log_prob(model, levels, bits)
+    est = dequantized_ais(model.model, model.guide, levels, bits, num_chains=200, num_steps=20, seed=0)
+    assert est.log_px.shape == (2,) and (est.log_px <= exact + 0.05).all() and (est.log_px > exact - 0.5).all()
