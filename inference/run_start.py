@@ -67,8 +67,8 @@ def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> Non
 
 def _without_data_shape(config: dict) -> dict:
     """``config`` less what `prepare` takes from the data: the model's pixel count and image shape, the
-    held-out count (checked against the data on its own)."""
-    return {**{k: v for k, v in config.items() if k != "held_out_from"},
+    held-out count and the bit depth (each checked against the data on its own)."""
+    return {**{k: v for k, v in config.items() if k not in ("held_out_from", "bit_depth")},
             "model": {k: v for k, v in config["model"].items() if k not in ("x_dim", "image_shape")}}
 
 

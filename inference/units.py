@@ -56,6 +56,6 @@ def kind_line(kind: str, bit_depth: int | None = None) -> str:
                              "E_u[log p((x + u) / 2^b)] - D b log 2 with u ~ U[0, 1)^D drawn with the particles "
                              "(Theis et al. 2016), so NLL and bits/dim are upper bounds.",
         "density": "log p(x) is a log-density of grey levels scaled to [0, 1], not a probability: no bits/dim, "
-                   "and not comparable with papers' bits/dim (train a discrete likelihood or use --dequantize "
-                   "uniform for one).",
+                   "not comparable with binarised-MNIST numbers or papers' bits/dim (train a discrete likelihood "
+                   "or use --dequantize uniform for one).",
     }[kind]
