@@ -119,9 +119,10 @@ def _check_data(model: LatentModel, data: DataSplits, binarize: str, encoding: s
                             f"served as {'floats in [0, 1]' if served == 'unit' else served}; serve the levels "
                             "(encoding='levels', e.g. DataSplits.from_arrays(..., binarize='none', encoding='levels'))")
         check_images(data.test, top=likelihood.top, likelihood=name)
-    elif served != encoding:
-        raise DataError(f"the run serves its images {encoding} but the data given are served {served}; build the "
-                        f"splits with encoding={encoding!r}")
+    elif (served == "dequantized") != (encoding == "dequantized"):  # the report must know how u was drawn
+        raise DataError(f"the run's config says --dequantize {'uniform' if encoding == 'dequantized' else 'none'} "
+                        f"but the data given are served {served}; build the splits with encoding={encoding!r}, or "
+                        "set TrainConfig(dequantize=...) to match")
     if needs_binary_pixels(model) and not data.train.is_binary():
         raise DataError(
             f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "

@@ -429,6 +429,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     model = preset.model.changed({_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    if args.dequantize not in (None, "none") and model.likelihood == "bernoulli" and args.likelihood is not None:
+        raise ConfigError("--dequantize is for grey levels under a continuous likelihood; the bernoulli likelihood "
+                          "takes binarised pixels: drop --dequantize, or pick --likelihood gaussian or "
+                          "continuous-bernoulli")
     if args.obs_scale is not None and model.likelihood != "gaussian":
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")

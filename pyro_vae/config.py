@@ -386,9 +386,6 @@ class TrainConfig:
         _require(not (self.dequantize != "none" and self.model.discrete_levels),
                  f"--dequantize makes grey levels continuous for a density; the {self.model.likelihood} likelihood "
                  "is a pmf over the integer levels themselves: drop --dequantize, or use a continuous likelihood")
-        _require(not (self.dequantize != "none" and self.model.likelihood == "bernoulli"),
-                 "--dequantize is for grey levels under a continuous likelihood; the bernoulli likelihood takes "
-                 "binarised pixels: drop --dequantize, or pick --likelihood gaussian or continuous-bernoulli")
         _require(not ((self.model.discrete_levels or self.dequantize != "none") and self.binarize != "none"),
                  f"--binarize {self.binarize} makes the pixels 0/1, but the {self.model.likelihood} likelihood"
                  f"{' with --dequantize' if self.dequantize != 'none' else ''} models grey levels: use --binarize "

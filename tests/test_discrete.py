@@ -231,6 +231,9 @@ def test_the_report_gives_eight_bits_per_dim_for_the_uniform_pmf(tmp_path, grey_
     assert saved["bits_per_dim_kind"] == "discrete" and saved["bit_depth"] == 8
     assert "bits per dim (discrete)" in (tmp_path / "run" / "report" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["bit_depth"] == 8
+    from pyro_vae import checkpoint
+    payload = checkpoint.read(tmp_path / "run" / "checkpoint.pt")
+    assert checkpoint.config_of(payload).bit_depth == 8 and payload["model_kwargs"]["bit_depth"] == 8
 
 
 def test_a_density_has_no_bits_per_dim_and_says_so(tmp_path, grey_images):
@@ -379,3 +382,27 @@ def test_dequantized_ais_is_a_lower_bound_on_the_exact_log_probability():
     exact = exact_log_prob(model, levels, bits)
     est = dequantized_ais(model.model, model.guide, levels, bits, num_chains=200, num_steps=20, seed=0)
     assert est.log_px.shape == (2,) and (est.log_px <= exact + 0.05).all() and (est.log_px > exact - 0.5).all()
+
+
+# --- figures: decoder means scaled to [0, 1] ------------------------------------------------------------------
+
+def test_figures_draw_decoder_means_of_levels_scaled_to_unit(tmp_path, grey_images, monkeypatch):
+    from inference import figures as run_figures
+    from pyro_vae import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_image_grid", lambda images, path, *a, **k: drawn.append(images) or path)
+    monkeypatch.setattr(figures, "save_reconstructions",
+                        lambda originals, recon, path, *a, **k: drawn.extend([originals, recon]) or path)
+    model = VAE(z_dim=2, hidden_dims=(8,), likelihood="discretized-logistic", mixture_components=2)
+    assert run_figures.unit_scale(model, grey_images.float()) == pytest.approx(1 / 255)
+    run_figures.draw_run_figures(model, grey_images.float(), None, [], tmp_path, log=lambda line: None)
+    assert drawn and all(0 <= float(d.min()) and float(d.max()) <= 1 for d in drawn)
+    assert max(float(d.max()) for d in drawn) > 0.2  # levels really were scaled, not clipped to 0
+    assert run_figures.unit_scale(VAE(z_dim=2, hidden_dims=(8,)), torch.rand(3, 784)) == 1.0
+
+
+def test_a_bernoulli_on_dequantized_data_is_refused_in_one_line(tmp_path, capsys):
+    status, err = run(svi.main, ["--likelihood", "bernoulli", "--dequantize", "uniform", *TINY,
+                                 "--out", str(tmp_path / "run")], capsys)
+    assert_refused(status, err, "--dequantize", "bernoulli")
