@@ -161,6 +161,7 @@ class Images:
         check_images(pixels)
         check_encoding(encoding, binarize, pixels.dtype)
         self.binarize, self.encoding = binarize, encoding
+        self._bit_depth = 8 if pixels.dtype == torch.uint8 else None  # the source's, whatever binarisation serves
         self.seed = seed
         self.pixels = pixels.to(device)
         if binarize == "static":  # one seeded draw, stored as 0/1 in the same dtype
@@ -183,8 +184,8 @@ class Images:
 
     @property
     def bit_depth(self) -> int | None:
-        """b of the stored grey levels (8 for uint8); None for float pixels, which have no levels."""
-        return 8 if self.pixels.dtype == torch.uint8 and self.binarize != "static" else None
+        """b of the source's grey levels (8 for uint8); None for float pixels, which have no levels."""
+        return self._bit_depth
 
     def is_binary(self) -> bool:
         """True when every served pixel is 0 or 1."""
