@@ -527,6 +527,28 @@ def ais_log_marginal(
                 initial_step_size, progress)[0]
 
 
+def dequantized_ais(model: Callable, guide: Callable, x: torch.Tensor, bit_depth: int, num_chains: int = 16,
+                    num_steps: int = 1000, seed: int = 0, first_index: int = 0, **options) -> AISEstimate:
+    """AIS for integer levels ``x [B, D]`` under a density trained on dequantized data: each chain c draws its
+    own u_c ~ U[0, 1)^D and anneals to the posterior of (x + u_c) / 2^b, its log weight less D b log 2.
+
+    Each chain's weight is unbiased for p((x + u_c) / 2^b) 2^(-D b) given u_c, so their mean is unbiased for
+    P(x), the mass the density gives x's bin: log-mean-exp over chains is a stochastic lower bound on log P(x)
+    (as `inference.importance.dequantized_log_weights_chunk`). The C chains of B images run as C x B rows of one
+    chain each; randomness keyed by (``seed``, ``first_index``). ``options``: those of `ais_log_marginal`.
+    """
+    batch, dim = x.shape
+    gen = torch.Generator(device=x.device).manual_seed(_seed_for(seed, 6, first_index))
+    u = torch.rand((num_chains, batch, dim), generator=gen, device=x.device, dtype=x.dtype)
+    rows = ((x + u) / 2.0 ** bit_depth).reshape(num_chains * batch, dim)
+    flat = ais_log_marginal(model, guide, rows, 1, num_steps, seed=seed, first_index=first_index * num_chains,
+                            **options)
+    log_w = flat.log_weights.reshape(num_chains, batch) - dim * bit_depth * math.log(2)
+    log_px, se = _summary(log_w, 1.0)
+    return AISEstimate(log_px, se, log_w, flat.acceptance.reshape(num_chains, batch).mean(0),
+                       flat.step_size.reshape(num_chains, batch), num_steps, num_chains, flat.leapfrog_steps)
+
+
 def simulate(model: Callable, like: torch.Tensor, num_images: int, seed: int = 0) -> tuple[torch.Tensor, poutine.Trace]:
     """Draw ``num_images`` (z, x) ~ p(z) p(x|z) (``poutine.uncondition``): x ``[N, ...]`` and the trace holding z.
 

@@ -40,16 +40,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from inference.ais import AISEstimate, ais_log_marginal, bdmc
+from inference.ais import AISEstimate, ais_log_marginal, bdmc, dequantized_ais
 from inference.active_units import active_units
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from inference.rate_distortion import rate_distortion
 from inference.stopping import Interrupted, interrupt_on_signals
+from inference.units import bits_per_dim, bits_per_dim_kind, kind_line
 from pyro_vae import checkpoint, distributed, figures
 from pyro_vae.cli import ArgumentParser, error, exit_status, non_negative_int, positive_int
 from pyro_vae.config import PRESETS, ModelConfig, TrainConfig
-from pyro_vae.data import evaluation_images
+from pyro_vae.data import check_images, evaluation_images
+from pyro_vae.images import dequantized
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.distributed import sharded_map
 from pyro_vae.errors import ConfigError, DataError, EstimationError, PyroVAEError
@@ -189,20 +191,23 @@ def evaluate(source: str | Path, options: EvaluateConfig | None = None, *, image
 def _evaluate(run: LoadedRun, x: torch.Tensor, options: EvaluateConfig, progress: bool, started: float
               ) -> dict[str, Any]:
     """The estimates and the report of `evaluate`, with the report folder locked (rank 0)."""
-    est = importance_estimate(run.model, x, options, progress)
+    est = importance_estimate(run.model, x, options, progress, dequantize_bits=dequantize_bits(run))
     estimate_seconds = time.perf_counter() - started
-    ais = ais_estimate(run.model, x[:options.ais_limit], options, progress) if options.ais_steps else None
+    ais = (ais_estimate(run.model, x[:options.ais_limit], options, progress, dequantize_bits=dequantize_bits(run))
+           if options.ais_steps else None)
 
     report = importance_entries(run, x, est, options)
-    report["latent_sites"] = latent_sites_entry(run.model, x, options)
+    report["latent_sites"] = latent_sites_entry(run.model, model_images(run, x, options.seed), options)
     gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
     if ais is not None:
         report["ais"] = ais_entry(est, *ais, options)
+        report["ais"]["bits_per_dim"] = bits_per_dim(-report["ais"]["log_px"]["mean"], x.shape[1],
+                                                     report["bits_per_dim_kind"])
     if options.gaps:
         report["gaps"], gap_values = gaps_entry(run.model, x, est, ais, options, progress)
     sandwich = None
     if options.bdmc_images:
-        report["bdmc"], sandwich = bdmc_entry(run.model, x[:1], options, progress)
+        report["bdmc"], sandwich = bdmc_entry(run.model, model_images(run, x[:1], options.seed), options, progress)
     report.update(run_entries(run, options, started, estimate_seconds, trust_line(report["khat"])))
     published = published_entry(run.config.to_dict())
     if published is not None:
@@ -228,6 +233,10 @@ def load_run(source: str | Path, options: EvaluateConfig) -> LoadedRun:
     payload = checkpoint.parse(data, path, map_location=device)
     model = checkpoint.build_model(payload).to(device).eval()
     config = checkpoint.config_of(payload)
+    if config.dequantize != "none" and options.gaps:
+        raise ConfigError(f"{path} was trained on dequantized data: its report bounds log P(x) with u drawn with the "
+                          "particles (and the AIS chains); the fit of q* per image in --gaps does not draw u yet: "
+                          "drop --gaps")
     check_writable_dir(out_dir, files=REPORT_FILES)
     check_free(out_dir)  # another report being written there: say so before any estimate is run
     return LoadedRun(path, sha256, payload, model, config, device, group, out_dir)
@@ -235,10 +244,14 @@ def load_run(source: str | Path, options: EvaluateConfig) -> LoadedRun:
 
 def report_images(run: LoadedRun, options: EvaluateConfig, images: torch.Tensor | None = None) -> torch.Tensor:
     """The first ``test_limit`` images the report estimates, ``[N, D]`` floats on the run's device: ``images``,
-    else the run's test split read again as it was trained on (binarised with its recorded seed)."""
+    else the run's test split read again as it was trained on (binarised with its recorded seed); the integer
+    levels 0..2^b - 1 for a discrete likelihood or a dequantized run (`pyro_vae.images.ENCODINGS`)."""
     config = run.config.to_dict()
+    encoding = "unit" if run.config.encoding == "unit" else "levels"
     if images is not None:
         x = images.to(run.device)[:options.test_limit]
+        if encoding == "levels":
+            check_images(x, top=2 ** (run.config.bit_depth or 8) - 1, likelihood=run.config.model.likelihood)
     elif config["dataset"] == "custom":
         raise DataError(f"{run.path} was trained on images handed over from Python, not on a dataset that can be "
                         "loaded by name; evaluate it from Python: inference.evaluate.evaluate(RUN_DIR, images=x)")
@@ -247,7 +260,7 @@ def report_images(run: LoadedRun, options: EvaluateConfig, images: torch.Tensor 
         x = evaluation_images(config["dataset"], config["binarize"], options.data_dir or config["data_dir"],
                               options.test_limit, config["test_seed"], run.device,
                               download=options.data_dir is not None, options=run.config.evaluation_options(),
-                              held_out_from=run.config.held_out_from)
+                              held_out_from=run.config.held_out_from, encoding=encoding)
     x_dim = run.model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "
@@ -255,18 +268,33 @@ def report_images(run: LoadedRun, options: EvaluateConfig, images: torch.Tensor 
     return x
 
 
+def dequantize_bits(run: LoadedRun) -> int | None:
+    """b of a run trained on dequantized data (its report draws u with the particles), else None."""
+    return (run.config.bit_depth or 8) if run.config.dequantize == "uniform" else None
+
+
+def model_images(run: LoadedRun, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` as the model takes it: a dequantized run's levels dequantized once by a draw of u seeded by
+    ``seed`` (for the per-site rates and active units); otherwise ``x`` itself."""
+    bits = dequantize_bits(run)
+    if bits is None:
+        return x
+    return dequantized(x, torch.Generator(device=x.device).manual_seed(seed), bits)
+
+
 def importance_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig,
-                        progress: bool) -> MarginalEstimate:
+                        progress: bool, dequantize_bits: int | None = None) -> MarginalEstimate:
     """Importance sampling with K = ``num_samples`` draws from the guide for every image of ``x``, ``batch_size``
     images at a time, shared over the torchrun group; each batch seeded by its index (the same at any number of
-    processes)."""
+    processes). ``dequantize_bits`` b: ``x`` are levels of a dequantized run, and u is drawn with the particles
+    (`inference.importance.dequantized_log_weights_chunk`)."""
     num_samples, batch_size = options.num_samples, options.batch_size
 
     def estimate_batch(batch: tuple[int, torch.Tensor]) -> MarginalEstimate:
         i, xb = batch
         try:
             return estimate_log_marginal(model.model, model.guide, xb, num_samples, options.chunk_size,
-                                         DEFAULT_LADDER, seed=options.seed + i)
+                                         DEFAULT_LADDER, seed=options.seed + i, dequantize_bits=dequantize_bits)
         except EstimationError:
             raise
         except ValueError as e:  # a distribution refused its parameters: the network output NaN or inf
@@ -281,20 +309,27 @@ def importance_estimate(model: torch.nn.Module, x: torch.Tensor, options: Evalua
 def importance_entries(run: LoadedRun, x: torch.Tensor, est: MarginalEstimate,
                        options: EvaluateConfig) -> dict[str, Any]:
     """The report's first entries: what was estimated on which images, and importance sampling's numbers
-    (log p(x), NLL, bits/dim, the ELBO and its gap, the IWAE ladder, k-hat, ESS)."""
+    (log p(x), NLL, bits/dim and what kind of number it is (`inference.units`), the ELBO and its gap, the IWAE
+    ladder, k-hat, ESS)."""
     config = run.config.to_dict()
     n_images, x_dim = x.shape
     log_px = _mean_se(est.log_px)
+    kind = bits_per_dim_kind(run.model.model, run.model.guide, model_images(run, x, options.seed), config["binarize"],
+                             run.config.dequantize)
     return {
         "dataset": config["dataset"],
         "split": "test",
         "n_images": n_images,
+        "dim": x_dim,
         "binarize": config["binarize"],
+        "dequantize": run.config.dequantize,
+        "bit_depth": run.config.bit_depth,
         "test_seed": config["test_seed"],
         "num_samples": options.num_samples,
         "log_px": log_px,
         "nll": -log_px["mean"],
-        "bits_per_dim": -log_px["mean"] / (x_dim * math.log(2)),
+        "bits_per_dim": bits_per_dim(-log_px["mean"], x_dim, kind),
+        "bits_per_dim_kind": kind,
         "elbo": _mean_se(est.elbo),
         "elbo_gap": _mean_se(est.log_px - est.elbo),
         "iwae_ladder": {str(k): v.mean().item() for k, v in est.iwae.items()},
@@ -397,7 +432,8 @@ def write_report(out_dir: Path, report: dict[str, Any], est: MarginalEstimate, a
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")  # whole, or the old one kept
     write_text_atomic(out_dir / "report.md", render_markdown(report))
-    write_per_image(out_dir / "per_image.csv", est, None if ais is None else ais[0])
+    write_per_image(out_dir / "per_image.csv", est, None if ais is None else ais[0],
+                    dim=None if report["bits_per_dim"] is None else report["dim"])
     figures.plot_khat(est.khat.tolist(), out_dir / "khat.png")
     figures.plot_gap_histogram(gap_values, out_dir / "gaps.png")
     figures.plot_ladder({int(k): v for k, v in report["iwae_ladder"].items()}, report["log_px"]["mean"],
@@ -410,27 +446,36 @@ def write_report(out_dir: Path, report: dict[str, Any], est: MarginalEstimate, a
         figures.plot_ais(difference, ladder, out_dir / "ais.png")
 
 
-def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None) -> None:
+def write_per_image(path: Path, est: MarginalEstimate, ais: AISEstimate | None, dim: float | None = None) -> None:
     """One CSV row per test image, in test-split order: ``image`` (index), ``log_px``, ``elbo``, ``khat``, ``ess``,
-    ``ais_log_px`` and ``ais_mc_se`` (empty beyond the images AIS ran on). Nats; ESS in samples."""
+    ``ais_log_px`` and ``ais_mc_se`` (empty beyond the images AIS ran on), ``bits_per_dim`` (-log_px / (D ln 2)
+    for ``dim`` D; empty for a density, ``dim`` None). Nats; ESS in samples."""
     columns = [est.log_px, est.elbo, est.khat, est.ess]
     ais_columns, n_ais = ([], 0) if ais is None else ([ais.log_px, ais.se], len(ais.log_px))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "log_px", "elbo", "khat", "ess", "ais_log_px", "ais_mc_se"])
+        writer.writerow(["image", "log_px", "elbo", "khat", "ess", "ais_log_px", "ais_mc_se", "bits_per_dim"])
         for i in range(len(est.log_px)):
             ais_row = [f"{c[i].item():.10g}" for c in ais_columns] if i < n_ais else ["", ""]
-            writer.writerow([i, *(f"{c[i].item():.10g}" for c in columns), *ais_row])
+            bits = "" if dim is None else f"{-est.log_px[i].item() / (dim * math.log(2)):.10g}"
+            writer.writerow([i, *(f"{c[i].item():.10g}" for c in columns), *ais_row, bits])
 
 
 def ais_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfig,
-                 progress: bool) -> tuple[AISEstimate, float]:
+                 progress: bool, dequantize_bits: int | None = None) -> tuple[AISEstimate, float]:
     """AIS from the guide on ``x`` in batches (randomness keyed by image index), with ``ais_steps`` steps and
-    ``ais_chains`` chains; the estimate and its seconds."""
+    ``ais_chains`` chains; the estimate and its seconds. ``dequantize_bits`` b: ``x`` are levels of a dequantized
+    run, each chain drawing its own u (`inference.ais.dequantized_ais`)."""
     started = time.perf_counter()
     steps, chains, batch_size = options.ais_steps, options.ais_chains, options.batch_size
-    parts = sharded_map(lambda batch: ais_log_marginal(model.model, model.guide, batch[1], chains, steps,
-                                                       seed=options.seed, first_index=batch[0]),
+
+    def one(model_fn, guide_fn, xb, first):
+        if dequantize_bits is None:
+            return ais_log_marginal(model_fn, guide_fn, xb, chains, steps, seed=options.seed, first_index=first)
+        return dequantized_ais(model_fn, guide_fn, xb, dequantize_bits, chains, steps, seed=options.seed,
+                               first_index=first)
+
+    parts = sharded_map(lambda batch: one(model.model, model.guide, batch[1], batch[0]),
                         list(zip(range(0, len(x), batch_size), x.split(batch_size))), progress and f"AIS, T={steps}")
     return AISEstimate.concat(parts), time.perf_counter() - started
 
@@ -487,8 +532,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| quantity | value (nats per image, ± standard error over images) |",
         "| --- | --- |",
         f"| log p(x) (importance sampling, K = {report['num_samples']}) | {pm(report['log_px'])} |",
-        f"| NLL = -log p(x) | {report['nll']:.2f} |",
-        f"| bits per dim | {report['bits_per_dim']:.4f} |",
+        (f"| NLL = -log p(x) | {report['nll']:.2f} |" if report.get("bits_per_dim_kind") != "density"
+         else f"| -log p(x) (a log-density, not an NLL of the discrete image) | {report['nll']:.2f} |"),
+        *([f"| bits per dim ({report.get('bits_per_dim_kind', 'binary')}) | {report['bits_per_dim']:.4f} |"]
+          if report.get("bits_per_dim") is not None else []),
         f"| ELBO | {pm(report['elbo'])} |",
         f"| ELBO gap = log p(x) - ELBO | {pm(report['elbo_gap'])} |",
         f"| mean effective sample size | {report['ess']['mean']:.1f} of {report['num_samples']} |",
@@ -528,9 +575,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                       f"forward AIS {pm(b['lower'])} <= log p(x) <= reverse AIS {pm(b['upper'])}; gap mean "
                       f"{b['gap']['mean']:.2f}, 95th percentile {b['gap']['p95']:.2f} nats; by steps: "
                       + ", ".join(f"T = {t}: {g:.2f}" for t, g in b["ladder"].items()) + f"; {b['seconds']:.0f} s."]
-    if report["model"].get("likelihood", "bernoulli") != "bernoulli":
-        lines += ["", f"Likelihood `{report['model']['likelihood']}` on `binarize {report['binarize']}` images: "
-                      "log p(x) is a log-density of grey levels, not comparable with binarised-MNIST numbers."]
+    if report.get("bits_per_dim_kind", "binary") != "binary":
+        lines += ["", f"Likelihood `{report['model'].get('likelihood', 'its own')}` on `binarize {report['binarize']}` "
+                      f"images: {kind_line(report['bits_per_dim_kind'], report.get('bit_depth'))}"]
     if "published" in report:
         pub = report["published"]
         lines += ["", f"Published for preset `{pub['preset']}`: NLL {pub['nll']:.2f} ({pub['source']}); "

@@ -93,6 +93,17 @@ def interpolation_pairs(labels: torch.Tensor | None, num_pairs: int, n: int) -> 
     return starts, ends
 
 
+def unit_scale(model: LatentModel, x: torch.Tensor) -> float:
+    """The factor that takes ``model``'s images and means to [0, 1]: 1 / top for a likelihood over the integer
+    levels 0..top (``likelihood.discrete_levels``); for a model of its own whose images ``x`` exceed 1, 1 / the
+    top level of the smallest bit depth that holds them; else 1."""
+    likelihood = getattr(model, "likelihood", None)
+    if getattr(likelihood, "discrete_levels", False):
+        return 1.0 / likelihood.top
+    high = float(x.max()) if len(x) else 0.0
+    return 1.0 if high <= 1 else 1.0 / (2 ** math.ceil(math.log2(high + 1)) - 1)
+
+
 def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
                      history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0,
                      image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
@@ -103,6 +114,7 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
     reconstructions (`inference.predictive`, from traces, where the model has no ``generate``/``reconstruct``);
     the latent map and interpolations need a central code (``encode`` and ``decode``), the manifold also
     ``z_dim == 2``: a figure a model cannot give is skipped (a stale one removed) with one ``log`` line.
+    Images and decoder means are drawn scaled to [0, 1] (integer levels divided by the top level, `unit_scale`).
     The random draws use a forked RNG seeded by ``seed``: the caller's random stream is untouched. Image grids
     are drawn with ``image_shape`` (C, H, W), else the model's recorded shape (``model.config.image``), else a
     square one read from D; for images of no known shape only the latent map and the curves. Returns the
@@ -110,6 +122,7 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
     """
     fig_dir = Path(fig_dir)
     written = []
+    to_unit = unit_scale(model, x)
     was_training = model.training
     model.eval()
     shape = image_shape or getattr(getattr(model, "config", None), "image", None) \
@@ -134,13 +147,13 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
             if drawable:
                 samples = (model.generate(64) if callable(getattr(model, "generate", None))
                            else predictive.prior_means(model.model, model.guide, x, 64))
-                written.append(figures.save_image_grid(samples, fig_dir / "samples.png", shape=shape))
+                written.append(figures.save_image_grid(samples * to_unit, fig_dir / "samples.png", shape=shape))
                 if callable(getattr(model, "reconstruct", None)):
                     recon = model.reconstruct(x[:32])
                 else:
                     log("note: reconstructions at one draw of the guide (the model has no central code)")
                     recon = predictive.guide_reconstructions(model.model, model.guide, x[:32])
-                written.append(figures.save_reconstructions(x[:32], recon, fig_dir / "reconstructions.png", shape))
+                written.append(figures.save_reconstructions(x[:32] * to_unit, recon * to_unit, fig_dir / "reconstructions.png", shape))
         if has_code:
             codes = latent_codes(model, x)
             written.append(figures.plot_latent(codes, labels, fig_dir / "latent.png",
@@ -149,10 +162,10 @@ def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor |
             if drawable:
                 starts, ends = interpolation_pairs(labels, 8, len(x))
                 rows = interpolate(model, x[starts], x[ends])
-                written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]), fig_dir / "interpolation.png",
+                written.append(figures.save_image_grid(rows.reshape(-1, rows.shape[-1]) * to_unit, fig_dir / "interpolation.png",
                                                        nrow=rows.shape[1], shape=shape))
         if "manifold.png" not in skipped:
-            written.append(figures.save_image_grid(manifold(model), fig_dir / "manifold.png", nrow=MANIFOLD_SIDE,
+            written.append(figures.save_image_grid(manifold(model) * to_unit, fig_dir / "manifold.png", nrow=MANIFOLD_SIDE,
                                                    shape=shape))
         if history:
             written.append(figures.plot_elbo_curve(history, fig_dir / "elbo.png"))
@@ -189,7 +202,8 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
     root = data_dir or config.data_dir
     x, labels, _, classes = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed,
                                              target, download=data_dir is not None,
-                                             options=config.evaluation_options(), held_out_from=config.held_out_from)
+                                             options=config.evaluation_options(), held_out_from=config.held_out_from,
+                                             encoding=config.encoding)
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "

@@ -26,7 +26,7 @@ from models.base import LatentModel
 from models.registry import name_of
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
-from pyro_vae.data import DataSplits, check_held_out, load_splits
+from pyro_vae.data import DataSplits, check_held_out, check_images, load_splits
 from pyro_vae.device import check_fits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.paths import check_writable_dir
@@ -67,8 +67,8 @@ def _check_resumable(config: TrainConfig, saved: TrainConfig, path: Path) -> Non
 
 def _without_data_shape(config: dict) -> dict:
     """``config`` less what `prepare` takes from the data: the model's pixel count and image shape, the
-    held-out count (checked against the data on its own)."""
-    return {**{k: v for k, v in config.items() if k != "held_out_from"},
+    held-out count and the bit depth (each checked against the data on its own)."""
+    return {**{k: v for k, v in config.items() if k not in ("held_out_from", "bit_depth")},
             "model": {k: v for k, v in config["model"].items() if k not in ("x_dim", "image_shape")}}
 
 
@@ -80,8 +80,20 @@ def with_data_shape(config: TrainConfig, data: DataSplits) -> TrainConfig:
     """
     shape = tuple(data.image_shape) if data.image_shape is not None else None
     x_dim = math.prod(shape) if shape else data.train.dim
+    levels = {"bit_depth": config.bit_depth} if config.model.discrete_levels and config.bit_depth else {}
     return dataclasses.replace(config, model=dataclasses.replace(
-        config.model, x_dim=x_dim, image_shape=None if shape in (None, (1, 28, 28)) else shape))
+        config.model, x_dim=x_dim, image_shape=None if shape in (None, (1, 28, 28)) else shape, **levels))
+
+
+def with_bit_depth(config: TrainConfig, data: DataSplits) -> TrainConfig:
+    """``config`` with ``bit_depth`` that of ``data``'s grey levels (8 for uint8; None for float images); a
+    ``--bit-depth`` given that the files do not have is a `DataError`."""
+    have = getattr(data.train, "bit_depth", None)
+    if config.bit_depth is not None and config.bit_depth != have:
+        held = f"{have}-bit levels" if have else "floats in [0, 1], with no levels"
+        raise DataError(f"--bit-depth {config.bit_depth} does not match the data: {config.dataset} holds {held}; "
+                        f"drop --bit-depth{f' or give {have}' if have else ''}")
+    return dataclasses.replace(config, bit_depth=have)
 
 
 def needs_binary_pixels(model: LatentModel) -> bool:
@@ -89,12 +101,28 @@ def needs_binary_pixels(model: LatentModel) -> bool:
     return getattr(getattr(model, "likelihood", None), "binary_data", False)
 
 
-def _check_data(model: LatentModel, data: DataSplits, binarize: str) -> None:
+def _check_data(model: LatentModel, data: DataSplits, binarize: str, encoding: str = "unit") -> None:
     x_dim = model.init_kwargs().get("x_dim", data.train.dim)
     for split, width in (("training", data.train.dim), ("test", data.test.shape[1])):
         if width != x_dim:
             raise DataError(f"the model takes {x_dim} pixels per image but the {split} images have {width}; "
                             "set x_dim to match, or check the data files")
+    likelihood = getattr(model, "likelihood", None)
+    served = getattr(data.train, "encoding", "unit")
+    if getattr(likelihood, "discrete_levels", False):
+        name = model.init_kwargs().get("likelihood", type(likelihood).__name__)
+        if binarize != "none":
+            raise DataError(f"the {name} likelihood is a pmf over grey levels, but --binarize {binarize} makes the "
+                            "pixels 0/1; use --binarize none, or the bernoulli likelihood")
+        if served != "levels":
+            raise DataError(f"the {name} likelihood takes integer grey levels 0..{likelihood.top}, but the images are "
+                            f"served as {'floats in [0, 1]' if served == 'unit' else served}; serve the levels "
+                            "(encoding='levels', e.g. DataSplits.from_arrays(..., binarize='none', encoding='levels'))")
+        check_images(data.test, top=likelihood.top, likelihood=name)
+    elif (served == "dequantized") != (encoding == "dequantized"):  # the report must know how u was drawn
+        raise DataError(f"the run's config says --dequantize {'uniform' if encoding == 'dequantized' else 'none'} "
+                        f"but the data given are served {served}; build the splits with encoding={encoding!r}, or "
+                        "set TrainConfig(dequantize=...) to match")
     if needs_binary_pixels(model) and not data.train.is_binary():
         raise DataError(
             f"the {type(model.likelihood).__name__} likelihood needs binary pixels, but --binarize {binarize} serves "
@@ -146,7 +174,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
                            config.seed, config.test_seed, device, options=config.source_options(),
                            memory_budget=None if config.memory_budget is None else config.memory_budget * 1e9,
-                           workers=config.workers)
+                           workers=config.workers, encoding=config.encoding)
         if resume:
             check_held_out(data.held_out_from, saved_config.held_out_from, config.dataset)
         config = dataclasses.replace(config, held_out_from=data.held_out_from)
@@ -154,12 +182,13 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         data = data.to(device)
         if data.source != config.dataset:  # record what was really trained on; evaluate will not guess
             config = dataclasses.replace(config, dataset=data.source)
+    config = with_bit_depth(config, data)
     if model is None:
         config = with_data_shape(config, data)  # the data say how many pixels, and of what shape
         check_fits(lambda: build_from_config(config.model), device, "the model")
         model = build_from_config(config.model)
     model = model.to(device)
-    _check_data(model, data, config.binarize)
+    _check_data(model, data, config.binarize, config.encoding)
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")

@@ -60,7 +60,8 @@ from models.guides import GUIDES
 from models.likelihoods import LIKELIHOODS
 from pyro_vae import checkpoint, distributed
 from pyro_vae.cli import ArgumentParser, error, exit_status, latent_sizes, layer_widths, positive_int
-from pyro_vae.config import DEFAULT_PRESET, DEFAULT_PSEUDO_INPUTS, FAMILIES, PRESETS, PRIORS, TrainConfig
+from pyro_vae.config import (DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PRESET, DEFAULT_PSEUDO_INPUTS, DEQUANTIZE_CHOICES,
+                             FAMILIES, PRESETS, PRIORS, TrainConfig)
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
@@ -73,8 +74,11 @@ from pyro_vae.sources import parse_spec, source_channels
 
 
 
-#: p(x|z) for colour images unless --likelihood or --binarize says otherwise: a density on [0, 1] per pixel.
-COLOUR_LIKELIHOOD = "continuous-bernoulli"
+#: p(x|z) for grey levels (--binarize none) and colour images unless --likelihood says otherwise: a pmf over
+#: the integer levels 0..2^b - 1, so the report gives bits/dim of the discrete image (issue 26).
+COLOUR_LIKELIHOOD = "discretized-logistic"
+#: p(x|z) under --dequantize uniform unless --likelihood says otherwise: a density on [0, 1].
+DEQUANTIZED_LIKELIHOOD = "continuous-bernoulli"
 
 
 class _LossWindow:
@@ -377,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help=f"default {d.model.activation}")
     m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default, any image size) or conv (square images, even side of at least 8)")
     m.add_argument("--likelihood", choices=list(LIKELIHOODS),
-                   help="p(x|z): bernoulli (default); the others train on grey levels (--binarize none by default)")
+                   help="p(x|z): bernoulli (default for binarised grey images); the others train on grey levels "
+                        "(--binarize none by default): discretized-logistic (default for colour and --binarize none) "
+                        "and beta-binomial are pmfs over the integer levels 0..2^b - 1, the others densities on [0, 1]")
+    m.add_argument("--mixture-components", type=positive_int, metavar="K",
+                   help=f"logistics per pixel of --likelihood discretized-logistic (default {DEFAULT_MIXTURE_COMPONENTS}; "
+                        "1: the plain discretized logistic); implies that likelihood when --likelihood is not given")
     m.add_argument("--obs-scale", type=float, help="standard deviation sqrt(c) of the gaussian likelihood (default 1)")
     m.add_argument("--guide", choices=list(GUIDES), help="q(z|x): diagonal (default), full (scale_tril), iaf")
     m.add_argument("--flow-steps", type=positive_int, help="IAF transforms of --guide iaf (default 2)")
@@ -440,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "memory of the device or the host, whichever is less)")
     dd.add_argument("--workers", type=int, help=f"processes decoding a streamed folder (default {d.workers})")
     dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
+    dd.add_argument("--dequantize", choices=DEQUANTIZE_CHOICES,
+                    help="uniform: train a continuous likelihood on (x + u) / 2^b, u ~ U[0, 1)^D fresh every batch; "
+                         "the report then bounds log P(x) of the discrete image (default none; implies "
+                         f"--likelihood {DEQUANTIZED_LIKELIHOOD} when --likelihood is not given)")
+    dd.add_argument("--bit-depth", type=positive_int, metavar="B",
+                    help="bits per value of the files' grey levels (default: read from the files; 8 for uint8); "
+                         "a run given one the files do not have is refused")
     dd.add_argument("--data-dir", help="folder holding MNIST/raw/ (default $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
     dd.add_argument("--train-limit", type=positive_int, metavar="N", help="use the first N training images")
     dd.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
@@ -458,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 _MODEL_FLAGS = {"latent_dim": "z_dim", "hidden_dims": "hidden_dims", "activation": "activation", "arch": "arch",
                 "likelihood": "likelihood", "obs_scale": "obs_scale", "guide": "guide", "flow_steps": "flow_steps",
                 "family": "family", "latent_dims": "latent_dims", "layer_hidden_dims": "layer_hidden_dims",
-                "prior": "prior", "pseudo_inputs": "pseudo_inputs"}
+                "prior": "prior", "pseudo_inputs": "pseudo_inputs", "mixture_components": "mixture_components"}
 _RUN_FLAGS = ("preset", "resume", "no_progress", "eval_samples")
 
 
@@ -499,15 +515,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     model = preset.model.changed({_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
+    if args.dequantize not in (None, "none") and model.likelihood == "bernoulli" and args.likelihood is not None:
+        raise ConfigError("--dequantize is for grey levels under a continuous likelihood; the bernoulli likelihood "
+                          "takes binarised pixels: drop --dequantize, or pick --likelihood gaussian or "
+                          "continuous-bernoulli")
     if args.obs_scale is not None and model.likelihood != "gaussian":
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
     if total_epochs(given.get("schedule", "constant")):
         given.setdefault("epochs", total_epochs(given["schedule"]))  # the protocol's length, unless --epochs says
-    if (args.likelihood is None and args.binarize is None and "dataset" in given
-            and source_channels(given["dataset"], TrainConfig(**given).source_options()) == 3):
-        model = dataclasses.replace(model, likelihood=COLOUR_LIKELIHOOD)  # colour: grey levels, not 0/1 pixels
+    if args.likelihood is None:
+        if given.get("dequantize", "none") != "none":
+            model = dataclasses.replace(model, likelihood=DEQUANTIZED_LIKELIHOOD)  # a density on [0, 1)
+        elif (args.mixture_components is not None or given.get("binarize") == "none"
+              or (args.binarize is None and "dataset" in given
+                  and source_channels(given["dataset"], TrainConfig(**given).source_options()) == 3)):
+            model = dataclasses.replace(model, likelihood=COLOUR_LIKELIHOOD)  # grey levels, not 0/1 pixels
     if model.likelihood != "bernoulli":
         given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", default_out())

@@ -39,10 +39,10 @@ from torch import nn
 
 from models.base import LatentModel
 from models.guides import DiagonalNormal
-from models.likelihoods import make_likelihood
+from models.likelihoods import drop_level_kwargs, make_likelihood
 from models.priors import make_prior
 from models.registry import register_model
-from pyro_vae.config import DEFAULT_PSEUDO_INPUTS, ModelConfig
+from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.nets import MLP
 
@@ -70,15 +70,19 @@ class HierarchicalVAE(LatentModel):
         prior: str = "standard",
         pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS,
         image_shape: tuple[int, ...] | None = None,
+        mixture_components: int = DEFAULT_MIXTURE_COMPONENTS,
+        bit_depth: int = DEFAULT_BIT_DEPTH,
     ):
         super().__init__()
         self.config = ModelConfig.hierarchical(latent_dims, layer_hidden_dims, x_dim=x_dim, activation=activation,
                                                likelihood=likelihood, obs_scale=obs_scale, prior=prior,
-                                               pseudo_inputs=pseudo_inputs, image_shape=image_shape).validated()
+                                               pseudo_inputs=pseudo_inputs, image_shape=image_shape,
+                                               mixture_components=mixture_components,
+                                               bit_depth=bit_depth).validated()
         dims, widths = self.config.latent_dims, self.config.layer_hidden_dims
         self.latent_dims, self.sites = dims, tuple(f"z{l + 1}" for l in range(len(dims)))
         self.z_dim = dims[0]
-        self.likelihood = make_likelihood(likelihood, obs_scale)
+        self.likelihood = make_likelihood(likelihood, obs_scale, mixture_components, 2 ** bit_depth - 1)
         self.heads = nn.ModuleList(DiagonalNormal(d) for d in dims)  # no parameters: raw -> N(mu, diag sigma^2)
         # Built in this order (encoders, decoder, conditionals) so that L = 1 draws a VAE's initial parameters.
         self.encoders = nn.ModuleList(MLP(d_in, w, 2 * d, activation)
@@ -94,17 +98,19 @@ class HierarchicalVAE(LatentModel):
             raise ConfigError(f"{cls.__name__} is the hierarchical family; the config is of the {config.family!r} "
                               "family (build it with models.build_from_config)")
         return cls(config.x_dim, config.latent_dims, config.layer_hidden_dims, config.activation, config.likelihood,
-                   config.obs_scale, config.prior, config.pseudo_inputs, config.image_shape)
+                   config.obs_scale, config.prior, config.pseudo_inputs, config.image_shape,
+                   config.mixture_components, config.bit_depth)
 
     def init_kwargs(self) -> dict[str, Any]:
         c = self.config
         kwargs = {"x_dim": c.x_dim, "latent_dims": list(c.latent_dims),
                   "layer_hidden_dims": [list(w) for w in c.layer_hidden_dims], "activation": c.activation,
                   "likelihood": c.likelihood, "obs_scale": c.obs_scale, "prior": c.prior,
-                  "pseudo_inputs": c.pseudo_inputs}
+                  "pseudo_inputs": c.pseudo_inputs,
+                  "mixture_components": c.mixture_components, "bit_depth": c.bit_depth}
         if c.image_shape is not None:
             kwargs["image_shape"] = list(c.image_shape)
-        return kwargs
+        return drop_level_kwargs(kwargs, c)
 
     # --- the distributions -------------------------------------------------------
     def layer_posterior(self, layer: int, below: torch.Tensor) -> dist.TorchDistribution:

@@ -14,27 +14,140 @@ event shape ``[x_dim]``. Add one to `LIKELIHOODS`; the model code does not chang
 - ``gaussian-learned``: N(x; mu(z), sigma(z)^2) per pixel, sigma >= `MIN_OBS_SCALE`.
 - ``continuous-bernoulli``: the normalised continuous Bernoulli of
   Loaiza-Ganem & Cunningham (2019) for pixels in [0, 1].
+- ``discretized-logistic``: a mixture of K discretized logistics per pixel over
+  the integer levels 0..top (top = 2^b - 1; PixelCNN++, Salimans et al. 2017,
+  rescaled to integer levels), `DiscretizedLogisticMixture`; K =
+  ``mixture_components`` (K = 1: the plain discretized logistic). Channels are
+  *independent*: each of the C x H x W values has its own mixture (PixelCNN++
+  couples a pixel's R, G, B means linearly; this does not).
+- ``beta-binomial``: BetaBinomial(alpha, beta, n = top) per pixel (Pyro's), an
+  exact pmf over 0..top with two parameters per pixel.
 
-Densities of continuous likelihoods are in nats per image *of density*: not
-comparable with Bernoulli log-probabilities.
+The two discrete likelihoods (``discrete_levels = True``) take integer levels
+0..top as data (float tensors holding integers, `pyro_vae.images`), and their
+log-likelihoods are log-probabilities of the discrete image: nats per image,
+bits/dim = -log P(x) / (D ln 2). Densities of continuous likelihoods are in
+nats per image *of density*: not comparable with log-probabilities, unless the
+data are dequantized (``--dequantize uniform``: the report's bound
+E_u[log p((x + u) / 2^b)] - D b log 2 <= log P(x)).
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
+
+from pyro_vae import config
+from pyro_vae.config import DEFAULT_MIXTURE_COMPONENTS
 
 #: Smallest learned pixel standard deviation (grey levels live in [0, 1]).
 MIN_OBS_SCALE = 1e-2
 
 
+#: The top level of 8-bit data (levels 0..255).
+TOP_8BIT = 255
+
+
+class DiscretizedLogisticMixture(TorchDistribution):
+    r"""A mixture of K logistics discretized to the integer levels 0..``top``, one mixture per batch element.
+
+    ``logits``, ``loc``, ``log_scale``: ``[..., K]`` (mixture logits, means and log-scales in level units);
+    batch shape ``[...]``, event shape ``()``, support the integers 0..top. Component j puts on level k
+
+        P_j(k) = F_j(k + 1/2) - F_j(k - 1/2),   F_j(t) = sigmoid((t - loc_j) / s_j),
+
+    with level 0 taking (-inf, 1/2] and level ``top`` taking [top - 1/2, inf), so the pmf sums to 1 for any
+    parameters. Computed in log space: log F(k + 1/2) = logsigmoid(a), log(1 - F(k - 1/2)) = logsigmoid(-b), and
+    for an interior bin the exact identity sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^{b - a}) with
+    b - a = -1/s, so log P = logsigmoid(a) + logsigmoid(-b) + log(1 - e^{-1/s}): no difference of two rounded
+    CDFs, so the mass never underflows to 0 (where PixelCNN++ falls back to the mid-bin density, this form is
+    exact at any distance from the mean); log(1 - e^{-w}) is taken as log w - w/2 for w < 1e-5 (huge scales).
+    ``log_scale`` is floored at ``log_scale_min`` (gradients stop below it, as PixelCNN++'s clamp).
+    """
+
+    arg_constraints = {"logits": constraints.real, "loc": constraints.real, "log_scale": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, top: int = TOP_8BIT,
+                 log_scale_min: float | None = None, validate_args: bool | None = None):
+        logits, loc, log_scale = torch.broadcast_tensors(logits, loc, log_scale)
+        self.top = int(top)
+        self.log_scale_min = math.log(self.top / 2) - 7.0 if log_scale_min is None else log_scale_min
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        self.loc = loc
+        self.log_scale = log_scale.clamp(min=self.log_scale_min)
+        super().__init__(logits.shape[:-1], torch.Size(), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.top)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.loc.shape[-1:]
+        new = self._get_checked_instance(DiscretizedLogisticMixture, _instance)
+        new.top, new.log_scale_min = self.top, self.log_scale_min
+        new.logits, new.loc, new.log_scale = (t.expand(shape) for t in (self.logits, self.loc, self.log_scale))
+        super(DiscretizedLogisticMixture, new).__init__(torch.Size(batch_shape), torch.Size(), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log P_j(value) of each component: ``[..., K]``."""
+        x = value.unsqueeze(-1)
+        inv_s = torch.exp(-self.log_scale)
+        a = inv_s * (x - self.loc + 0.5)  # (k + 1/2 - loc) / s
+        b = inv_s * (x - self.loc - 0.5)  # (k - 1/2 - loc) / s
+        log_cdf_upper = F.logsigmoid(a)  # log F(k + 1/2): level 0's mass
+        log_sf_lower = F.logsigmoid(-b)  # log (1 - F(k - 1/2)): the top level's mass
+        w = inv_s  # the bin's width over the scale
+        small = w < 1e-5
+        log_width = torch.where(small, -self.log_scale - w / 2,
+                                torch.log(-torch.expm1(-torch.where(small, torch.ones_like(w), w))))
+        interior = log_cdf_upper + log_sf_lower + log_width
+        return torch.where(x <= 0, log_cdf_upper, torch.where(x >= self.top, log_sf_lower, interior))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return torch.logsumexp(self.logits + self.component_log_prob(value), dim=-1)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """A component by its weight, a logistic draw from it, rounded to the nearest level and clamped to
+        0..top (the clamp is the edge bins' tails)."""
+        shape = torch.Size(sample_shape) + self.batch_shape
+        j = torch.distributions.Categorical(logits=self.logits).sample(sample_shape).unsqueeze(-1)
+        loc = self.loc.expand(shape + self.loc.shape[-1:]).gather(-1, j).squeeze(-1)
+        scale = self.log_scale.expand(shape + self.loc.shape[-1:]).gather(-1, j).squeeze(-1).exp()
+        u = torch.rand(shape, dtype=loc.dtype, device=loc.device).clamp(1e-6, 1 - 1e-6)
+        return (loc + scale * (torch.log(u) - torch.log1p(-u))).round().clamp(0, self.top)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[X] = sum_{k=1}^{top} P(X >= k) = sum_k sum_j pi_j sigmoid((loc_j + 1/2 - k) / s_j), summed exactly
+        over the levels in blocks of 64."""
+        weights, inv_s = self.logits.exp(), torch.exp(-self.log_scale)
+        total = torch.zeros_like(self.loc)
+        for start in range(1, self.top + 1, 64):
+            k = torch.arange(start, min(start + 64, self.top + 1), dtype=self.loc.dtype, device=self.loc.device)
+            total = total + torch.sigmoid((self.loc.unsqueeze(-1) + 0.5 - k) * inv_s.unsqueeze(-1)).sum(-1)
+        return (weights * total).sum(-1)
+
+
 class Likelihood(nn.Module):
-    """Base: ``forward(raw)`` gives p(x|z). ``binary_data``: needs 0/1 pixels."""
+    """Base: ``forward(raw)`` gives p(x|z). ``binary_data``: needs 0/1 pixels. ``discrete_levels``: takes the
+    integer levels 0..``top`` (a pmf over them; the data are served as levels, not scaled to [0, 1])."""
 
     params_per_pixel = 1
     binary_data = False
+    discrete_levels = False
+    top = 1
 
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
@@ -74,16 +187,79 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
 
 
+class DiscretizedLogistic(Likelihood):
+    """K discretized logistics per pixel over the levels 0..top, channels independent
+    (`DiscretizedLogisticMixture`). The decoder's ``3K * D`` outputs, parameter-major: K mixture logits, K means,
+    K log-scales per pixel. Means are ``top * (1/2 + raw)`` (the middle level at raw 0), log-scales
+    ``raw + log(top / 8)``."""
+
+    discrete_levels = True
+
+    def __init__(self, components: int = DEFAULT_MIXTURE_COMPONENTS, top: int = TOP_8BIT):
+        super().__init__()
+        if components < 1:
+            raise ValueError(f"--mixture-components must be at least 1, got {components}")
+        self.components, self.top = int(components), int(top)
+        self.params_per_pixel = 3 * self.components
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        k = self.components
+        params = raw.unflatten(-1, (3 * k, -1)).movedim(-2, -1)  # [..., D, 3K]
+        logits, loc, log_scale = params.split(k, dim=-1)
+        return DiscretizedLogisticMixture(logits, self.top * (0.5 + loc), log_scale + math.log(self.top / 8),
+                                          self.top, validate_args=False).to_event(1)
+
+
+class BetaBinomialLikelihood(Likelihood):
+    """BetaBinomial(alpha, beta, n = top) per pixel, ``alpha, beta = softplus(raw)`` kept in
+    [`MIN_CONCENTRATION`, `MAX_CONCENTRATION`]."""
+
+    params_per_pixel = 2
+    discrete_levels = True
+    MIN_CONCENTRATION, MAX_CONCENTRATION = 1e-3, 1e4
+
+    def __init__(self, top: int = TOP_8BIT):
+        super().__init__()
+        self.top = int(top)
+
+    def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
+        a, b = (F.softplus(r).clamp(self.MIN_CONCENTRATION, self.MAX_CONCENTRATION) for r in raw.chunk(2, dim=-1))
+        return dist.BetaBinomial(a, b, total_count=self.top, validate_args=False).to_event(1)
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     "bernoulli": Bernoulli,
     "gaussian": Gaussian,
     "gaussian-learned": LearnedGaussian,
     "continuous-bernoulli": ContinuousBernoulli,
+    "discretized-logistic": DiscretizedLogistic,
+    "beta-binomial": BetaBinomialLikelihood,
 }
+#: The likelihoods over integer levels 0..top (their data are levels; ``discrete_levels``).
+DISCRETE_LIKELIHOODS = tuple(name for name, cls in LIKELIHOODS.items() if cls.discrete_levels)
+assert DISCRETE_LIKELIHOODS == config.DISCRETE_LIKELIHOODS  # the data layer's copy of the names
 
 
-def make_likelihood(name: str, obs_scale: float = 1.0) -> Likelihood:
-    """The likelihood named ``name``; ``obs_scale`` is used by ``gaussian`` only."""
+def make_likelihood(name: str, obs_scale: float = 1.0, mixture_components: int = DEFAULT_MIXTURE_COMPONENTS,
+                    top: int = TOP_8BIT) -> Likelihood:
+    """The likelihood named ``name``; ``obs_scale`` is used by ``gaussian`` only, ``mixture_components`` by
+    ``discretized-logistic``, ``top`` (2^b - 1) by the discrete ones."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
-    return Gaussian(obs_scale) if name == "gaussian" else LIKELIHOODS[name]()
+    if name == "gaussian":
+        return Gaussian(obs_scale)
+    if name == "discretized-logistic":
+        return DiscretizedLogistic(mixture_components, top)
+    if name == "beta-binomial":
+        return BetaBinomialLikelihood(top)
+    return LIKELIHOODS[name]()
+
+
+def drop_level_kwargs(kwargs: dict, config) -> dict:
+    """``kwargs`` (a model's ``init_kwargs``) without ``mixture_components`` and ``bit_depth`` where the likelihood
+    does not use them, as checkpoints written before they existed."""
+    if config.likelihood != "discretized-logistic":
+        kwargs.pop("mixture_components", None)
+    if not config.discrete_levels:
+        kwargs.pop("bit_depth", None)
+    return kwargs

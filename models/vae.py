@@ -28,10 +28,10 @@ import torch
 
 from models.base import SingleLatentModel
 from models.guides import make_guide
-from models.likelihoods import make_likelihood
+from models.likelihoods import drop_level_kwargs, make_likelihood
 from models.priors import make_prior
 from models.registry import register_model
-from pyro_vae.config import DEFAULT_PSEUDO_INPUTS, ModelConfig
+from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.nets import make_networks
 
@@ -63,12 +63,15 @@ class VAE(SingleLatentModel):
         image_shape: tuple[int, ...] | None = None,
         prior: str = "standard",
         pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS,
+        mixture_components: int = DEFAULT_MIXTURE_COMPONENTS,
+        bit_depth: int = DEFAULT_BIT_DEPTH,
     ):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
-                                  flow_steps, arch, image_shape, prior=prior, pseudo_inputs=pseudo_inputs).validated()
+                                  flow_steps, arch, image_shape, prior=prior, pseudo_inputs=pseudo_inputs,
+                                  mixture_components=mixture_components, bit_depth=bit_depth).validated()
         self.z_dim = z_dim
-        self.likelihood = make_likelihood(likelihood, obs_scale)
+        self.likelihood = make_likelihood(likelihood, obs_scale, mixture_components, 2 ** bit_depth - 1)
         self.posterior_head = make_guide(guide, z_dim, flow_steps)
         self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
                                                    self.posterior_head.num_inputs, self.likelihood.params_per_pixel,
@@ -99,6 +102,7 @@ class VAE(SingleLatentModel):
             del kwargs["image_shape"]  # as checkpoints before image shapes were recorded
         if kwargs["prior"] == "standard":  # as checkpoints before priors were named
             del kwargs["prior"], kwargs["pseudo_inputs"]
+        drop_level_kwargs(kwargs, self.config)
         return kwargs
 
     @property

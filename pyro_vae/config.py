@@ -54,6 +54,16 @@ FAMILIES = ("vae", "hierarchical")
 PRIORS = ("standard", "vamp")
 #: K, the VampPrior's pseudo-inputs, unless ``--pseudo-inputs`` says otherwise (the paper's choice for MNIST).
 DEFAULT_PSEUDO_INPUTS = 500
+#: K, the logistics per pixel of the ``discretized-logistic`` likelihood, unless ``--mixture-components`` says
+#: otherwise (PixelCNN++'s 10; K = 1 is the plain discretized logistic).
+DEFAULT_MIXTURE_COMPONENTS = 10
+#: Bits per pixel value of grey-level data unless the files say otherwise (uint8: levels 0..255).
+DEFAULT_BIT_DEPTH = 8
+#: Likelihoods over the integer levels 0..2^b - 1 (``models.likelihoods.DISCRETE_LIKELIHOODS``, named here so the
+#: data layer can serve levels without importing models).
+DISCRETE_LIKELIHOODS = ("discretized-logistic", "beta-binomial")
+#: ``--dequantize``: none, or uniform (train on (x + u) / 2^b, u ~ U[0, 1)^D fresh per batch).
+DEQUANTIZE_CHOICES = ("none", "uniform")
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,9 @@ class ModelConfig:
 
     ``prior`` (`PRIORS`) is p(z) of the vae family and p(z_L) of the hierarchical one; ``pseudo_inputs`` is the
     VampPrior's K. A config written before these fields existed loads as the one-layer VAE with N(0, I).
+
+    ``mixture_components`` is K of the ``discretized-logistic`` likelihood, ``bit_depth`` b of the discrete
+    likelihoods (levels 0..2^b - 1); other likelihoods leave both at their defaults (older configs load so).
     """
 
     x_dim: int = 784
@@ -89,6 +102,8 @@ class ModelConfig:
     layer_hidden_dims: tuple[tuple[int, ...], ...] | None = None  # hierarchical: widths of each layer's networks
     prior: str = "standard"
     pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS  # K of the VampPrior (prior "vamp" only)
+    mixture_components: int = DEFAULT_MIXTURE_COMPONENTS  # K of the discretized-logistic likelihood
+    bit_depth: int = DEFAULT_BIT_DEPTH  # b of a discrete likelihood: levels 0..2^b - 1
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the tuple so configs compare equal after a round trip.
@@ -175,7 +190,19 @@ class ModelConfig:
                  f"--obs-scale sets the gaussian likelihood's standard deviation; the {self.likelihood!r} likelihood "
                  "does not use it: drop it, or use --likelihood gaussian")
         self._validate_prior()
+        _require(_positive_int(self.mixture_components) and self.mixture_components <= 100,
+                 f"--mixture-components must be an integer from 1 to 100, got {self.mixture_components!r}")
+        _require(self.likelihood == "discretized-logistic" or self.mixture_components == DEFAULT_MIXTURE_COMPONENTS,
+                 f"--mixture-components sets the discretized-logistic likelihood's K; the {self.likelihood!r} "
+                 "likelihood does not use it: drop it, or use --likelihood discretized-logistic")
+        _require(_positive_int(self.bit_depth) and self.bit_depth <= 16,
+                 f"bit_depth must be an integer from 1 to 16, got {self.bit_depth!r}")
         return self
+
+    @property
+    def discrete_levels(self) -> bool:
+        """Whether the likelihood is a pmf over the integer levels 0..2^b - 1 (its data are levels)."""
+        return self.likelihood in DISCRETE_LIKELIHOODS
 
     def _validate_prior(self) -> None:
         _require(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
@@ -287,6 +314,19 @@ class TrainConfig:
     held_out_from: int | None = None  # recorded: the source's image count when its test split was held out
     memory_budget: float | None = None  # GB a folder's training images may take before they are streamed
     workers: int = 2  # processes decoding a streamed folder
+    # Grey levels: ``dequantize`` uniform trains a continuous likelihood on (x + u) / 2^b; ``bit_depth`` b of the
+    # files (recorded from the data; given, it must be theirs). None: not known (binarised or float data).
+    dequantize: str = "none"
+    bit_depth: int | None = None
+
+    @property
+    def encoding(self) -> str:
+        """How pixels reach the model (`pyro_vae.images.ENCODINGS`): ``levels`` (integers 0..2^b - 1) for a
+        discrete likelihood, ``dequantized`` ((x + u) / 2^b) under ``--dequantize uniform``, else ``unit``
+        ([0, 1], or 0/1 when binarised)."""
+        if self.model.discrete_levels:
+            return "levels"
+        return "dequantized" if self.dequantize == "uniform" else "unit"
 
     def source_options(self) -> "SourceOptions":
         """The `pyro_vae.sources.SourceOptions` of this run's data."""
@@ -337,6 +377,17 @@ class TrainConfig:
         _require(self.cuda_graph in (None, True, False), f"cuda_graph must be True, False or None, got {self.cuda_graph!r}")
         _require(isinstance(self.schedule, str) and self.schedule in SCHEDULES,
                  f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _require(self.dequantize in DEQUANTIZE_CHOICES,
+                 f"--dequantize must be one of {', '.join(DEQUANTIZE_CHOICES)}, got {self.dequantize!r}")
+        _require(not (self.dequantize != "none" and self.model.discrete_levels),
+                 f"--dequantize makes grey levels continuous for a density; the {self.model.likelihood} likelihood "
+                 "is a pmf over the integer levels themselves: drop --dequantize, or use a continuous likelihood")
+        _require(not ((self.model.discrete_levels or self.dequantize != "none") and self.binarize != "none"),
+                 f"--binarize {self.binarize} makes the pixels 0/1, but the {self.model.likelihood} likelihood"
+                 f"{' with --dequantize' if self.dequantize != 'none' else ''} models grey levels: use --binarize "
+                 "none, or the bernoulli likelihood")
+        _require(self.bit_depth is None or (_positive_int(self.bit_depth) and self.bit_depth <= 16),
+                 f"--bit-depth must be an integer from 1 to 16, got {self.bit_depth!r}")
         for name in ("dataset", "binarize", "elbo", "gradient", "device"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
         for name in ("preset", "data_dir", "out"):

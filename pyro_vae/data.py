@@ -80,19 +80,21 @@ class DataSplits:
     @classmethod
     def from_arrays(cls, images, labels=None, test_images=None, test_labels=None, *, binarize: str = "dynamic",
                     options: SourceOptions | None = None, seed: int = 0, test_seed: int = 0,
-                    device: torch.device | str = "cpu") -> "DataSplits":
+                    device: torch.device | str = "cpu", encoding: str = "unit") -> "DataSplits":
         """Splits from NumPy arrays or tensors, as ``array:PATH`` reads them (`pyro_vae.sources`).
 
         ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` (``[N, C, H, W]`` with
         ``options.channels_first``), uint8 or floats in [0, 1]; ``labels`` ``[N]``
         integers; without ``test_images`` a fraction is held out (``options``).
-        For ``train(config, data=DataSplits.from_arrays(...))``.
+        For ``train(config, data=DataSplits.from_arrays(...))``; ``encoding`` as `pyro_vae.images.Images`
+        (``levels`` for a discrete likelihood, ``dequantized`` for ``--dequantize uniform``).
         """
         options = options or SourceOptions()
         arrays = {"images": images, "labels": labels, "test_images": test_images, "test_labels": test_labels}
         raw = conform(splits_from_arrays({k: _numpy(v) for k, v in arrays.items() if v is not None}, options,
                                          "the arrays"), options, "the arrays")
-        return build_splits(raw, binarize, seed=seed, test_seed=test_seed, device=device, source="custom")
+        return build_splits(raw, binarize, seed=seed, test_seed=test_seed, device=device, source="custom",
+                            encoding=encoding)
 
 
 def _numpy(value):
@@ -101,26 +103,28 @@ def _numpy(value):
 
 def build_splits(raw: SourceSplits, binarize: str, train_limit: int | None = None, test_limit: int | None = None,
                  seed: int = 0, test_seed: int = 0, device: torch.device | str = "cpu",
-                 source: str = "custom") -> DataSplits:
+                 source: str = "custom", encoding: str = "unit") -> DataSplits:
     """`DataSplits` of ``raw`` images flattened to ``[N, D]``: the first ``*_limit`` of each split, on ``device``."""
     train = take_first(raw.train.flatten(1), train_limit, "--train-limit",
                        "the training split" if source == "custom" else f"the {source} training split")
-    test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source)
-    return DataSplits(Images(train, binarize, seed=seed, device=device), test, test_seed, source=source,
+    test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source, encoding)
+    return DataSplits(Images(train, binarize, seed=seed, device=device, encoding=encoding), test, test_seed,
+                      source=source,
                       test_labels=labels, image_shape=raw.image_shape, held_out_from=raw.held_out_from,
                       classes=raw.classes)
 
 
 def frozen_test(raw: SourceSplits, limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
-                source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+                source: str, encoding: str = "unit") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The first ``limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once with
-    ``test_seed``, and their labels ``[N]`` (or None).
+    ``test_seed`` (or in ``encoding``: integer levels, or dequantized once with ``test_seed``), and their labels
+    ``[N]`` (or None).
 
     The draw is made with the CPU's generator whatever ``device`` is, so a report on CUDA scores the very
     images a report on the CPU scores (CUDA's generator draws other bits for the same seed)."""
     pixels = take_first(raw.test.flatten(1), limit, "--test-limit",
                         "the test split" if source == "custom" else f"the {source} test split")
-    x = Images(pixels, binarize, seed=test_seed, device="cpu").frozen(test_seed).to(device)
+    x = Images(pixels, binarize, seed=test_seed, device="cpu", encoding=encoding).frozen(test_seed).to(device)
     return x, (raw.test_labels[: len(x)] if raw.test_labels is not None else None)
 
 
@@ -134,17 +138,19 @@ def evaluation_split(
     download: bool = True,
     options: SourceOptions | None = None,
     held_out_from: int | None = None,
+    encoding: str = "unit",
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int], tuple[str, ...] | None]:
     """``(x, labels, image_shape, classes)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]``
     on ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU; the
-    labels' names (a folder's class folders) or None.
+    labels' names (a folder's class folders) or None. ``encoding`` as `pyro_vae.images.Images` (the report
+    reads a dequantized run's test split as ``levels``: it draws u with its particles).
 
     ``held_out_from``: the run's test split was held out of that many images; `DataError` if the source now
     holds another number (the held-out split would be other images, some of them trained on).
     """
     raw = read_source(dataset, data_dir, options, download, test_only=True)
     check_held_out(raw.held_out_from, held_out_from, dataset)
-    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset), raw.image_shape, raw.classes)
+    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset, encoding), raw.image_shape, raw.classes)
 
 
 def check_held_out(now: int | None, then: int | None, dataset: str) -> None:
@@ -164,11 +170,12 @@ def evaluation_images(
     download: bool = True,
     options: SourceOptions | None = None,
     held_out_from: int | None = None,
+    encoding: str = "unit",
 ) -> torch.Tensor:
     """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``
     (`evaluation_split`)."""
     return evaluation_split(dataset, binarize, data_dir, limit, test_seed, device, download, options,
-                            held_out_from)[0]
+                            held_out_from, encoding)[0]
 
 
 def load_splits(
@@ -184,6 +191,7 @@ def load_splits(
     options: SourceOptions | None = None,
     memory_budget: float | None = None,
     workers: int = 2,
+    encoding: str = "unit",
 ) -> DataSplits:
     """Load the train and test splits of ``dataset`` (a ``--dataset`` spec) onto ``device`` (first ``*_limit``).
 
@@ -196,7 +204,8 @@ def load_splits(
     kind, path = parse_spec(dataset)
     if kind != "folder":
         raw = read_source(dataset, data_dir, options, download)
-        return build_splits(raw, binarize, train_limit, test_limit, seed, test_seed, device, source=dataset)
+        return build_splits(raw, binarize, train_limit, test_limit, seed, test_seed, device, source=dataset,
+                            encoding=encoding)
     listing = list_folder(path, options or SourceOptions())
     listing = dataclasses.replace(  # decode only the images asked for
         listing, train=take_first(listing.train, train_limit, "--train-limit", f"the {dataset} training split"),
@@ -206,8 +215,10 @@ def load_splits(
         memory_budget = min((f for f in free if f is not None), default=math.inf) / 2
     pixels = math.prod(listing.image_shape)
     if (len(listing.train) + 4 * len(listing.test)) * pixels <= memory_budget:  # uint8 training, float test images
-        return build_splits(listing.read(), binarize, None, None, seed, test_seed, device, source=dataset)
+        return build_splits(listing.read(), binarize, None, None, seed, test_seed, device, source=dataset,
+                            encoding=encoding)
     test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), None, binarize, test_seed, device,
-                               dataset)
-    return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers), test,
+                               dataset, encoding)
+    return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers,
+                                     encoding=encoding), test,
                       test_seed, dataset, labels, listing.image_shape, listing.held_out_from, listing.classes)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae.errors import DataError
-from pyro_vae.images import BINARIZE_CHOICES, epoch_order, served
+from pyro_vae.images import BINARIZE_CHOICES, as_float, check_encoding, epoch_order, served
 from pyro_vae.seeds import seed_for
 from pyro_vae.sources import decode, shape_image
 
@@ -50,13 +50,16 @@ class StreamedImages:
     """
 
     def __init__(self, paths: list[Path], image_shape: tuple[int, int, int], binarize: str = "dynamic",
-                 seed: int = 0, device: torch.device | str = "cpu", workers: int = 2, prefetch: int = 4):
+                 seed: int = 0, device: torch.device | str = "cpu", workers: int = 2, prefetch: int = 4,
+                 encoding: str = "unit"):
         if binarize not in BINARIZE_CHOICES:
             raise DataError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE_CHOICES)}")
         if binarize == "static":
             raise DataError("--binarize static draws every image once and keeps the draw, which a folder too large "
                             "to hold cannot; use --binarize dynamic, or a larger --memory-budget")
+        check_encoding(encoding, binarize, torch.uint8)  # files decode to uint8
         self.paths, self.image_shape, self.binarize, self.seed = list(paths), tuple(image_shape), binarize, seed
+        self.encoding, self.bit_depth = encoding, 8  # files are decoded to 8 bits a channel
         self._device = torch.device(device)
         self.workers, self.prefetch = workers, prefetch
 
@@ -98,10 +101,10 @@ class StreamedImages:
             except DataError as e:  # a file that only fails when decoded; a worker's error carries its traceback
                 lines = [line for line in str(e).splitlines() if line.startswith("pyro_vae.errors.DataError: ")]
                 raise DataError(lines[-1].split(": ", 1)[1] if lines else str(e).splitlines()[0]) from None
-            grey = pixels.to(self.device, non_blocking=True).flatten(1).float() / 255.0
-            yield served(grey, self.binarize, gen, self.seed, epoch, step)
+            grey = as_float(pixels.to(self.device, non_blocking=True).flatten(1), self.encoding)
+            yield served(grey, self.binarize, gen, self.seed, epoch, step, self.encoding, self.bit_depth)
 
     def to(self, device: torch.device | str) -> "StreamedImages":
         """The same files served on ``device``."""
         return StreamedImages(self.paths, self.image_shape, self.binarize, self.seed, device, self.workers,
-                              self.prefetch)
+                              self.prefetch, self.encoding)
