@@ -85,12 +85,14 @@ class HierarchicalVAE(LatentModel):
         self.likelihood = make_likelihood(likelihood, obs_scale, mixture_components, 2 ** bit_depth - 1)
         self.heads = nn.ModuleList(DiagonalNormal(d) for d in dims)  # no parameters: raw -> N(mu, diag sigma^2)
         # Built in this order (encoders, decoder, conditionals) so that L = 1 draws a VAE's initial parameters.
-        self.encoders = nn.ModuleList(MLP(d_in, w, 2 * d, activation)
-                                      for d_in, w, d in zip((x_dim, *dims[:-1]), widths, dims))
+        # Layer 0's encoder sees x in [0, 1] (levels 0..top divided by top), as `pyro_vae.nets` says.
+        input_scales = [1.0 / self.likelihood.pixel_scale] + [1.0] * (len(dims) - 1)
+        self.encoders = nn.ModuleList(MLP(d_in, w, 2 * d, activation, scale)
+                                      for d_in, w, d, scale in zip((x_dim, *dims[:-1]), widths, dims, input_scales))
         self.decoder = MLP(dims[0], tuple(reversed(widths[0])), self.likelihood.params_per_pixel * x_dim, activation)
         self.conditionals = nn.ModuleList(MLP(dims[l + 1], tuple(reversed(widths[l + 1])), 2 * dims[l], activation)
                                           for l in range(len(dims) - 1))
-        self.vamp = make_prior(prior, x_dim, pseudo_inputs)  # on z_L; None for N(0, I)
+        self.vamp = make_prior(prior, x_dim, pseudo_inputs, self.likelihood.pixel_scale)  # on z_L; None for N(0, I)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "HierarchicalVAE":

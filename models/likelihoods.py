@@ -149,6 +149,12 @@ class Likelihood(nn.Module):
     discrete_levels = False
     top = 1
 
+    @property
+    def pixel_scale(self) -> float:
+        """The data value of a full-intensity pixel: ``top`` for level data, else 1. Encoders divide by it, so
+        that they see pixels in [0, 1] whatever the encoding."""
+        return float(self.top) if self.discrete_levels else 1.0
+
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
 

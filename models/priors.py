@@ -95,10 +95,14 @@ def mixture_of(components: dist.TorchDistribution) -> dist.TorchDistribution:
 
 
 class VampPrior(nn.Module):
-    """K learned pseudo-inputs ``[K, x_dim]``; ``forward(posterior)`` is (1/K) sum_k posterior(u_k)."""
+    """K learned pseudo-inputs ``[K, x_dim]``; ``forward(posterior)`` is (1/K) sum_k posterior(u_k).
 
-    def __init__(self, x_dim: int, num_pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS):
+    ``pixel_scale``: the data value of a full-intensity pixel (``top`` for data served as levels 0..top), so that
+    the pseudo-inputs are images in the data's units."""
+
+    def __init__(self, x_dim: int, num_pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS, pixel_scale: float = 1.0):
         super().__init__()
+        self.pixel_scale = float(pixel_scale)
         if isinstance(num_pseudo_inputs, bool) or not isinstance(num_pseudo_inputs, int) or num_pseudo_inputs < 1:
             raise ConfigError(f"--pseudo-inputs must be a positive integer, got {num_pseudo_inputs!r}")
         self.pseudo_logits = nn.Parameter(torch.randn(num_pseudo_inputs, x_dim))  # sigmoid -> pixels in (0, 1)
@@ -108,16 +112,18 @@ class VampPrior(nn.Module):
         return self.pseudo_logits.shape[0]
 
     def pseudo_inputs(self) -> torch.Tensor:
-        """u ``[K, x_dim]``, pixels in (0, 1)."""
-        return torch.sigmoid(self.pseudo_logits)
+        """u ``[K, x_dim]``, pixels in (0, ``pixel_scale``)."""
+        return self.pixel_scale * torch.sigmoid(self.pseudo_logits)
 
     def forward(self, posterior: Callable[[torch.Tensor], dist.TorchDistribution]) -> dist.TorchDistribution:
         """p(z) = (1/K) sum_k posterior(u_k); ``posterior`` maps images ``[K, x_dim]`` to q with batch ``[K]``."""
         return mixture_of(posterior(self.pseudo_inputs()))
 
 
-def make_prior(name: str, x_dim: int, num_pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS) -> VampPrior | None:
-    """The learned part of the prior named ``name``: None for ``standard`` (N(0, I) has none), else a `VampPrior`."""
+def make_prior(name: str, x_dim: int, num_pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS,
+               pixel_scale: float = 1.0) -> VampPrior | None:
+    """The learned part of the prior named ``name``: None for ``standard`` (N(0, I) has none), else a `VampPrior`
+    whose pseudo-inputs have pixels in (0, ``pixel_scale``)."""
     if name not in PRIORS:
         raise ConfigError(f"unknown prior {name!r}; choose one of {', '.join(PRIORS)}")
-    return VampPrior(x_dim, num_pseudo_inputs) if name == "vamp" else None
+    return VampPrior(x_dim, num_pseudo_inputs, pixel_scale) if name == "vamp" else None

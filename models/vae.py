@@ -75,8 +75,9 @@ class VAE(SingleLatentModel):
         self.posterior_head = make_guide(guide, z_dim, flow_steps)
         self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
                                                    self.posterior_head.num_inputs, self.likelihood.params_per_pixel,
-                                                   self.config.image)
-        self.vamp = make_prior(prior, x_dim, pseudo_inputs)  # None for N(0, I): no parameters, no state
+                                                   self.config.image, 1.0 / self.likelihood.pixel_scale)
+        # None for N(0, I): no parameters, no state. Pseudo-inputs are images in the data's units.
+        self.vamp = make_prior(prior, x_dim, pseudo_inputs, self.likelihood.pixel_scale)
 
     #: ModelConfig fields that are not this family's constructor arguments (the hierarchical family's).
     _OTHER_FAMILIES_FIELDS = ("family", "latent_dims", "layer_hidden_dims")

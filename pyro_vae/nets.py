@@ -7,7 +7,11 @@ p(x|z)'s parameters by a likelihood (see ``models.guides``,
 ``models.likelihoods``). Leading dimensions pass through untouched, so a
 ``[K, B, D]`` stack of particles works as well as ``[B, D]``.
 
-``ARCHITECTURES`` builds an (encoder, decoder) pair by name.
+``ARCHITECTURES`` builds an (encoder, decoder) pair by name. An encoder's
+``input_scale`` multiplies its input first: data served as integer levels
+0..top (the discrete likelihoods) reach the first layer as pixels in [0, 1],
+as every other encoding does (raw levels saturate a tanh layer at
+initialisation, and the encoder then ignores x).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu":
 
 
 class MLP(nn.Sequential):
-    """``in_dim -> hidden_dims... -> out_dim``, ``activation`` between layers, linear output."""
+    """``in_dim -> hidden_dims... -> out_dim``, ``activation`` between layers, linear output; the input is
+    multiplied by ``input_scale`` first (a constant, not a parameter: no state-dict entry)."""
 
-    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str = "tanh"):
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str = "tanh",
+                 input_scale: float = 1.0):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         dims = [in_dim, *hidden_dims]
@@ -34,9 +40,10 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(d_in, d_out), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(dims[-1], out_dim))
         super().__init__(*layers)
+        self.input_scale = float(input_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)
+        return super().forward(x if self.input_scale == 1.0 else x * self.input_scale)
 
 
 def _over_leading_dims(net: nn.Module, x: torch.Tensor, item_shape: tuple[int, ...]) -> torch.Tensor:
@@ -69,10 +76,13 @@ class ConvEncoder(nn.Module):
     """Images ``[..., C * S * S]`` -> stride-2 convolutions (32, 64, ... channels) down to ``S / 2^L`` -> linear.
 
     ``L`` = `conv_halvings` (S); for 28x28 grey images two convolutions, 32 and 64 channels (28 -> 14 -> 7).
+    The input is multiplied by ``input_scale`` first.
     """
 
-    def __init__(self, out_dim: int, activation: str = "relu", side: int = 28, channels: int = 1):
+    def __init__(self, out_dim: int, activation: str = "relu", side: int = 28, channels: int = 1,
+                 input_scale: float = 1.0):
         super().__init__()
+        self.input_scale = float(input_scale)
         act = ACTIVATIONS[activation]
         self.side, self.channels = side, channels
         widths = _widths(conv_halvings(side))
@@ -84,6 +94,8 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image = (self.channels, self.side, self.side)
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         return _over_leading_dims(self.net, x.reshape(*x.shape[:-1], *image), image)
 
 
@@ -116,22 +128,23 @@ ARCHITECTURES = ("mlp", "conv")
 
 
 def make_networks(arch: str, x_dim: int, z_dim: int, hidden_dims: Sequence[int], activation: str,
-                  encoder_out: int, decoder_channels: int,
-                  image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+                  encoder_out: int, decoder_channels: int, image_shape: Sequence[int] | None = None,
+                  input_scale: float = 1.0) -> tuple[nn.Module, nn.Module]:
     """Encoder ``[..., x_dim] -> [..., encoder_out]`` and decoder ``[..., z_dim] -> [..., decoder_channels * x_dim]``.
 
     ``mlp``: ``hidden_dims`` for the encoder, mirrored for the decoder, any
     ``x_dim``. ``conv``: square images ``image_shape`` (C, S, S), by default
-    1 x 28 x 28 (`conv_halvings` says which sides); ``hidden_dims`` is not used.
+    1 x 28 x 28 (`conv_halvings` says which sides); ``hidden_dims`` is not used. The encoder multiplies
+    its input by ``input_scale`` (1 / top for data served as levels 0..top).
     """
     if arch == "mlp":
-        return (MLP(x_dim, hidden_dims, encoder_out, activation),
+        return (MLP(x_dim, hidden_dims, encoder_out, activation, input_scale),
                 MLP(z_dim, tuple(reversed(tuple(hidden_dims))), decoder_channels * x_dim, activation))
     if arch == "conv":
         channels, height, width = image_shape or ((1, 28, 28) if x_dim == 784 else (0, 0, 0))
         if height != width or channels * height * width != x_dim or not height:
             raise ConfigError(f"--arch conv takes square images; x_dim {x_dim} with image shape {image_shape} is not "
                              "one (use --image-size S, or --arch mlp)")
-        return (ConvEncoder(encoder_out, activation, height, channels),
+        return (ConvEncoder(encoder_out, activation, height, channels, input_scale),
                 ConvDecoder(z_dim, decoder_channels * channels, activation, height))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")

@@ -19,7 +19,7 @@ from inference import svi
 from inference.evaluate import evaluate
 from inference.importance import estimate_log_marginal
 from inference.units import bits_per_dim, bits_per_dim_kind
-from models import VAE, LatentModel
+from models import VAE, HierarchicalVAE, LatentModel
 from models.guides import MIN_SCALE
 from models.likelihoods import (BetaBinomialLikelihood, DiscretizedLogistic, DiscretizedLogisticMixture,
                                 make_likelihood)
@@ -299,6 +299,41 @@ def test_old_configs_load_and_keep_their_kwargs():
 def test_likelihood_defaults(argv, likelihood, binarize, tmp_path):
     config = svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)]))
     assert (config.model.likelihood, config.binarize) == (likelihood, binarize)
+
+
+@pytest.mark.parametrize("argv,activation", [
+    (["--binarize", "none"], "relu"),  # the discrete likelihoods' default (tanh stops using z: BENCHMARKS.md)
+    (["--likelihood", "beta-binomial", "--activation", "tanh"], "tanh"),  # --activation says
+    (["--likelihood", "gaussian-learned", "--dequantize", "uniform"], "tanh"),  # continuous: the preset's
+    ([], "tanh"),
+])
+def test_the_discrete_likelihoods_default_to_relu(argv, activation, tmp_path):
+    config = svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)]))
+    assert config.model.activation == activation
+
+
+@pytest.mark.parametrize("family,arch", [("vae", "mlp"), ("vae", "conv"), ("hierarchical", "mlp")])
+def test_encoders_see_levels_as_pixels_in_the_unit_interval(family, arch):
+    """A model of levels 0..255 and one of pixels in [0, 1], with the same weights, give the same q(z|x) for the
+    same images: the encoder divides levels by the top level (raw levels saturate its first layer)."""
+    kwargs = ({"latent_dims": (4, 3), "layer_hidden_dims": ((16,), (8,))} if family == "hierarchical"
+              else {"z_dim": 4, "hidden_dims": (16,), "arch": arch})
+    build = HierarchicalVAE if family == "hierarchical" else VAE
+    torch.manual_seed(0)
+    levels = build(likelihood="discretized-logistic", mixture_components=1, activation="tanh", **kwargs)
+    unit = build(likelihood="gaussian-learned", activation="tanh", **kwargs)
+    unit.load_state_dict({k: v for k, v in levels.state_dict().items() if not k.startswith("decoder")}, strict=False)
+    x = torch.randint(0, 256, (5, 784)).float()
+    q_levels, q_unit = levels.posterior(x), unit.posterior(x / 255)
+    assert torch.allclose(q_levels.mean, q_unit.mean, atol=1e-6)
+    assert torch.allclose(q_levels.variance, q_unit.variance, atol=1e-6)
+
+
+def test_the_vampprior_pseudo_inputs_are_images_in_the_datas_units():
+    torch.manual_seed(0)
+    model = VAE(z_dim=4, hidden_dims=(16,), likelihood="beta-binomial", prior="vamp", pseudo_inputs=3)
+    u = model.vamp.pseudo_inputs()
+    assert u.shape == (3, 784) and 0 < u.min() and u.max() < 255 and u.max() > 200  # levels, not (0, 1)
 
 
 def test_colour_defaults_to_the_discretized_logistic_mixture(tmp_path):
