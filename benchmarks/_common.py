@@ -40,6 +40,15 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def gemm_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a float32 ``size x size`` matrix product on ``device``, the best of ``repeats``: this machine's
+    FLOP limit as measured now (a CPU's varies between days, so a fraction of it uses the rate of the same run)."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
 def interleaved_medians(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Run each contender once per round, ``repeats`` rounds, and take the median of what each returns."""
     results: dict[str, list[float]] = {name: [] for name in contenders}

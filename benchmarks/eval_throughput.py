@@ -10,7 +10,10 @@ Same trained checkpoint, same test images, same K, one process, interleaved:
 
 Prints images/s and the ratios, one row per ``--batch-sizes`` entry (images
 given to (a) and (c) per call, as ``python -m inference.evaluate --batch-size``;
-default: all ``--images`` at once), and how much the peak memory grows during
+default: all ``--images`` at once); the share of the FLOP limit each of (a) and
+(c) reaches (the matrix-product FLOPs of one image's K particles, counted by
+``torch.utils.flop_counter``, times images/s, over the float32 GEMM rate measured
+in the same run, `_common.gemm_rate`); and how much the peak memory grows during
 (c) at two chunk sizes and two K, each in a fresh process (CPU: ru_maxrss;
 CUDA: max_memory_allocated), above the baseline of the loaded model and data.
 
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from pyro.infer import Importance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, machine, timed  # noqa: E402
+from _common import gemm_rate, interleaved_medians, machine, timed  # noqa: E402
 
 from inference.importance import estimate_log_marginal  # noqa: E402
 from pyro_vae.checkpoint import load  # noqa: E402
@@ -65,6 +68,15 @@ def pyro_importance_log_px(vae, x: torch.Tensor, k: int) -> torch.Tensor:
         posterior = Importance(vae.model, vae.guide, num_samples=k).run(xi)
         out.append(posterior.get_log_normalizer())
     return torch.stack(out)
+
+
+def flops_per_image(vae, x: torch.Tensor, k: int, chunk: int) -> float:
+    """Matrix-product FLOPs (encoder, decoder) of log p(x) for one image with ``k`` particles, as (c) runs it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        estimate_log_marginal(vae.model, vae.guide, x[:1], k, chunk, seed=0)
+    return float(counter.get_total_flops())
 
 
 def peak_memory(source: str, device: str, k: int, chunk: int, images: int, data_dir: str | None) -> float:
@@ -112,9 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     mine = handwritten_log_px(vae, x, k, chunk).cpu()
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"{args.images} test images, K = {k}, chunk {chunk}; mean log p(x): (a) {mine.mean():.2f}, (c) {ours.mean():.2f}\n")
+    flops, limit = flops_per_image(vae, x, k, chunk), gemm_rate(device)
+    print(f"FLOP limit: {limit / 1e9:.1f} GFLOP/s (float32 2048 x 2048 GEMM, best of 5, this run); "
+          f"{flops / k / 1e6:.3f} MFLOP per image-particle (matrix products)\n")
     print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s | c/a (time) "
-          "| b/c (time) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| b/c (time) | (a) of FLOP limit | (c) of FLOP limit |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     pyro_seconds = None  # (b) takes one image at a time: timed with the first batch size, the same for all
     for batch in [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [args.images]:
         contenders = {
@@ -129,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         pyro_seconds = seconds["b"] = seconds.get("b", pyro_seconds)
         rate = {name: args.images / s for name, s in seconds.items()}
         print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | "
-              f"{seconds['c'] / seconds['a']:.2f} | {seconds['b'] / seconds['c']:.1f} |", flush=True)
+              f"{seconds['c'] / seconds['a']:.2f} | {seconds['b'] / seconds['c']:.1f} | "
+              f"{rate['a'] * flops / limit:.1%} | {rate['c'] * flops / limit:.1%} |", flush=True)
     print()
     print(f"| peak memory growth of (c), {args.images} images | " + " | ".join(
         f"K={kk}, chunk {c}" for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")

@@ -34,14 +34,29 @@ particle plate left of the model's plates).
 HMC: fresh momentum r ~ N(0, I), ``leapfrog_steps`` leapfrog steps, Metropolis
 accept/reject. Each chain has its own step size (an ``[C, B]`` tensor), which
 `pyro.ops.integrator.velocity_verlet` cannot take (one step size for every
-site), hence the few lines of leapfrog here. The step sizes are adapted toward
-acceptance 0.65 during a first, tuning pass (its weights are discarded); the
-step size each chain had at each t is then replayed, frozen, in a second pass
-with fresh randomness, the one whose weights are returned: with transitions
-fixed in advance the weights are unbiased for p(x). Reverse AIS replays the
-forward run's step sizes in reverse order rather than tuning its own: its
-chains start at the exact draw, and step sizes that depend on that draw would
-break E[w_rev] = 1 / p(x).
+site), hence the few lines of leapfrog here. Step sizes are adapted toward
+acceptance 0.65 in a tuning run whose weights are discarded, then frozen: with
+transitions fixed before the measured pass, its weights are unbiased for p(x).
+``tuning`` says which tuning run (`TUNINGS`):
+
+- ``pilot`` (the default): a short run of T_p = min(T, max(`PILOT_MIN_STEPS`, T // `PILOT_FRACTION`)) steps
+  (`pilot_steps`) adapting one step size per datapoint (from its chains' mean acceptance), whose log step size
+  is then interpolated linearly in b onto the T-step schedule, eps_i(b), the same for every chain of datapoint
+  i; the measured pass costs T transitions, the pilot about T / 10 more;
+- ``two-pass``: a full T-step tuning pass, its step sizes replayed (twice the cost).
+
+Both are per image and per chain, so results do not depend on batching. Reverse AIS replays the forward
+run's step sizes in reverse order rather than tuning its own: its chains start at the exact draw, and step
+sizes that depend on that draw would break E[w_rev] = 1 / p(x).
+
+Cost: each transition of L leapfrog steps evaluates log f and its gradient L times (the gradient at the
+start is the last one of the transition before; the weight increment reuses the cached log p(x, z) and
+log base). `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
+Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients.
+The potential is traced once per batch shape with ``torch.jit.trace`` (``compiled=True``, the default),
+which removes Pyro's Python from every evaluation; the traced and the plain potential and gradients are
+compared at two points first (`AIS_COMPILE_RTOL`) and AIS falls back to the plain one, with one warning,
+when they differ or tracing fails.
 
 Limits: a latent's support may not depend on other latents' values (each
 bijection is built once, from the start draws); the guide must have the
@@ -55,8 +70,11 @@ step-size schedule of the tuning pass is ``T x C x B`` numbers.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -68,10 +86,11 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
+from inference.compiled import SharedParameterFunction, failure_cause, relative_difference
 from inference.importance import Layout, data_frame_dim, inspect_programs, sum_within_datapoint, trace_sum
 from pyro_vae.device import forked_rng
 from pyro_vae.distributed import sharded_map
-from pyro_vae.errors import EstimationError
+from pyro_vae.errors import CompileError, EstimationError
 
 INITS = ("guide", "prior")
 SCHEDULES = ("sigmoid", "linear")
@@ -83,6 +102,16 @@ ADAPT_RATE = 0.2
 WARMUP_TRANSITIONS = 20
 WARMUP_ADAPT_RATE = 1.0
 SIGMOID_SHARPNESS = 4.0
+TUNINGS = ("pilot", "two-pass")
+#: The pilot run of ``tuning="pilot"``: max(PILOT_MIN_STEPS, T // PILOT_FRACTION) steps (at most T).
+PILOT_FRACTION = 10
+PILOT_MIN_STEPS = 10
+#: The pilot adapts one step size per datapoint (its chains' mean acceptance: less noisy than one chain's) at
+#: this rate, fast enough to follow the posterior's shrinking scale over T_p transitions.
+PILOT_ADAPT_RATE = 1.0
+#: How far the traced potential (values and gradients) may sit from the plain one, relative to the plain value's
+#: largest magnitude, before AIS falls back to the plain one.
+AIS_COMPILE_RTOL = 1e-5
 
 
 @dataclass
@@ -94,7 +123,9 @@ class AISEstimate:
     standard error over chains (delta method: sd(w) / (sqrt(C) mean(w)));
     ``log_weights [C, B]``; ``acceptance [B]``: mean HMC acceptance probability of
     the returned pass (NaN for T = 1: no transitions); ``step_size [C, B]``: each chain's step size at the last
-    transition (tuned in the tuning pass, replayed in the returned one).
+    transition (tuned in the tuning run, replayed in the returned one). ``gradient_evaluations``: evaluations of
+    log f and its gradient per image, over all its chains and both runs (pilot or tuning pass included);
+    ``tuning``: `TUNINGS`; ``compiled``: whether the traced potential ran (False after a fallback).
     """
 
     log_px: torch.Tensor
@@ -105,21 +136,26 @@ class AISEstimate:
     num_steps: int
     num_chains: int
     leapfrog_steps: int
+    gradient_evaluations: int = 0
+    tuning: str = "pilot"
+    compiled: bool = False
 
     def slice(self, start: int, stop: int) -> "AISEstimate":
         """The results of datapoints ``start..stop-1``."""
-        return AISEstimate(self.log_px[start:stop], self.se[start:stop], self.log_weights[:, start:stop],
-                           self.acceptance[start:stop], self.step_size[:, start:stop], self.num_steps,
-                           self.num_chains, self.leapfrog_steps)
+        return dataclasses.replace(self, log_px=self.log_px[start:stop], se=self.se[start:stop],
+                                   log_weights=self.log_weights[:, start:stop],
+                                   acceptance=self.acceptance[start:stop], step_size=self.step_size[:, start:stop])
 
     @staticmethod
     def concat(parts: Sequence["AISEstimate"]) -> "AISEstimate":
-        """Join estimates of consecutive batches of datapoints (same settings)."""
-        first = parts[0]
-        return AISEstimate(torch.cat([p.log_px for p in parts]), torch.cat([p.se for p in parts]),
-                           torch.cat([p.log_weights for p in parts], dim=1),
-                           torch.cat([p.acceptance for p in parts]), torch.cat([p.step_size for p in parts], dim=1),
-                           first.num_steps, first.num_chains, first.leapfrog_steps)
+        """Join estimates of consecutive batches of datapoints (same settings; ``compiled`` if every part was)."""
+        return dataclasses.replace(parts[0], log_px=torch.cat([p.log_px for p in parts]),
+                                   se=torch.cat([p.se for p in parts]),
+                                   log_weights=torch.cat([p.log_weights for p in parts], dim=1),
+                                   acceptance=torch.cat([p.acceptance for p in parts]),
+                                   step_size=torch.cat([p.step_size for p in parts], dim=1),
+                                   gradient_evaluations=max(p.gradient_evaluations for p in parts),
+                                   compiled=all(p.compiled for p in parts))
 
 
 @dataclass
@@ -174,13 +210,36 @@ class _Site:
 
 
 class _Target:
-    """log base(z) and log p(x, z) at unconstrained latents ``u``: float64 ``[C, B]``, log|dz/du| in both."""
+    """log base(z) and log p(x, z) at unconstrained latents ``u``: float64 ``[C, B]``, log|dz/du| in both.
+
+    Calling it runs the Pyro programs; `potential` is what the chains evaluate: the call itself, or its
+    traced graph after `compile`. ``evaluations`` counts the chains' evaluations (`_evaluate`)."""
 
     def __init__(self, model: Callable, guide: Callable, x: torch.Tensor, layout: Layout, sites: list[_Site],
                  num_chains: int, init: str):
         self.model, self.guide, self.x, self.layout, self.sites = model, guide, x, layout, sites
         self.num_chains, self.init = num_chains, init
         self.latents = tuple(s.name for s in sites)
+        self.potential: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] = self
+        self.compiled = False
+        self.evaluations = 0
+
+    def compile(self, u: dict[str, torch.Tensor]) -> None:
+        """Trace the potential at ``u`` (this batch's shapes) and use the graph, unless it differs from the plain
+        potential at ``u`` or at a second point (a value computed in Python from u would be frozen): then warn in
+        one line and keep the plain one."""
+        try:
+            traced = _traced_potential(self, u)
+            for point in (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()}):
+                for name, (got, want) in _compared(traced, self, point).items():
+                    difference = relative_difference(got, want)
+                    if not difference <= AIS_COMPILE_RTOL:
+                        raise CompileError(f"the traced and the plain AIS potential differ (in {name}: relative "
+                                           f"difference {difference:.2g})")
+        except Exception as e:  # noqa: BLE001 - any failure to trace or to agree means: do not use it
+            warnings.warn(f"AIS runs its potential uncompiled: {failure_cause(e)}", RuntimeWarning, stacklevel=3)
+            return
+        self.potential, self.compiled = traced, True
 
     def _sum(self, trace: poutine.Trace, names: Sequence[str]) -> torch.Tensor:
         return trace_sum(trace, names, self.layout.particle_dim, self.num_chains, len(self.x))
@@ -209,6 +268,74 @@ class _Target:
         return base + log_jacobian, target + log_jacobian
 
 
+def _traced_potential(target: _Target, u: dict[str, torch.Tensor]) -> Callable:
+    """``target`` traced by ``torch.jit.trace`` at ``u``, the same signature: Pyro's parameters are the graph's
+    inputs (`inference.compiled.SharedParameterFunction`, as the compiled losses), other module parameters its
+    constants (frozen for the run, `_frozen_parameters`: AIS does not change them)."""
+    names = list(u)
+
+    def flat(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return target(dict(zip(names, values)))
+
+    graph = SharedParameterFunction(flat, True, {"check_trace": False})
+
+    def traced(point: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with warnings.catch_warnings(), pyro.validation_enabled(False):
+            # torch.jit.trace is deprecated from torch 2.15 on; its TracerWarnings are what `compile`'s check settles
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            return graph(*(point[n] for n in names))
+
+    with torch.enable_grad():
+        traced({n: v.detach() for n, v in u.items()})  # the first call traces
+    return traced
+
+
+@contextlib.contextmanager
+def _frozen_parameters(*programs: Callable) -> Iterator[None]:
+    """The programs' parameters (`_parameters`) with ``requires_grad`` off for the duration, restored after.
+
+    AIS differentiates in the latents only; the traced graph holds the parameters as constants, which
+    TorchScript cannot run while they require grad (it fails on its second call, once it optimises the graph)."""
+    frozen = [p for p in _parameters(*programs) if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with warnings.catch_warnings():
+            # pyro.module says so on every call of a frozen module's program: the point here, not a problem
+            warnings.filterwarnings("ignore", message=r".*was not registered in the param store because "
+                                                      r"requires_grad=False", category=UserWarning)
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _parameters(*programs: Callable) -> list[torch.Tensor]:
+    """The tensors a model and guide learn: the parameters of the modules whose methods they are, and Pyro's param
+    store (the unconstrained tensors), each once."""
+    found: dict[int, torch.Tensor] = {}
+    for program in programs:
+        owner = getattr(program, "__self__", program)
+        if isinstance(owner, torch.nn.Module):
+            found.update((id(p), p) for p in owner.parameters())
+    store = pyro.get_param_store()
+    found.update((id(t), t) for t in (store.get_param(n).unconstrained() for n in store.keys()))
+    return list(found.values())
+
+
+def _compared(got: Callable, want: Callable, u: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """(got, want) of log base, log target and each gradient of the two potentials at ``u``."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for potential in (got, want):
+        state = _evaluate_with(potential, u)
+        for name, value in (("log base", state.base), ("log target", state.target),
+                            *((f"grad log base {n}", g) for n, g in state.grad_base.items()),
+                            *((f"grad log target {n}", g) for n, g in state.grad_target.items())):
+            out.setdefault(name, []).append(value)
+    return {name: tuple(pair) for name, pair in out.items()}
+
+
 def _transform_to(support: constraints.Constraint) -> Transform | None:
     """The bijection from unconstrained space onto ``support``; None where the support is all of R^n."""
     return None if _unwrap(support) is constraints.real else biject_to(support)
@@ -232,10 +359,17 @@ class _State:
 
 
 def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
-    """The chains' state at ``u``: one forward pass, then two backward passes (the second only through the base)."""
+    """The chains' state at ``u`` (one evaluation of every chain, counted in ``target.evaluations``)."""
+    target.evaluations += 1
+    return _evaluate_with(target.potential, u)
+
+
+def _evaluate_with(potential: Callable, u: dict[str, torch.Tensor]) -> _State:
+    """The state at ``u`` under ``potential``: one forward pass, then two backward passes (the second only
+    through the base, which does not depend on the decoder)."""
     u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
     with torch.enable_grad():
-        base, tgt = target(u)
+        base, tgt = potential(u)
         leaves = list(u.values())
         g_target = torch.autograd.grad(tgt.sum(), leaves, retain_graph=True, allow_unused=True)
         g_base = torch.autograd.grad(base.sum(), leaves, allow_unused=True)
@@ -323,11 +457,13 @@ def _hmc(target: _Target, state: _State, b: float, step_size: torch.Tensor, leap
 
 def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor, leapfrog_steps: int,
             noise: _Noise, step_sizes: torch.Tensor | None, initial_step_size: float, progress: bool,
-            desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            desc: str, adapt_rate: float = ADAPT_RATE,
+            pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the chains from ``start`` along ``betas``; return (log weights ``[C, B]``, mean acceptance ``[B]``, step sizes).
 
     ``step_sizes [T-1, C, B]`` replays a schedule (frozen); ``None`` adapts one
-    (the tuning pass), returned as the third item.
+    (the tuning pass), returned as the third item: log step size += ``adapt_rate`` (acceptance - 0.65) per
+    transition, each chain's own, or with ``pooled`` one per datapoint from its chains' mean acceptance.
     """
     with pyro.validation_enabled(False):  # a diverged leapfrog gives NaN parameters: rejected, not an exception
         state = _evaluate(target, start)
@@ -340,7 +476,7 @@ def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor
             schedule = []
             for _ in range(WARMUP_TRANSITIONS):
                 state, acc = _hmc(target, state, betas[0].item(), log_eps.exp(), leapfrog_steps, noise)
-                log_eps = log_eps + WARMUP_ADAPT_RATE * (acc - TARGET_ACCEPT)
+                log_eps = log_eps + WARMUP_ADAPT_RATE * ((acc.mean(0) if pooled else acc) - TARGET_ACCEPT)
         for t in tqdm(range(1, num_steps + 1), desc=desc, disable=not progress, leave=False):
             b_prev, b = betas[t - 1].item(), betas[t].item()
             log_w = log_w + (b - b_prev) * (state.target - state.base)
@@ -351,12 +487,30 @@ def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor
             accept_sum += acc
             if tuning:
                 schedule.append(eps.float())
-                log_eps = log_eps + ADAPT_RATE * (acc - TARGET_ACCEPT)
+                log_eps = log_eps + adapt_rate * ((acc.mean(0) if pooled else acc) - TARGET_ACCEPT)
     # with T = 1 there is no transition (plain importance sampling): no acceptance to report
     acceptance = (accept_sum / (num_steps - 1)).mean(0) if num_steps > 1 else torch.full_like(log_w[0], float("nan"))
     if tuning:
         step_sizes = torch.stack(schedule) if schedule else log_eps.exp().float()[None]
     return log_w, acceptance, step_sizes
+
+
+def pilot_steps(num_steps: int) -> int:
+    """T_p, the steps of the pilot run that tunes a T-step run's step sizes under ``tuning="pilot"``."""
+    return min(num_steps, max(PILOT_MIN_STEPS, num_steps // PILOT_FRACTION))
+
+
+def _interpolated(pilot_betas: torch.Tensor, pilot_step_sizes: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """Step sizes ``[T-1, C, B]`` at the transitions of ``betas`` (b_1..b_{T-1}) from a pilot's ``[T_p-1, C, B]``
+    at its own b_1..b_{T_p-1}: log step size linear in b between the pilot's points, constant beyond them."""
+    src, dst = pilot_betas[1:-1], betas[1:-1]
+    if len(dst) == 0 or len(src) <= 1:
+        return pilot_step_sizes[:1].expand(max(len(dst), 1), *pilot_step_sizes.shape[1:]).clone()
+    log_eps = pilot_step_sizes.double().log()
+    hi = torch.searchsorted(src, dst).clamp(1, len(src) - 1)
+    lo = hi - 1
+    w = ((dst - src[lo]) / (src[hi] - src[lo])).clamp(0, 1).to(log_eps.device).view(-1, 1, 1)
+    return ((1 - w) * log_eps[lo] + w * log_eps[hi]).exp().to(pilot_step_sizes.dtype)
 
 
 # --- setting up ---------------------------------------------------------------------------
@@ -381,10 +535,12 @@ def _check_positive_ints(**values: int) -> None:
 
 
 def _check(num_chains: int, num_steps: int, leapfrog_steps: int, init: str, x: torch.Tensor,
-           initial_step_size: float) -> None:
+           initial_step_size: float, tuning: str = "pilot") -> None:
     _check_positive_ints(num_chains=num_chains, num_steps=num_steps, leapfrog_steps=leapfrog_steps)
     if init not in INITS:
         raise EstimationError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if tuning not in TUNINGS:
+        raise EstimationError(f"unknown tuning {tuning!r}; choose one of {', '.join(TUNINGS)}")
     if not (isinstance(initial_step_size, (int, float)) and math.isfinite(initial_step_size) and initial_step_size > 0):
         raise EstimationError(f"initial_step_size must be a positive finite number, got {initial_step_size!r}")
     if len(x) == 0:
@@ -449,22 +605,22 @@ def _summary(log_w: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tens
 
 def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num_steps: int, leapfrog_steps: int,
          init: str, schedule: str, seed: int, first_index: int, initial_step_size: float, progress: bool,
-         exact: dict[str, torch.Tensor] | None = None,
-         step_sizes: torch.Tensor | None = None) -> tuple[AISEstimate, torch.Tensor]:
-    """Forward AIS (a tuning pass, then the returned pass); or, given ``exact`` posterior draws
-    ``{site: [C, ..., B, ...]}`` and a forward run's ``step_sizes``, reverse AIS with that schedule reversed.
+         exact: dict[str, torch.Tensor] | None = None, step_sizes: torch.Tensor | None = None,
+         tuning: str = "pilot", compiled: bool = True) -> tuple[AISEstimate, torch.Tensor]:
+    """Forward AIS (a tuning run, ``tuning`` `TUNINGS`, then the returned pass); or, given ``exact`` posterior
+    draws ``{site: [C, ..., B, ...]}`` and a forward run's ``step_sizes``, reverse AIS with that schedule reversed.
 
     The reverse run must not tune on its own chains: they start at the exact
     draw, and step sizes that depend on it would break E[w_rev] = 1 / p(x).
     The forward schedule depends on x only. Returns the estimate and the step
     sizes ``[T-1, C, B]`` its transitions used.
     """
-    _check(num_chains, num_steps, leapfrog_steps, init, x, initial_step_size)
+    _check(num_chains, num_steps, leapfrog_steps, init, x, initial_step_size, tuning)
     reverse = exact is not None
     betas = annealing_schedule(num_steps, schedule)
     noise = lambda stream: _Noise([_seed_for(seed, stream, first_index + i) for i in range(len(x))],  # noqa: E731
                                   x.device, num_chains)
-    with torch.no_grad(), forked_rng(x.device):
+    with torch.no_grad(), forked_rng(x.device), _frozen_parameters(model, guide):
         latents = _latent_names(model, guide, x)
         layout = inspect_programs(model, guide, x)
         if reverse:
@@ -479,12 +635,20 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num
         target = _Target(model, guide, x, layout, sites, num_chains, init)
         u = {pass_: {s.name: z[s.name] if s.transform is None else s.transform.inv(z[s.name]) for s in sites}
              for pass_, z in starts.items()}
+        if compiled:
+            target.compile(u["returned"])
         if reverse:
             log_w, acceptance, step_sizes = _anneal(target, u["returned"], betas.flip(0), leapfrog_steps, noise(5),
                                                     step_sizes.flip(0), initial_step_size, progress, "reverse AIS")
         else:
-            _, _, step_sizes = _anneal(target, u["tuning"], betas, leapfrog_steps, noise(3), None,
-                                       initial_step_size, progress, "AIS (tuning)")
+            if tuning == "two-pass":
+                _, _, step_sizes = _anneal(target, u["tuning"], betas, leapfrog_steps, noise(3), None,
+                                           initial_step_size, progress, "AIS (tuning)")
+            else:
+                pilot_betas = annealing_schedule(pilot_steps(num_steps), schedule)
+                _, _, pilot = _anneal(target, u["tuning"], pilot_betas, leapfrog_steps, noise(3), None,
+                                      initial_step_size, progress, "AIS (pilot)", PILOT_ADAPT_RATE, pooled=True)
+                step_sizes = _interpolated(pilot_betas, pilot, betas)
             log_w, acceptance, _ = _anneal(target, u["returned"], betas, leapfrog_steps, noise(4), step_sizes,
                                            initial_step_size, progress, "AIS")
     if torch.isnan(log_w).any() or (log_w == float("inf")).any():
@@ -493,7 +657,7 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num
                               f"{'...' if len(bad) > 10 else ''}; check the model's parameters and the data")
     log_px, se = _summary(log_w.cpu(), -1.0 if reverse else 1.0)
     estimate = AISEstimate(log_px, se, log_w.cpu(), acceptance.cpu(), step_sizes[-1].double().cpu(), num_steps,
-                           num_chains, leapfrog_steps)
+                           num_chains, leapfrog_steps, target.evaluations * num_chains, tuning, target.compiled)
     return estimate, step_sizes
 
 
@@ -510,6 +674,8 @@ def ais_log_marginal(
     first_index: int = 0,
     initial_step_size: float = 0.01,
     progress: bool = False,
+    tuning: str = "pilot",
+    compiled: bool = True,
 ) -> AISEstimate:
     """Estimate log p(x_i) for each datapoint of ``x [B, ...]`` by AIS with ``num_chains`` chains each.
 
@@ -520,11 +686,13 @@ def ais_log_marginal(
     q(z|x); ``prior``: p(z)); ``leapfrog_steps`` per HMC transition. Randomness
     is keyed by (``seed``, ``first_index + i``): pass the index of ``x[0]`` in
     the whole data set to batch a large one. Runs on ``x``'s device; the
-    global RNG is left alone. Cost: about 2 x T x ``leapfrog_steps`` gradient
-    evaluations of log p(x, z) at ``C x B`` points (tuning pass, then the returned pass).
+    global RNG is left alone. ``tuning``: ``pilot`` (a T / 10-step pilot run tunes the step sizes) or
+    ``two-pass`` (a full tuning pass); ``compiled``: trace the potential (module doc). Cost: about
+    (T + T_p + `WARMUP_TRANSITIONS`) x ``leapfrog_steps`` gradient evaluations of log f at ``C x B`` points
+    (T_p = `pilot_steps` (T), or T for ``two-pass``), counted in ``gradient_evaluations``.
     """
     return _run(model, guide, x, num_chains, num_steps, leapfrog_steps, init, schedule, seed, first_index,
-                initial_step_size, progress)[0]
+                initial_step_size, progress, tuning=tuning, compiled=compiled)[0]
 
 
 def dequantized_ais(model: Callable, guide: Callable, x: torch.Tensor, bit_depth: int, num_chains: int = 16,
@@ -546,7 +714,8 @@ def dequantized_ais(model: Callable, guide: Callable, x: torch.Tensor, bit_depth
     log_w = flat.log_weights.reshape(num_chains, batch) - dim * bit_depth * math.log(2)
     log_px, se = _summary(log_w, 1.0)
     return AISEstimate(log_px, se, log_w, flat.acceptance.reshape(num_chains, batch).mean(0),
-                       flat.step_size.reshape(num_chains, batch), num_steps, num_chains, flat.leapfrog_steps)
+                       flat.step_size.reshape(num_chains, batch), num_steps, num_chains, flat.leapfrog_steps,
+                       flat.gradient_evaluations * num_chains, flat.tuning, flat.compiled)
 
 
 def simulate(model: Callable, like: torch.Tensor, num_images: int, seed: int = 0) -> tuple[torch.Tensor, poutine.Trace]:
@@ -594,6 +763,8 @@ def bdmc(
     batch_size: int = 100,
     initial_step_size: float = 0.01,
     progress: bool = False,
+    tuning: str = "pilot",
+    compiled: bool = True,
 ) -> Sandwich:
     """Bidirectional Monte Carlo (Grosse et al. 2015) on ``num_images`` images simulated from the model.
 
@@ -615,9 +786,9 @@ def bdmc(
         xb = x[lo : lo + batch_size]
         args = (model, guide, xb, num_chains, num_steps, leapfrog_steps, init, schedule, seed, lo, initial_step_size,
                 progress)
-        forward, step_sizes = _run(*args)
+        forward, step_sizes = _run(*args, tuning=tuning, compiled=compiled)
         exact = _exact_chains(trace, latents, lo, lo + len(xb), layout.particle_dim, num_chains)
-        return forward, _run(*args, exact=exact, step_sizes=step_sizes)[0]
+        return forward, _run(*args, exact=exact, step_sizes=step_sizes, tuning=tuning, compiled=compiled)[0]
 
     halves = sharded_map(sandwich_batch, range(0, num_images, batch_size))  # batches shared out under torchrun
     fwd, rev = AISEstimate.concat([f for f, _ in halves]), AISEstimate.concat([r for _, r in halves])

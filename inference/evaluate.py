@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from inference.ais import AISEstimate, ais_log_marginal, bdmc, dequantized_ais
+from inference.ais import TUNINGS, AISEstimate, ais_log_marginal, bdmc, dequantized_ais
 from inference.active_units import active_units
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
@@ -110,8 +110,8 @@ class EvaluateConfig:
 
     ``batch_size`` images are estimated at once; memory is about ``chunk_size x batch_size`` particles
     (``chunk_size=None``: all K at once). ``out`` defaults to ``RUN_DIR/report``. ``ais_steps`` T > 0 adds AIS with
-    ``ais_chains`` chains on the first ``ais_limit`` images (default all); ``bdmc_images`` N > 0 adds the BDMC
-    sandwich on N simulated images. ``data_dir``: the dataset root, if not the one the run recorded (the only
+    ``ais_chains`` chains on the first ``ais_limit`` images (default all), step sizes tuned by ``ais_tuning``
+    (`inference.ais.TUNINGS`); ``bdmc_images`` N > 0 adds the BDMC sandwich on N simulated images. ``data_dir``: the dataset root, if not the one the run recorded (the only
     folder a missing dataset is downloaded into).
     """
 
@@ -124,6 +124,7 @@ class EvaluateConfig:
     ais_steps: int = 0
     ais_chains: int = 16
     ais_limit: int | None = None
+    ais_tuning: str = "pilot"
     bdmc_images: int = 0
     seed: int = 0
     device: str = "auto"
@@ -136,6 +137,8 @@ class EvaluateConfig:
                       test_limit=self.test_limit, gap_limit=self.gap_limit, ais_chains=self.ais_chains,
                       ais_limit=self.ais_limit)
         _check_counts(minimum=0, ais_steps=self.ais_steps, bdmc=self.bdmc_images)
+        if self.ais_tuning not in TUNINGS:
+            raise ConfigError(f"--ais-tuning must be one of {', '.join(TUNINGS)}, got {self.ais_tuning!r}")
         if self.bdmc_images and not self.ais_steps:
             raise ConfigError("--bdmc needs --ais-steps T > 0: the sandwich is measured at that schedule")
         return self
@@ -145,7 +148,8 @@ class EvaluateConfig:
         """The options parsed by `build_parser`."""
         return cls(num_samples=args.num_samples, chunk_size=args.chunk_size, batch_size=args.batch_size,
                    test_limit=args.test_limit, gaps=args.gaps, gap_limit=args.gap_limit, ais_steps=args.ais_steps,
-                   ais_chains=args.ais_chains, ais_limit=args.ais_limit, bdmc_images=args.bdmc, seed=args.seed,
+                   ais_chains=args.ais_chains, ais_limit=args.ais_limit, ais_tuning=args.ais_tuning, bdmc_images=args.bdmc,
+                   seed=args.seed,
                    device=args.device, data_dir=args.data_dir, out=args.out)
 
 
@@ -363,6 +367,9 @@ def ais_entry(est: MarginalEstimate, estimate: AISEstimate, seconds: float, opti
         "num_chains": options.ais_chains,
         "leapfrog_steps": estimate.leapfrog_steps,
         "acceptance": None if options.ais_steps == 1 else estimate.acceptance.mean().item(),
+        "tuning": estimate.tuning,
+        "compiled": estimate.compiled,
+        "gradient_evaluations": estimate.gradient_evaluations,
         "seconds": seconds,
     }
 
@@ -471,9 +478,10 @@ def ais_estimate(model: torch.nn.Module, x: torch.Tensor, options: EvaluateConfi
 
     def one(model_fn, guide_fn, xb, first):
         if dequantize_bits is None:
-            return ais_log_marginal(model_fn, guide_fn, xb, chains, steps, seed=options.seed, first_index=first)
+            return ais_log_marginal(model_fn, guide_fn, xb, chains, steps, seed=options.seed, first_index=first,
+                                    tuning=options.ais_tuning)
         return dequantized_ais(model_fn, guide_fn, xb, dequantize_bits, chains, steps, seed=options.seed,
-                               first_index=first)
+                               first_index=first, tuning=options.ais_tuning)
 
     parts = sharded_map(lambda batch: one(model.model, model.guide, batch[1], batch[0]),
                         list(zip(range(0, len(x), batch_size), x.split(batch_size))), progress and f"AIS, T={steps}")
@@ -494,12 +502,14 @@ def bdmc_entry(model: torch.nn.Module, like: torch.Tensor, options: EvaluateConf
     seed, batch_size = options.seed, options.batch_size
     ladder, sandwich = {}, None
     for t in tqdm(bdmc_step_ladder(steps), desc="BDMC", disable=not progress, leave=False):
-        sandwich = bdmc(model.model, model.guide, num_images, like, chains, t, seed=seed, batch_size=batch_size)
+        sandwich = bdmc(model.model, model.guide, num_images, like, chains, t, seed=seed, batch_size=batch_size,
+                        tuning=options.ais_tuning)
         ladder[str(t)] = sandwich.gap.mean().item()
     gap = sandwich.gap
     entry = {"lower": _mean_se(sandwich.lower), "upper": _mean_se(sandwich.upper),
              "gap": {"mean": gap.mean().item(), "p95": torch.quantile(gap, 0.95).item()},
-             "n_images": num_images, "num_steps": steps, "num_chains": chains, "ladder": ladder,
+             "n_images": num_images, "num_steps": steps, "num_chains": chains, "tuning": options.ais_tuning,
+             "ladder": ladder,
              "seconds": time.perf_counter() - started}
     return entry, sandwich
 
@@ -567,7 +577,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"| AIS, T = {a['num_steps']}, {a['num_chains']} chains, {a['leapfrog_steps']} leapfrog steps | "
                   f"{pm(a['log_px'])} |", "",
                   f"AIS: mean HMC acceptance {fmt(a['acceptance'])}, mean Monte Carlo standard error per image "
-                  f"{a['mc_se']['mean']:.3f} nats, ELBO gap {pm(a['elbo_gap'])}, {a['seconds']:.0f} s."]
+                  f"{a['mc_se']['mean']:.3f} nats, ELBO gap {pm(a['elbo_gap'])}, {a['seconds']:.0f} s; "
+                  f"{a['gradient_evaluations']:,} gradient evaluations per image (its chains, the "
+                  f"{a['tuning']} tuning run included), potential {'traced' if a['compiled'] else 'uncompiled'}."]
         lines += ["", f"**{citable_sentence(report)}**"]
     if "bdmc" in report:
         b = report["bdmc"]
@@ -631,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-chains", type=positive_int, default=defaults.ais_chains, metavar="C",
                    help="AIS chains per image")
     p.add_argument("--ais-limit", type=positive_int, metavar="N", help="run AIS on the first N images (default all)")
+    p.add_argument("--ais-tuning", choices=TUNINGS, default=defaults.ais_tuning,
+                   help="how AIS tunes its step sizes: pilot (a short run, then one pass) or two-pass (a full "
+                        "tuning pass first, twice the cost)")
     p.add_argument("--bdmc", type=non_negative_int, default=defaults.bdmc_images, metavar="N",
                    help="BDMC sandwich on N images simulated from the model, at --ais-steps (0: off)")
     p.add_argument("--seed", type=int, default=defaults.seed)

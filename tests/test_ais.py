@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
 
-from inference.ais import ais_log_marginal, annealing_schedule, bdmc
+from inference.ais import WARMUP_TRANSITIONS, ais_log_marginal, annealing_schedule, bdmc, pilot_steps
 from inference.importance import estimate_log_marginal
 from models.linear import LinearGaussianVAE
 from pyro_vae.errors import EstimationError
@@ -34,17 +36,67 @@ def ppca():
     return model, x
 
 
-@pytest.mark.parametrize("init", ["prior", "guide"])
-def test_ais_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca, init):
+@pytest.mark.parametrize("init, tuning", [("prior", "pilot"), ("guide", "pilot"), ("guide", "two-pass")])
+def test_ais_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca, init, tuning):
+    """Both tunings freeze the step sizes before the returned pass: from the poor guide and from the prior."""
     model, x = ppca
     est = ais_log_marginal(model.model, model.guide, x, num_chains=32, num_steps=500, leapfrog_steps=5, init=init,
-                           initial_step_size=0.1)
+                           initial_step_size=0.1, tuning=tuning)
     error = est.log_px - model.exact_log_marginal(x)
     assert abs(error.mean().item()) < 0.02
     assert est.se.mean().item() < 0.15  # the per-image Monte Carlo error it reports is of the size seen
     assert 0.5 < est.acceptance.mean().item() < 0.8  # tuned toward 0.65
     assert est.log_weights.shape == (32, 60) and est.log_weights.dtype == torch.float64
     assert est.step_size.shape == (32, 60) and (est.step_size > 0).all()
+    assert est.tuning == tuning and est.compiled
+
+
+def test_the_traced_potential_gives_the_plain_result(ppca):
+    model, x = ppca
+    kwargs = dict(num_chains=4, num_steps=20, leapfrog_steps=3, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback: the graph is used
+        traced = ais_log_marginal(model.model, model.guide, x[:8], compiled=True, **kwargs)
+    plain = ais_log_marginal(model.model, model.guide, x[:8], compiled=False, **kwargs)
+    assert traced.compiled and not plain.compiled
+    torch.testing.assert_close(traced.log_weights, plain.log_weights, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(traced.step_size, plain.step_size, rtol=1e-6, atol=1e-6)
+    assert all(p.requires_grad for p in model.parameters())  # frozen for the run only
+
+
+def test_a_potential_that_traces_wrongly_falls_back_with_one_warning():
+    """A model that reads a latent into a Python number traces to a graph with that number frozen: the check at a
+    second point catches it, and AIS runs uncompiled with the plain result."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z * float(z.detach().abs().max()), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    kwargs = dict(num_chains=3, num_steps=5, leapfrog_steps=2)
+    with pytest.warns(RuntimeWarning, match="AIS runs its potential uncompiled") as caught:
+        fallback = ais_log_marginal(model, guide, x, **kwargs)
+    assert len([w for w in caught if "uncompiled" in str(w.message)]) == 1
+    plain = ais_log_marginal(model, guide, x, compiled=False, **kwargs)
+    assert not fallback.compiled
+    assert torch.equal(fallback.log_weights, plain.log_weights)
+
+
+@pytest.mark.parametrize("tuning", ["pilot", "two-pass"])
+def test_gradient_evaluations_are_counted_per_image(ppca, tuning):
+    """L per transition, one at each run's start; the tuning run's warm-up and transitions included."""
+    model, x = ppca
+    chains, steps, leapfrog = 3, 40, 4
+    est = ais_log_marginal(model.model, model.guide, x[:5], num_chains=chains, num_steps=steps,
+                           leapfrog_steps=leapfrog, tuning=tuning)
+    # per chain: tuning run 1 + (20 warm-up + T_tune - 1 transitions) x 4, returned pass 1 + 39 x 4; pilot T_tune = 10
+    assert WARMUP_TRANSITIONS == 20
+    assert est.gradient_evaluations == {"pilot": 3 * (117 + 157), "two-pass": 3 * (237 + 157)}[tuning]
+    assert pilot_steps(steps) == 10 and pilot_steps(1000) == 100 and pilot_steps(5) == 5
 
 
 @cuda_only
@@ -81,6 +133,17 @@ def test_bdmc_brackets_the_exact_log_marginal_and_tightens_with_more_steps(ppca)
         assert torch.equal(sandwich.gap, sandwich.upper - sandwich.lower)
         gaps[steps] = sandwich.gap.mean().item()
     assert gaps[50] > 0.05 and gaps[500] < 0.5 * gaps[50]
+
+
+def test_bdmc_under_two_pass_tuning_brackets_the_exact_log_marginal(ppca):
+    model, x = ppca
+    sandwich = bdmc(model.model, model.guide, 40, like=x[:1], num_chains=16, num_steps=100, leapfrog_steps=5,
+                    initial_step_size=0.1, tuning="two-pass")
+    exact = model.exact_log_marginal(sandwich.x)
+    below, above = sandwich.lower - exact, sandwich.upper - exact
+    assert below.mean() <= 3 * below.std() / 40**0.5
+    assert above.mean() >= -3 * above.std() / 40**0.5
+    assert sandwich.forward.tuning == sandwich.reverse.tuning == "two-pass"
 
 
 def _posterior_gain(w: torch.Tensor, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +254,7 @@ def test_a_discrete_latent_is_refused_with_the_reason():
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_chains": 0}, "num_chains"), ({"num_steps": 0}, "num_steps"), ({"leapfrog_steps": 1.5}, "leapfrog_steps"),
     ({"init": "posterior"}, "unknown init"), ({"initial_step_size": float("nan")}, "initial_step_size"),
+    ({"tuning": "adaptive"}, "unknown tuning"),
 ])
 def test_bad_settings_are_named(ppca, kwargs, match):
     model, x = ppca

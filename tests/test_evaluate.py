@@ -82,33 +82,38 @@ def test_the_report_on_cuda_scores_the_same_images_as_on_the_cpu(run_dir, tmp_pa
 
 
 def test_ais_and_bdmc_join_the_report_and_ais_beats_importance_sampling_at_comparable_cost(run_dir, tmp_path):
-    """On a briefly trained MNIST VAE: AIS with T=30, C=4, 10 leapfrog steps (2,400 gradient evaluations per image,
-    tuning pass included) against importance sampling with K = 2,400 draws, on the same 16 images."""
+    """On a briefly trained MNIST VAE: AIS with T=40, C=4, 10 leapfrog steps and the pilot tuning (2,728 gradient
+    evaluations per image, pilot included) against importance sampling with K = 2,400 draws, on the same 16
+    images."""
     out = tmp_path / "report"
-    status = main([str(run_dir), "--num-samples", "2400", "--batch-size", "8", "--test-limit", "24", "--ais-steps", "30",
+    status = main([str(run_dir), "--num-samples", "2400", "--batch-size", "8", "--test-limit", "24", "--ais-steps", "40",
                    "--ais-chains", "4", "--ais-limit", "16", "--bdmc", "6", "--gaps", "--gap-limit", "8",
                    "--device", "cpu", "--out", str(out), "--no-progress"])
     assert status == 0
     report = json.loads((out / "report.json").read_text())
     ais = report["ais"]
     assert {"log_px", "elbo_gap", "n_images", "num_steps", "num_chains", "leapfrog_steps", "acceptance",
-            "seconds"} <= set(ais)
-    assert (ais["n_images"], ais["num_steps"], ais["num_chains"], ais["leapfrog_steps"]) == (16, 30, 4, 10)
+            "tuning", "compiled", "gradient_evaluations", "seconds"} <= set(ais)
+    assert (ais["n_images"], ais["num_steps"], ais["num_chains"], ais["leapfrog_steps"]) == (16, 40, 4, 10)
+    assert (ais["tuning"], ais["compiled"]) == ("pilot", True)
+    assert ais["gradient_evaluations"] == 4 * ((1 + (20 + 10 - 1) * 10) + (1 + (40 - 1) * 10))
     assert ais["elbo"]["mean"] <= ais["importance"]["mean"] <= ais["log_px"]["mean"]
     assert ais["elbo_gap"]["mean"] == pytest.approx(ais["log_px"]["mean"] - ais["elbo"]["mean"])
     assert 0.45 < ais["acceptance"] < 0.85  # the step sizes are tuned toward 0.65 even at so short a schedule
     bdmc = report["bdmc"]
     assert {"lower", "upper", "gap", "n_images", "num_steps"} <= set(bdmc)
-    assert (bdmc["n_images"], bdmc["num_steps"]) == (6, 30) and list(bdmc["ladder"]) == ["1", "3", "30"]
+    assert (bdmc["n_images"], bdmc["num_steps"], bdmc["tuning"]) == (6, 40, "pilot")
+    assert list(bdmc["ladder"]) == ["1", "4", "40"]
     assert bdmc["lower"]["mean"] <= bdmc["upper"]["mean"] and bdmc["gap"]["mean"] == pytest.approx(
         bdmc["upper"]["mean"] - bdmc["lower"]["mean"])
-    assert bdmc["ladder"]["30"] < bdmc["ladder"]["1"]
+    assert bdmc["ladder"]["40"] < bdmc["ladder"]["1"]
     # one log p(x) for all three gaps: the best of the estimates computed on these images
     gaps = report["gaps"]
-    assert gaps["log_px_source"] in {"AIS, 30 steps", "importance sampling from q", "importance sampling from q*"}
+    assert gaps["log_px_source"] in {"AIS, 40 steps", "importance sampling from q", "importance sampling from q*"}
     assert gaps["total"] == pytest.approx(gaps["approximation"] + gaps["amortization"])
     markdown = (out / "report.md").read_text()
     assert f"log p(x) >= {ais['log_px']['mean']:.2f} nats" in markdown and "BDMC brackets the truth within" in markdown
+    assert f"{ais['gradient_evaluations']:,} gradient evaluations per image" in markdown
     assert (out / "ais.png").stat().st_size > 0
 
 
