@@ -40,6 +40,18 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def checkpoint_and_images(run: str, device: torch.device, images: int, data_dir: str | None = None):
+    """A trained run's model (in eval mode), its config and its first ``images`` evaluation images on ``device``."""
+    from pyro_vae.checkpoint import load
+    from pyro_vae.data import evaluation_images
+
+    vae, config = load(run, device=str(device))
+    vae.eval()
+    x = evaluation_images(config.dataset, config.binarize, data_dir or config.data_dir, images, config.test_seed,
+                          device)
+    return vae, config, x
+
+
 def gemm_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a float32 ``size x size`` matrix product on ``device``, the best of ``repeats``: this machine's
     FLOP limit as measured now (a CPU's varies between days, so a fraction of it uses the rate of the same run)."""

@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, machine, timed  # noqa: E402
+from _common import checkpoint_and_images, interleaved_medians, machine, timed  # noqa: E402
 
 from inference.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
                            ais_log_marginal, annealing_schedule)
-from pyro_vae.checkpoint import load  # noqa: E402
-from pyro_vae.data import evaluation_images  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -129,10 +127,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
-    vae, config = load(args.run, device=str(device))
-    vae.eval()
-    x = evaluation_images(config.dataset, config.binarize, args.data_dir or config.data_dir, args.images,
-                          config.test_seed, device)
+    vae, _, x = checkpoint_and_images(args.run, device, args.images, args.data_dir)
     results, evaluations = {}, {"a": handwritten_evaluations(args.chains, args.steps, args.leapfrog)}
 
     def run_a() -> float:
