@@ -6,12 +6,16 @@ Same trained checkpoint, same test images, same K, one process, interleaved:
       reparameterised draws in chunks, closed-form log-densities, logsumexp;
   (b) ``pyro.infer.Importance`` one image at a time (K sequential traces),
       timed on ``--pyro-images`` images and scaled to images/s;
-  (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included).
+  (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included), with the model's
+      observation tiled (`models.tiled`, the default since issue 27: decoder and log-density a few
+      particles at a time, no ``[K, B, D]`` logits);
+  (u) the estimator before issue 27: (c) under ``models.tiled.untiled()`` and with torch's Bernoulli
+      log-density (``log1p`` per pixel) in place of ``models.likelihoods.bernoulli_log_prob_sum``.
 
-Prints images/s and the ratios, one row per ``--batch-sizes`` entry (images
+Prints images/s and the ratios (c/u: what tiling saves), one row per ``--batch-sizes`` entry (images
 given to (a) and (c) per call, as ``python -m inference.evaluate --batch-size``;
-default: all ``--images`` at once); the share of the FLOP limit each of (a) and
-(c) reaches (the matrix-product FLOPs of one image's K particles, counted by
+default: all ``--images`` at once); the share of the FLOP limit each of (a), (c) and
+(u) reaches (the matrix-product FLOPs of one image's K particles, counted by
 ``torch.utils.flop_counter``, times images/s, over the float32 GEMM rate measured
 in the same run, `_common.gemm_rate`); and how much the peak memory grows during
 (c) at two chunk sizes and two K, each in a fresh process (CPU: ru_maxrss;
@@ -24,13 +28,17 @@ CUDA: max_memory_allocated), above the baseline of the loaded model and data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.infer import Importance
@@ -39,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gemm_rate, interleaved_medians, machine, timed  # noqa: E402
 
 from inference.importance import estimate_log_marginal  # noqa: E402
+from models import tiled  # noqa: E402
+from models.likelihoods import BernoulliPixels  # noqa: E402
 from pyro_vae.checkpoint import load  # noqa: E402
 from pyro_vae.data import evaluation_images  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
@@ -68,6 +78,19 @@ def pyro_importance_log_px(vae, x: torch.Tensor, k: int) -> torch.Tensor:
         posterior = Importance(vae.model, vae.guide, num_samples=k).run(xi)
         out.append(posterior.get_log_normalizer())
     return torch.stack(out)
+
+
+@contextlib.contextmanager
+def before_issue_27() -> Iterator[None]:
+    """(u)'s setting: the observation untiled, the Bernoulli log-density torch's."""
+    with tiled.untiled(), mock.patch.object(BernoulliPixels, "log_prob", dist.Independent.log_prob):
+        yield
+
+
+def untiled_estimates(vae, batches, k: int, chunk: int) -> list:
+    """(u): (c) as before issue 27."""
+    with before_issue_27():
+        return [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0) for xb in batches]
 
 
 def flops_per_image(vae, x: torch.Tensor, k: int, chunk: int) -> float:
@@ -114,28 +137,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pyro-images", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-dir")
+    p.add_argument("--tile-rows", type=int, default=tiled.TILE_ROWS,
+                   help=f"models.tiled.TILE_ROWS for (c) (default {tiled.TILE_ROWS})")
     args = p.parse_args(argv)
+    tiled.TILE_ROWS = args.tile_rows
     device = resolve_device(args.device)
     vae, cfg = load(args.source, device=str(device))
     x = evaluation_images(cfg.dataset, cfg.binarize, args.data_dir or cfg.data_dir, args.images, cfg.test_seed, device)
     k, chunk = args.num_samples, args.chunk_size
 
     ours = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
+    with before_issue_27():
+        before = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
     mine = handwritten_log_px(vae, x, k, chunk).cpu()
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
-          f"{args.images} test images, K = {k}, chunk {chunk}; mean log p(x): (a) {mine.mean():.2f}, (c) {ours.mean():.2f}\n")
+          f"{args.images} test images, K = {k}, chunk {chunk}, tiles of {args.tile_rows} rows; mean log p(x): "
+          f"(a) {mine.mean():.2f}, (c) {ours.mean():.2f}; largest |c - u| per image {(ours - before).abs().max():.2g} "
+          "nats (same draws)\n")
     flops, limit = flops_per_image(vae, x, k, chunk), gemm_rate(device)
     print(f"FLOP limit: {limit / 1e9:.1f} GFLOP/s (float32 2048 x 2048 GEMM, best of 5, this run); "
           f"{flops / k / 1e6:.3f} MFLOP per image-particle (matrix products)\n")
-    print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s | c/a (time) "
-          "| b/c (time) | (a) of FLOP limit | (c) of FLOP limit |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s "
+          "| (u) before issue 27 img/s | c/a (time) | c/u (time) | b/c (time) | (a) of FLOP limit | (c) of FLOP limit "
+          "| (u) of FLOP limit |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     pyro_seconds = None  # (b) takes one image at a time: timed with the first batch size, the same for all
     for batch in [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [args.images]:
         contenders = {
             "a": lambda: timed(lambda: [handwritten_log_px(vae, xb, k, chunk) for xb in x.split(batch)], device),
             "c": lambda: timed(lambda: [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0)
                                         for xb in x.split(batch)], device),
+            "u": lambda: timed(lambda: untiled_estimates(vae, x.split(batch), k, chunk), device),
         }
         if pyro_seconds is None:
             contenders["b"] = lambda: (timed(lambda: pyro_importance_log_px(vae, x[: args.pyro_images], k), device)
@@ -143,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         seconds = interleaved_medians(contenders, args.repeats)
         pyro_seconds = seconds["b"] = seconds.get("b", pyro_seconds)
         rate = {name: args.images / s for name, s in seconds.items()}
-        print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | "
-              f"{seconds['c'] / seconds['a']:.2f} | {seconds['b'] / seconds['c']:.1f} | "
-              f"{rate['a'] * flops / limit:.1%} | {rate['c'] * flops / limit:.1%} |", flush=True)
+        print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | {rate['u']:.1f} | "
+              f"{seconds['c'] / seconds['a']:.2f} | {seconds['c'] / seconds['u']:.2f} | "
+              f"{seconds['b'] / seconds['c']:.1f} | {rate['a'] * flops / limit:.1%} | {rate['c'] * flops / limit:.1%} "
+              f"| {rate['u'] * flops / limit:.1%} |", flush=True)
     print()
     print(f"| peak memory growth of (c), {args.images} images | " + " | ".join(
         f"K={kk}, chunk {c}" for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")

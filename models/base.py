@@ -64,6 +64,7 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 
 from models.guides import GuideHead
+from models.tiled import tiled_observation
 
 
 class LatentModel(PyroModule):
@@ -128,7 +129,7 @@ class SingleLatentModel(LatentModel):
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior(x))
-            return pyro.sample("x", self.observation(z), obs=x)
+            return pyro.sample("x", tiled_observation(self.observation, z), obs=x)
 
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """q(z|x) for images ``x [B, x_dim]``; returns ``z [B, z_dim]``."""

@@ -42,6 +42,7 @@ from models.guides import DiagonalNormal
 from models.likelihoods import drop_level_kwargs, make_likelihood
 from models.priors import make_prior
 from models.registry import register_model
+from models.tiled import tiled_observation
 from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.nets import MLP
@@ -153,7 +154,7 @@ class HierarchicalVAE(LatentModel):
                 z = pyro.sample(self.sites[-1], self.prior(x))
                 for layer in reversed(range(len(self.sites) - 1)):
                     z = pyro.sample(self.sites[layer], self.conditional(layer, z))
-            return pyro.sample("x", self.observation(z), obs=x)
+            return pyro.sample("x", tiled_observation(self.observation, z), obs=x)
 
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> torch.Tensor:
         """prod_l q(z_l | z_{l-1}) for images ``x [B, x_dim]``; returns ``z1 [B, d_1]``."""
