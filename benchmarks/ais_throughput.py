@@ -6,8 +6,9 @@ images, chains, steps and leapfrog steps, one process, interleaved rounds:
   (a) hand-written: the same algorithm (guide start, sigmoid schedule, a
       tuning pass adapting one step size per chain toward acceptance 0.65, then
       the frozen pass), with closed-form log q(z|x), log p(z) and their
-      gradients, log p(x|z) from the decoder's logits and one
-      ``torch.autograd.grad`` per leapfrog step; global RNG, float64 weights;
+      gradients, log p(x|z) from the decoder's logits (by the log-density (c) uses,
+      `models.likelihoods.bernoulli_log_prob_sum`: c/a measures what Pyro's traces and the general code add)
+      and one ``torch.autograd.grad`` per leapfrog step; global RNG, float64 weights;
   (c) ``ais_log_marginal`` (Pyro traces, per-datapoint RNG, any model), three ways:
       ``two-pass, plain`` (the same algorithm as (a), Pyro's Python at every
       gradient evaluation, as before issue 27), ``two-pass, traced`` (the
@@ -38,6 +39,7 @@ from _common import checkpoint_and_images, interleaved_medians, machine, timed  
 
 from inference.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
                            ais_log_marginal, annealing_schedule)
+from models.likelihoods import bernoulli_log_prob_sum  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -57,7 +59,7 @@ def handwritten_ais(vae, x: torch.Tensor, chains: int, steps: int, leapfrog: int
         with torch.enable_grad():
             z_ = z.detach().requires_grad_(True)
             logits = vae.decoder(z_)
-            log_lik = (x * logits - F.softplus(logits)).sum(-1)
+            log_lik = bernoulli_log_prob_sum(logits, x)
             (grad_lik,) = torch.autograd.grad(log_lik.sum(), z_)
         log_joint = log_lik.detach() + (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
         return log_q.double(), log_joint.double(), -eps / scale, grad_lik - z

@@ -94,7 +94,7 @@ def test_the_tiled_estimator_equals_the_plain_one_per_image(family):
     torch.testing.assert_close(got.khat, want.khat, rtol=0, atol=1e-3, equal_nan=True)
 
 
-def test_the_bernoulli_log_density_without_gradients_is_torchs():
+def test_the_bernoulli_log_density_is_torchs_to_float32_rounding_with_the_exact_gradient():
     from models.likelihoods import BernoulliPixels, bernoulli_log_prob_sum
 
     # logits from -100 to 100 and exact zeros; 150 pixels: two full products of 64 and a padded one
@@ -108,10 +108,24 @@ def test_the_bernoulli_log_density_without_gradients_is_torchs():
     assert got.shape == (6, 4)
     # as close to the float64 value as torch's own float32 log-density is (both round a sum of 150 terms)
     assert (got.double() - exact).abs().max() <= 2 * (torch_float32.double() - exact).abs().max() + 1e-5
-    with torch.no_grad():
-        torch.testing.assert_close(BernoulliPixels(logits).log_prob(x), got)
-    # where a gradient is recorded: torch's log-density and its gradient, exactly
-    leaf = logits.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(BernoulliPixels(leaf).log_prob(x).sum(), leaf)
-    torch.testing.assert_close(grad, torch.sigmoid(logits).neg().add(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(BernoulliPixels(logits).log_prob(x), got)
+    # its gradient is the exact one, x - sigmoid(l), at l = 0 too, for the logits and (soft targets) the value
+    leaf, target = logits.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    grad_logits, grad_value = torch.autograd.grad(BernoulliPixels(leaf).log_prob(target).sum(), (leaf, target))
+    torch.testing.assert_close(grad_logits, torch.sigmoid(logits).neg().add(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad_value, logits.sum(0), rtol=1e-6, atol=1e-5)
     assert BernoulliPixels(logits).expand((3, 6, 4)).log_prob(x).shape == (3, 6, 4)
+
+
+def test_the_bernoulli_log_density_traces_with_its_gradient():
+    """AIS traces its potential (from inputs that do not require grad) and checks the traced gradients against
+    the plain ones: the log-density's autograd Function must trace as one node that keeps its backward."""
+    import warnings
+
+    from inference.ais import ais_log_marginal
+
+    vae = VAE(x_dim=784, z_dim=4, hidden_dims=(16,)).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="AIS runs its potential uncompiled")
+        estimate = ais_log_marginal(vae.model, vae.guide, _binary(3), num_chains=2, num_steps=3, leapfrog_steps=2)
+    assert estimate.compiled
