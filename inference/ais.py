@@ -51,10 +51,12 @@ sizes that depend on that draw would break E[w_rev] = 1 / p(x).
 
 Cost: each transition of L leapfrog steps evaluates log f and its gradient L times (the gradient at the
 start is the last one of the transition before; the weight increment reuses the cached log p(x, z) and
-log base). `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
+log base). Only the end point needs log base and log target and their two gradients (one backward pass each);
+the L - 1 positions inside a transition take one backward pass of log f_b itself. `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
 Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients.
 The potential is traced once per batch shape with ``torch.jit.trace`` (``compiled=True``, the default),
-which removes Pyro's Python from every evaluation; the traced and the plain potential and gradients are
+which removes Pyro's Python from every evaluation, and what depends on the data and the parameters alone (the
+guide's encoder) is computed once in the graph by constant propagation; the traced and the plain potential and gradients are
 compared at two points first (`AIS_COMPILE_RTOL`) and AIS falls back to the plain one, with one warning,
 when they differ or tracing fails.
 
@@ -86,7 +88,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
-from inference.compiled import SharedParameterFunction, failure_cause, relative_difference
+from inference.compiled import failure_cause, relative_difference
 from inference.importance import Layout, data_frame_dim, inspect_programs, sum_within_datapoint, trace_sum
 from pyro_vae.device import forked_rng
 from pyro_vae.distributed import sharded_map
@@ -265,29 +267,32 @@ class _Target:
                 base = self._sum(guide_trace, self.latents)
             else:
                 base = self._sum(model_trace, self.latents)
+        if isinstance(log_jacobian, float):  # every latent unconstrained: nothing to add
+            return base, target
         return base + log_jacobian, target + log_jacobian
 
 
 def _traced_potential(target: _Target, u: dict[str, torch.Tensor]) -> Callable:
-    """``target`` traced by ``torch.jit.trace`` at ``u``, the same signature: Pyro's parameters are the graph's
-    inputs (`inference.compiled.SharedParameterFunction`, as the compiled losses), other module parameters its
-    constants (frozen for the run, `_frozen_parameters`: AIS does not change them)."""
+    """``target`` traced by ``torch.jit.trace`` at ``u``, the same signature. The latents are the graph's only
+    inputs: the data and every parameter (frozen for the run, `_frozen_parameters`: AIS does not change them)
+    are constants, so constant propagation computes once what depends on them alone (the guide's encoder of x,
+    the prior's parameters) instead of at every evaluation."""
     names = list(u)
 
     def flat(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return target(dict(zip(names, values)))
 
-    graph = SharedParameterFunction(flat, True, {"check_trace": False})
+    with warnings.catch_warnings(), pyro.validation_enabled(False), torch.enable_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # what `compile`'s check settles
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
+        graph = torch.jit.trace(flat, tuple(u[n].detach().requires_grad_(True) for n in names), check_trace=False)
+    fold = getattr(torch._C, "_jit_pass_constant_propagation", None)
+    if fold is not None:  # an optimisation only: without it the graph is right, and slower
+        fold(graph.graph)
 
     def traced(point: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        with warnings.catch_warnings(), pyro.validation_enabled(False):
-            # torch.jit.trace is deprecated from torch 2.15 on; its TracerWarnings are what `compile`'s check settles
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            return graph(*(point[n] for n in names))
+        return graph(*(point[n] for n in names))
 
-    with torch.enable_grad():
-        traced({n: v.detach() for n, v in u.items()})  # the first call traces
     return traced
 
 
@@ -362,6 +367,17 @@ def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
     """The chains' state at ``u`` (one evaluation of every chain, counted in ``target.evaluations``)."""
     target.evaluations += 1
     return _evaluate_with(target.potential, u)
+
+
+def _gradient(target: _Target, u: dict[str, torch.Tensor], b: float) -> dict[str, torch.Tensor]:
+    """grad log f_b at ``u`` alone (one evaluation, counted): one backward pass of (1 - b) log base + b log target,
+    for the leapfrog positions inside a transition, whose values nothing reads."""
+    target.evaluations += 1
+    u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
+    with torch.enable_grad():
+        base, tgt = target.potential(u)
+        grads = torch.autograd.grad(((1 - b) * base + b * tgt).sum(), list(u.values()), allow_unused=True)
+    return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
 
 
 def _evaluate_with(potential: Callable, u: dict[str, torch.Tensor]) -> _State:
@@ -441,14 +457,18 @@ def _hmc(target: _Target, state: _State, b: float, step_size: torch.Tensor, leap
     """One HMC transition leaving f_b invariant, for every chain at once; returns the state and acceptance [C, B]."""
     sites = target.sites
     eps = {s.name: s.per_chain(step_size, state.u[s.name].dim()).to(state.u[s.name].dtype) for s in sites}
+    half = {n: 0.5 * e for n, e in eps.items()}
     r0 = noise.momentum(state.u, sites)
     u, r, grad, new = state.u, r0, state.grad_log_f(b), state
-    for _ in range(leapfrog_steps):
-        r = {n: r[n] + 0.5 * eps[n] * grad[n] for n in r}
+    for step in range(leapfrog_steps):
+        r = {n: r[n] + half[n] * grad[n] for n in r}
         u = {n: u[n] + eps[n] * r[n] for n in u}
-        new = _evaluate(target, u)
-        grad = new.grad_log_f(b)
-        r = {n: r[n] + 0.5 * eps[n] * grad[n] for n in r}
+        if step < leapfrog_steps - 1:
+            grad = _gradient(target, u, b)
+        else:  # the end point: its values decide acceptance, its two gradients start the next transition
+            new = _evaluate(target, u)
+            grad = new.grad_log_f(b)
+        r = {n: r[n] + half[n] * grad[n] for n in r}
     log_accept = (new.log_f(b) - _kinetic(r, sites, target)) - (state.log_f(b) - _kinetic(r0, sites, target))
     acceptance = torch.exp(log_accept.clamp(max=0)).nan_to_num(nan=0.0)  # a diverged proposal is rejected
     accept = noise.uniform() < acceptance
@@ -620,8 +640,10 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, num_chains: int, num
     betas = annealing_schedule(num_steps, schedule)
     noise = lambda stream: _Noise([_seed_for(seed, stream, first_index + i) for i in range(len(x))],  # noqa: E731
                                   x.device, num_chains)
-    with torch.no_grad(), forked_rng(x.device), _frozen_parameters(model, guide):
+    with torch.no_grad(), forked_rng(x.device):
+        # before freezing: a PyroModule's first run puts its parameters in the param store, as new tensors
         latents = _latent_names(model, guide, x)
+    with torch.no_grad(), forked_rng(x.device), _frozen_parameters(model, guide):
         layout = inspect_programs(model, guide, x)
         if reverse:
             starts = {"returned": exact}

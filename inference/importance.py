@@ -101,12 +101,18 @@ def sum_within_datapoint(name: str, values: torch.Tensor, data_dim: int, particl
     ndim = -particle_dim
     if values.dim() > ndim:
         raise EstimationError(f"site {name!r} has batch dimensions outside any plate: {list(values.shape)}")
-    values = values.reshape((1,) * (ndim - values.dim()) + values.shape)
+    # no op where there is nothing to do: traced (AIS's potential), every op is one more node at each evaluation
+    if values.dim() < ndim:
+        values = values.reshape((1,) * (ndim - values.dim()) + values.shape)
     keep = (0, ndim + data_dim)  # the particle dim and the data dim, as positive indices
-    others = [d for d in range(ndim) if d not in keep]
+    others = [d for d in range(ndim) if d not in keep and values.shape[d] != 1]
     if others:
         values = values.sum(others, keepdim=True)
-    return values.reshape(values.shape[0], values.shape[keep[1]]).expand(num_particles, batch_size).double()
+    if values.dim() != 2:
+        values = values.reshape(values.shape[0], values.shape[keep[1]])
+    if values.shape != (num_particles, batch_size):
+        values = values.expand(num_particles, batch_size)
+    return values if values.dtype == torch.float64 else values.double()
 
 
 def _site_log_prob(name: str, site: dict, particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
@@ -121,7 +127,8 @@ def _site_log_prob(name: str, site: dict, particle_dim: int, num_particles: int,
 def trace_sum(trace: poutine.Trace, sites: Sequence[str], particle_dim: int, num_particles: int, batch_size: int) -> torch.Tensor:
     """Unscaled log-densities of ``sites`` in ``trace``, summed within each datapoint: float64 ``[num_particles, batch_size]``."""
     nodes = trace.nodes
-    return sum(_site_log_prob(n, nodes[n], particle_dim, num_particles, batch_size) for n in sites)
+    terms = [_site_log_prob(n, nodes[n], particle_dim, num_particles, batch_size) for n in sites]
+    return sum(terms[1:], terms[0]) if terms else 0.0
 
 
 @dataclass(frozen=True)
