@@ -9,12 +9,15 @@ Same trained checkpoint, same test images, same K, one process, interleaved:
   (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included), with the model's
       observation tiled (`models.tiled`, the default since issue 27: decoder and log-density a few
       particles at a time, no ``[K, B, D]`` logits);
+  (f) an experiment of issue 27, not in the estimator: (c) with the Bernoulli log-density's forward pass
+      (``models.likelihoods._log_prob_sum``, about eight elementwise passes over each tile) compiled by
+      ``torch.compile`` (inductor) into one loop; its first call, compiling included, is timed apart;
   (u) the estimator before issue 27: (c) under ``models.tiled.untiled()`` and with torch's Bernoulli
       log-density (``log1p`` per pixel) in place of ``models.likelihoods.bernoulli_log_prob_sum``.
 
-Prints images/s and the ratios (c/u: what tiling saves), one row per ``--batch-sizes`` entry (images
+Prints images/s and the ratios (c/u: what issue 27 saves; f/c: what compiling the log-density would), one row per ``--batch-sizes`` entry (images
 given to (a) and (c) per call, as ``python -m inference.evaluate --batch-size``;
-default: all ``--images`` at once); the share of the FLOP limit each of (a), (c) and
+default: all ``--images`` at once); the share of the FLOP limit each of (a), (c), (f) and
 (u) reaches (the matrix-product FLOPs of one image's K particles, counted by
 ``torch.utils.flop_counter``, times images/s, over the float32 GEMM rate measured
 in the same run, `_common.gemm_rate`); and how much the peak memory grows during
@@ -32,6 +35,7 @@ import contextlib
 import json
 import math
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +52,7 @@ from _common import gemm_rate, interleaved_medians, machine, timed  # noqa: E402
 
 from inference.importance import estimate_log_marginal  # noqa: E402
 from models import tiled  # noqa: E402
+from models import likelihoods  # noqa: E402
 from models.likelihoods import BernoulliPixels  # noqa: E402
 from pyro_vae.checkpoint import load  # noqa: E402
 from pyro_vae.data import evaluation_images  # noqa: E402
@@ -85,6 +90,19 @@ def before_issue_27() -> Iterator[None]:
     """(u)'s setting: the observation untiled, the Bernoulli log-density torch's."""
     with tiled.untiled(), mock.patch.object(BernoulliPixels, "log_prob", dist.Independent.log_prob):
         yield
+
+
+@contextlib.contextmanager
+def log_density(fn) -> Iterator[None]:
+    """(f)'s setting: ``fn`` in place of `models.likelihoods.bernoulli_log_prob_sum` (no gradients here)."""
+    with mock.patch.object(likelihoods, "bernoulli_log_prob_sum", fn):
+        yield
+
+
+def compiled_estimates(vae, batches, k: int, chunk: int, fused) -> list:
+    """(f): (c) with the compiled log-density ``fused``."""
+    with log_density(fused):
+        return [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0) for xb in batches]
 
 
 def untiled_estimates(vae, batches, k: int, chunk: int) -> list:
@@ -147,26 +165,33 @@ def main(argv: list[str] | None = None) -> None:
     k, chunk = args.num_samples, args.chunk_size
 
     ours = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
+    fused = torch.compile(likelihoods._log_prob_sum, dynamic=True)
+    start = time.perf_counter()
+    with log_density(fused):
+        compiled = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
+    compile_seconds = time.perf_counter() - start
     with before_issue_27():
         before = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px
     mine = handwritten_log_px(vae, x, k, chunk).cpu()
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"{args.images} test images, K = {k}, chunk {chunk}, tiles of {args.tile_rows} rows; mean log p(x): "
-          f"(a) {mine.mean():.2f}, (c) {ours.mean():.2f}; largest |c - u| per image {(ours - before).abs().max():.2g} "
-          "nats (same draws)\n")
+          f"(a) {mine.mean():.2f}, (c) {ours.mean():.2f}; largest |c - u| per image {(ours - before).abs().max():.2g}, "
+          f"|c - f| {(ours - compiled).abs().max():.2g} nats (same draws); (f)'s first call, compiling included: "
+          f"{compile_seconds:.1f} s\n")
     flops, limit = flops_per_image(vae, x, k, chunk), gemm_rate(device)
     print(f"FLOP limit: {limit / 1e9:.1f} GFLOP/s (float32 2048 x 2048 GEMM, best of 5, this run); "
           f"{flops / k / 1e6:.3f} MFLOP per image-particle (matrix products)\n")
     print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s "
-          "| (u) before issue 27 img/s | c/a (time) | c/u (time) | b/c (time) | (a) of FLOP limit | (c) of FLOP limit "
-          "| (u) of FLOP limit |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| (f) (c), log-density compiled img/s | (u) before issue 27 img/s | c/a (time) | f/c (time) | c/u (time) "
+          "| b/c (time) | (a) of FLOP limit | (c) of FLOP limit | (f) of FLOP limit | (u) of FLOP limit |")
+    print("| --- |" + " --- |" * 13)
     pyro_seconds = None  # (b) takes one image at a time: timed with the first batch size, the same for all
     for batch in [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [args.images]:
         contenders = {
             "a": lambda: timed(lambda: [handwritten_log_px(vae, xb, k, chunk) for xb in x.split(batch)], device),
             "c": lambda: timed(lambda: [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0)
                                         for xb in x.split(batch)], device),
+            "f": lambda: timed(lambda: compiled_estimates(vae, x.split(batch), k, chunk, fused), device),
             "u": lambda: timed(lambda: untiled_estimates(vae, x.split(batch), k, chunk), device),
         }
         if pyro_seconds is None:
@@ -175,10 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         seconds = interleaved_medians(contenders, args.repeats)
         pyro_seconds = seconds["b"] = seconds.get("b", pyro_seconds)
         rate = {name: args.images / s for name, s in seconds.items()}
-        print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | {rate['u']:.1f} | "
-              f"{seconds['c'] / seconds['a']:.2f} | {seconds['c'] / seconds['u']:.2f} | "
+        print(f"| {min(batch, args.images)} | {rate['a']:.1f} | {rate['b']:.2f} | {rate['c']:.1f} | {rate['f']:.1f} | {rate['u']:.1f} | "
+              f"{seconds['c'] / seconds['a']:.2f} | {seconds['f'] / seconds['c']:.2f} | {seconds['c'] / seconds['u']:.2f} | "
               f"{seconds['b'] / seconds['c']:.1f} | {rate['a'] * flops / limit:.1%} | {rate['c'] * flops / limit:.1%} "
-              f"| {rate['u'] * flops / limit:.1%} |", flush=True)
+              f"| {rate['f'] * flops / limit:.1%} | {rate['u'] * flops / limit:.1%} |", flush=True)
     print()
     print(f"| peak memory growth of (c), {args.images} images | " + " | ".join(
         f"K={kk}, chunk {c}" for c in args.memory_chunks.split(",") for kk in (k, 4 * k)) + " |")

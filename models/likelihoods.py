@@ -82,6 +82,18 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.T
     return _BernoulliLogProbSum.apply(logits, value)
 
 
+def _log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`bernoulli_log_prob_sum`'s value, eagerly (in place on its own buffers only: its inputs are untouched)."""
+    factors = logits.abs().neg_().exp_().add_(1.0)  # 1 + e^{-|l|}, in one buffer
+    group = _product_group(factors.shape[-1])
+    pad = -factors.shape[-1] % group
+    if pad:
+        factors = F.pad(factors, (0, pad), value=1.0)
+    log_products = factors.reshape(*factors.shape[:-1], -1, group).prod(-1).log_().sum(-1)
+    # max(l, 0) - x l, summed, then negated with the log-products: one buffer and a negation per row
+    return (torch.addcmul(logits.clamp(min=0), value, logits, value=-1).sum(-1) + log_products).neg_()
+
+
 class _BernoulliLogProbSum(torch.autograd.Function):
     """`bernoulli_log_prob_sum`'s forward pass (no graph of its own) and its exact gradient. ``torch.jit.trace``
     keeps it as one node with this backward (AIS's traced potential, the JIT-compiled losses)."""
@@ -89,14 +101,7 @@ class _BernoulliLogProbSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, value)
-        factors = logits.abs().neg_().exp_().add_(1.0)  # 1 + e^{-|l|}, in one buffer
-        group = _product_group(factors.shape[-1])
-        pad = -factors.shape[-1] % group
-        if pad:
-            factors = F.pad(factors, (0, pad), value=1.0)
-        log_products = factors.reshape(*factors.shape[:-1], -1, group).prod(-1).log_().sum(-1)
-        # max(l, 0) - x l, summed, then negated with the log-products: one buffer and a negation per row
-        return (torch.addcmul(logits.clamp(min=0), value, logits, value=-1).sum(-1) + log_products).neg_()
+        return _log_prob_sum(logits, value)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
