@@ -21,8 +21,9 @@ letting the others run:
   report       the report at full size (10,000 test images, K=5000), timed; AIS at T=1000, C=16 on as many
                images as fit its share (seconds per image)
   training     the default for 60 s (steps/s, test ELBO), then the burda2015 preset under
-               ``--schedule burda2015`` for the time left, stopped by SIGTERM (a checkpoint at that step) and
-               brought back as OUT/burda2015_run.tar.gz for the next node to continue
+               ``--schedule burda2015`` for the time left, stopped by SIGTERM (a checkpoint at that step; a run
+               with no epoch of its own by then gets up to 30 s more, --tiny 90, to log one) and brought back
+               as OUT/burda2015_run.tar.gz for the next node to continue
 
 It writes at most five files: ``OUT/gpu_check.json`` (every figure, the GPU
 named), ``OUT/gpu_check.md`` (the tables as BENCHMARKS.md shows them),
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -66,15 +68,15 @@ def sizes(tiny: bool) -> dict:
     """Every size the stages use: the node's, or toy ones for ``--tiny`` (the CPU test)."""
     if tiny:
         return dict(agree_images=12, agree_k=40, probes=(16, 32), is_k=40, is_limit=100, is_batch=50, is_chunk=20,
-                    ais_steps=5, ais_chains=2, ais_ladder=(4, 8), default_s=12, train_limit=["--train-limit", "1500",
-                    "--test-limit", "200"], burda_batch=100, bench={
+                    ais_steps=5, ais_chains=2, ais_ladder=(4, 8), default_s=12, train_grace_s=90,
+                    train_limit=["--train-limit", "1500", "--test-limit", "200"], burda_batch=100, bench={
                         "train": ["--batch-sizes", "100", "--images", "200", "--repeats", "1"],
                         "eval": ["--num-samples", "20", "--images", "8", "--pyro-images", "1", "--repeats", "1",
                                  "--memory-chunks", "10"],
                         "ais": ["--images", "4", "--chains", "2", "--steps", "3", "--leapfrog", "2", "--repeats", "1"]})
     return dict(agree_images=200, agree_k=1000, probes=(20, 100, 1024), is_k=5000, is_limit=None, is_batch=1000,
                 is_chunk=1000, ais_steps=1000, ais_chains=16, ais_ladder=(100, 1000, 10_000), default_s=60,
-                train_limit=[], burda_batch=100, bench={
+                train_grace_s=30, train_limit=[], burda_batch=100, bench={
                     "train": ["--batch-sizes", "20,100,128,1024", "--images", "12000", "--repeats", "2"],
                     "eval": ["--num-samples", "5000", "--images", "1000", "--batch-sizes", "100,1000", "--repeats", "2"],
                     "ais": ["--images", "100", "--chains", "16", "--steps", "100", "--repeats", "2"]})
@@ -184,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--bundle",
                        str(args.bundle.resolve()), "--out", str(args.out.resolve()), "--work", str(work),
                        "--device", args.device, "--budget-s", f"{cap:.1f}", *(["--tiny"] if args.tiny else [])]
-            ran = run_capped(command, cap + 5, env)
+            # training may outrun its share by a grace per run, waiting for each run's first epoch (train_for)
+            grace = 2 * sizes(args.tiny)["train_grace_s"] if name == "training" else 0
+            ran = run_capped(command, cap + 5 + grace, env)
             log.write(f"=== stage {name}: {ran['seconds']} s, exit {ran['returncode']}\n{ran['output']}\n")
             log.flush()
             result = _read_json(work / f"{name}.json")
@@ -498,7 +502,8 @@ def stage_training(record: Recorder, args, size: dict, deadline: float) -> None:
     """The default for ``default_s`` seconds, then burda2015 for the rest; each stopped by SIGTERM (the run
     checkpoints the step it is on and exits 143), as a preempted job is."""
     runs = args.work / "runs"
-    default = train_for(runs / "default", ["--epochs", "1000", "--no-progress", *size["train_limit"]], size["default_s"])
+    default = train_for(runs / "default", ["--epochs", "1000", "--no-progress", *size["train_limit"]],
+                        size["default_s"], size["train_grace_s"])
     record["default"] = default
     burda_flags = ["--preset", "burda2015", "--schedule", "burda2015", "--batch-size", str(size["burda_batch"]),
                    "--no-progress", *size["train_limit"]]
@@ -514,7 +519,7 @@ def stage_training(record: Recorder, args, size: dict, deadline: float) -> None:
         resumed_from = len((folder / "metrics.jsonl").read_text().splitlines()) if (folder / "metrics.jsonl").exists() else 0
         burda_flags.append("--resume")
     seconds = deadline - time.monotonic() - 15
-    burda = train_for(folder, burda_flags, seconds)
+    burda = train_for(folder, burda_flags, seconds, size["train_grace_s"])
     burda["resumed_from_epoch"] = resumed_from
     if burda.get("images_per_second"):  # a full MNIST epoch per epoch, whatever --train-limit the run had
         burda["projected_protocol_minutes"] = BURDA_EPOCHS * MNIST_TRAIN / burda["images_per_second"] / 60
@@ -527,24 +532,40 @@ def stage_training(record: Recorder, args, size: dict, deadline: float) -> None:
         record["burda2015_run"] = "burda2015_run.tar.gz"
 
 
-def train_for(folder: Path, flags: list[str], seconds: float) -> dict:
-    """``python -m inference.svi --out folder FLAGS`` stopped by SIGTERM after ``seconds``: its figures."""
-    before = len((folder / "metrics.jsonl").read_text().splitlines()) if (folder / "metrics.jsonl").exists() else 0
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def train_for(folder: Path, flags: list[str], seconds: float, grace: float) -> dict:
+    """``python -m inference.svi --out folder FLAGS`` stopped by SIGTERM after ``seconds``: its figures.
+
+    A run that has logged no epoch of its own by then (a slow machine spends its share starting Python, torch
+    and Pyro) gets up to ``grace`` seconds more to finish one: a stop before the first epoch measures nothing."""
+    metrics = folder / "metrics.jsonl"
+    before = _lines(metrics)
     command = [sys.executable, "-m", "inference.svi", "--out", str(folder), *flags]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = proc.communicate(timeout=max(seconds, 1))
-    except subprocess.TimeoutExpired:
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)  # no full pipe blocks it
+    reader.start()
+    stop_at = start + max(seconds, 1)
+    while proc.poll() is None:
+        now = time.perf_counter()
+        if now >= stop_at and (_lines(metrics) > before or now >= stop_at + grace):
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            output, _ = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            output, _ = proc.communicate()
+            proc.wait()
+    reader.join(timeout=10)
+    output = "".join(chunks)
     wall = time.perf_counter() - start
-    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()] if (
-        folder / "metrics.jsonl").exists() else []
+    history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     this_run = history[before:]
     config = _read_json(folder / "config.json")
     result = {"command": " ".join(["python", *command[1:]]), "wall_seconds": round(wall, 1), "exit": proc.returncode,
