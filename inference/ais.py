@@ -494,7 +494,7 @@ def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor
         if tuning:
             log_eps = torch.full_like(state.base, math.log(initial_step_size))
             schedule = []
-            for _ in range(WARMUP_TRANSITIONS):
+            for _ in range(WARMUP_TRANSITIONS if num_steps > 1 else 0):  # T = 1 has no transition to tune
                 state, acc = _hmc(target, state, betas[0].item(), log_eps.exp(), leapfrog_steps, noise)
                 log_eps = log_eps + WARMUP_ADAPT_RATE * ((acc.mean(0) if pooled else acc) - TARGET_ACCEPT)
         for t in tqdm(range(1, num_steps + 1), desc=desc, disable=not progress, leave=False):
@@ -711,7 +711,8 @@ def ais_log_marginal(
     global RNG is left alone. ``tuning``: ``pilot`` (a T / 10-step pilot run tunes the step sizes) or
     ``two-pass`` (a full tuning pass); ``compiled``: trace the potential (module doc). Cost: about
     (T + T_p + `WARMUP_TRANSITIONS`) x ``leapfrog_steps`` gradient evaluations of log f at ``C x B`` points
-    (T_p = `pilot_steps` (T), or T for ``two-pass``), counted in ``gradient_evaluations``.
+    (T_p = `pilot_steps` (T), or T for ``two-pass``), counted in ``gradient_evaluations``; T = 1 is importance
+    sampling from the start with C particles (one evaluation per run, nothing to tune).
     """
     return _run(model, guide, x, num_chains, num_steps, leapfrog_steps, init, schedule, seed, first_index,
                 initial_step_size, progress, tuning=tuning, compiled=compiled)[0]

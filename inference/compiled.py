@@ -235,9 +235,17 @@ def failure_cause(e: BaseException) -> str:
 
 
 def relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
-    """max |got - want| / max |want|; 0 when both are None (an unused parameter), inf when one is."""
+    """max |got - want| / max |want| over the entries where ``want`` is finite; 0 when both are None (an unused
+    parameter); inf when one is None, or when the non-finite entries differ (NaN where the other has a number,
+    an inf of another sign): matching infinities and NaNs agree, so a comparison never returns NaN itself."""
     if got is None or want is None:
         return 0.0 if got is None and want is None else float("inf")
-    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
-
-
+    got, want = torch.broadcast_tensors(got, want)
+    finite, nan = torch.isfinite(want), torch.isnan(want)
+    infinite = ~finite & ~nan
+    if not (torch.equal(torch.isfinite(got), finite) and torch.equal(torch.isnan(got), nan)
+            and torch.equal(got[infinite], want[infinite])):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    return float((got[finite] - want[finite]).abs().max() / want[finite].abs().max().clamp_min(1e-12))

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.util import ignore_jit_warnings
 from torch import nn
 
 from pyro_vae import config
@@ -85,10 +86,11 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.T
 def _log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """`bernoulli_log_prob_sum`'s value, eagerly (in place on its own buffers only: its inputs are untouched)."""
     factors = logits.abs().neg_().exp_().add_(1.0)  # 1 + e^{-|l|}, in one buffer
-    group = _product_group(factors.shape[-1])
-    pad = -factors.shape[-1] % group
-    if pad:
-        factors = F.pad(factors, (0, pad), value=1.0)
+    with ignore_jit_warnings():  # a trace freezes the grouping: right, the pixel count is the model's
+        group = _product_group(factors.shape[-1])
+        pad = -factors.shape[-1] % group
+        if pad:
+            factors = F.pad(factors, (0, pad), value=1.0)
     log_products = factors.reshape(*factors.shape[:-1], -1, group).prod(-1).log_().sum(-1)
     # max(l, 0) - x l, summed, then negated with the log-products: one buffer and a negation per row
     return (torch.addcmul(logits.clamp(min=0), value, logits, value=-1).sum(-1) + log_products).neg_()

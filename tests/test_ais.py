@@ -99,6 +99,16 @@ def test_gradient_evaluations_are_counted_per_image(ppca, tuning):
     assert pilot_steps(steps) == 10 and pilot_steps(1000) == 100 and pilot_steps(5) == 5
 
 
+@pytest.mark.parametrize("tuning", ["pilot", "two-pass"])
+def test_one_step_is_importance_sampling_with_no_transition_to_tune(ppca, tuning):
+    """T = 1: the chains' start, weighted at b = 1; one evaluation per run, no warm-up transitions."""
+    model, x = ppca
+    est = ais_log_marginal(model.model, model.guide, x[:5], num_chains=3, num_steps=1, leapfrog_steps=4,
+                           tuning=tuning)
+    assert est.gradient_evaluations == 3 * (1 + 1)
+    assert torch.isfinite(est.log_px).all() and torch.isnan(est.acceptance).all()
+
+
 @cuda_only
 def test_ais_on_cuda_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca):
     model, x = ppca

@@ -14,6 +14,7 @@ from pyro.nn import pyro_method
 
 from inference import step as step_module
 from inference import svi
+from inference.compiled import relative_difference
 from inference.objectives import make_elbo
 from inference.svi import evaluate_elbo, main, train
 from models import VAE, register_model
@@ -241,6 +242,18 @@ def test_compiled_trace_elbo_has_the_plain_gradient():
     loss_and_grads(compiled)  # compile
     for got, want in zip(loss_and_grads(compiled), loss_and_grads(make_elbo("trace"))):
         assert torch.allclose(got.detach(), want.detach(), rtol=1e-5, atol=1e-6 * float(want.detach().abs().max()))
+
+
+def test_a_compile_check_counts_matching_infinities_and_nans_as_agreement_and_nothing_else():
+    inf, nan = float("inf"), float("nan")
+    want = torch.tensor([1.0, -inf, inf, nan, 4.0])
+    assert relative_difference(want.clone(), want) == 0
+    assert relative_difference(want + torch.tensor([0.0, 0, 0, 0, 0.04]), want) == pytest.approx(0.01)
+    for bad in ([nan, -inf, inf, nan, 4.0], [1.0, inf, inf, nan, 4.0], [1.0, -inf, 3.0, nan, 4.0],
+                [1.0, -inf, inf, 2.0, 4.0]):  # a NaN or an infinity where the other has none, an inf's sign
+        assert relative_difference(torch.tensor(bad), want) == inf
+    assert relative_difference(torch.tensor([-inf, nan]), torch.tensor([-inf, nan])) == 0
+    assert relative_difference(None, None) == 0 and relative_difference(None, want) == inf
 
 
 @register_model("test-frozen-sum")
