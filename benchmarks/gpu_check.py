@@ -516,7 +516,7 @@ def stage_training(record: Recorder, args, size: dict, deadline: float) -> None:
             for member in tar.getmembers():
                 if member.isfile() and member.name in RUN_FILES:
                     tar.extract(member, folder, filter="data")
-        resumed_from = len((folder / "metrics.jsonl").read_text().splitlines()) if (folder / "metrics.jsonl").exists() else 0
+        resumed_from = _lines(folder / "metrics.jsonl")
         burda_flags.append("--resume")
     seconds = deadline - time.monotonic() - 15
     burda = train_for(folder, burda_flags, seconds, size["train_grace_s"])

@@ -35,6 +35,7 @@ E_u[log p((x + u) / 2^b)] - D b log 2 <= log P(x)).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pyro.distributions as dist
@@ -86,7 +87,9 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.T
 def _log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """`bernoulli_log_prob_sum`'s value, eagerly (in place on its own buffers only: its inputs are untouched)."""
     factors = logits.abs().neg_().exp_().add_(1.0)  # 1 + e^{-|l|}, in one buffer
-    with ignore_jit_warnings():  # a trace freezes the grouping: right, the pixel count is the model's
+    # a trace freezes the grouping: right, the pixel count is the model's. Only then: catch_warnings resets
+    # Python's once-per-location warning registry each time, which an eager step must not do
+    with ignore_jit_warnings() if torch.jit.is_tracing() else contextlib.nullcontext():
         group = _product_group(factors.shape[-1])
         pad = -factors.shape[-1] % group
         if pad:
