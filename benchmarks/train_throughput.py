@@ -54,7 +54,7 @@ from pyro_vae.nets import MLP  # noqa: E402
 
 def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device):
     """(a): the same networks, a plain PyTorch step."""
-    cfg = PRESETS["burda2015"].model
+    cfg = PRESETS["burda2015"].model.resolved()
     enc = MLP(784, cfg.hidden_dims, 2 * cfg.z_dim, cfg.activation).to(device)
     dec = MLP(cfg.z_dim, tuple(reversed(cfg.hidden_dims)), 784, cfg.activation).to(device)
     optim = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)

@@ -78,3 +78,22 @@ def active_units(model: Callable, guide: Callable, x: torch.Tensor, num_draws: i
     """Burda et al.'s activity of every unit of every latent site of ``guide`` over the images ``x [N, D]``."""
     return {name: SiteActivity(m.double().var(0, unbiased=False).cpu(), threshold)
             for name, m in posterior_means(model, guide, x, num_draws, seed).items()}
+
+
+#: Images and guide draws of the activity measured after every training epoch (`epoch_site_metrics`): the
+#: first layer's posterior mean is exact with one draw; deeper layers average over draws of the layers below.
+EPOCH_IMAGES, EPOCH_DRAWS = 1000, 10
+
+
+def collapsed_sites(sites: dict[str, dict]) -> list[str]:
+    """The names of the latent sites with no active unit, from ``{site: {"active_units": n, ...}}`` (a report's
+    ``latent_sites`` or an epoch record's ``sites``), in their order."""
+    return [name for name, site in sites.items() if int(site["active_units"]) == 0]
+
+
+def collapse_warning(site: str, units: int, when: str) -> str:
+    """The one line that names a collapsed latent site, e.g. ``warning: latent site z has 0 of 50 active units
+    after epoch 3: the model ignores it (posterior collapse); ...``; ``when`` says at which point."""
+    return (f"warning: latent site {site} has 0 of {units} active units {when}: the model ignores it (posterior "
+            "collapse), so its ELBO and log p(x) are those of a model without it. Try relu (--activation relu), KL "
+            "warm-up (--kl-warmup EPOCHS), a smaller --lr or more epochs; see docs/training.md, 'Posterior collapse'")

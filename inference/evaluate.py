@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inference.ais import TUNINGS, AISEstimate, ais_log_marginal, bdmc, dequantized_ais
-from inference.active_units import active_units
+from inference.active_units import active_units, collapse_warning, collapsed_sites
 from inference.gaps import inference_gaps
 from inference.importance import DEFAULT_LADDER, MarginalEstimate, estimate_log_marginal
 from inference.rate_distortion import rate_distortion
@@ -202,6 +202,7 @@ def _evaluate(run: LoadedRun, x: torch.Tensor, options: EvaluateConfig, progress
 
     report = importance_entries(run, x, est, options)
     report["latent_sites"] = latent_sites_entry(run.model, model_images(run, x, options.seed), options)
+    report["collapsed_sites"] = collapsed_sites(report["latent_sites"])  # named at the top of report.md
     gap_values = {"total (log p(x) - ELBO)": (est.log_px - est.elbo).tolist()}
     if ais is not None:
         report["ais"] = ais_entry(est, *ais, options)
@@ -428,7 +429,7 @@ def published_entry(config: dict[str, Any]) -> dict[str, Any] | None:
     model on dynamically binarised images (else None)."""
     preset = PRESETS.get(config.get("preset") or "")
     if (preset is not None and preset.published_nll is not None and config["binarize"] == "dynamic"
-            and ModelConfig(**config["model"]) == preset.model):
+            and ModelConfig.from_dict(config["model"]) == preset.model.resolved()):
         return {"preset": config["preset"], "nll": preset.published_nll, "source": preset.source}
     return None
 
@@ -530,10 +531,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{entry['mean']:.2f} ± {entry['se']:.2f}"
 
     k = report["khat"]
+    on_images = f"on these {report['n_images']} images"
     fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
     lines = [
         f"# Marginal-likelihood report: {report['dataset']} {report['split']} ({report['n_images']} images)",
         "",
+        *[f"**{collapse_warning(site, report['latent_sites'][site]['units'], on_images)}**\n"
+          for site in report.get("collapsed_sites", [])],
         f"Checkpoint `{report['checkpoint']['path']}` (sha256 `{report['checkpoint']['sha256'][:12]}…`), "
         f"{report['epochs_trained']} epochs; binarize `{report['binarize']}`, test seed {report['test_seed']}; "
         f"K = {report['num_samples']} importance samples from the amortised guide; device {report['device']}; "

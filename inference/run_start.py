@@ -138,6 +138,40 @@ class Start:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     partial: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "images": 0, "seconds": 0.0})
+    note: str | None = None  # a line for the log: the start asked for was not the model's (`initialise`)
+
+
+#: Training images whose mean pixel starts p(x|z) under ``init="burda2015"`` (the first ones, in file order).
+MEAN_PIXEL_IMAGES = 10_000
+
+
+def mean_training_pixels(train, limit: int = MEAN_PIXEL_IMAGES) -> torch.Tensor:
+    """The mean served pixel ``[D]`` (float32) over the first ``limit`` training images, in file order: for a
+    dynamic binarisation, its draws at epoch 0 (an estimate of P(pixel = 1) within 0.005). Works on any split
+    that serves ``batches(size, epoch, step, shuffle=False)``, held or streamed, and the same for both."""
+    total, count = None, 0
+    for batch in train.batches(1000, 0, 0, shuffle=False):
+        total = batch.double().sum(0) if total is None else total + batch.double().sum(0)
+        count += len(batch)
+        if count >= limit:
+            break
+    return (total / count).float()
+
+
+def initialise(model: LatentModel, config: TrainConfig, data: DataSplits) -> str | None:
+    """Start a fresh run's parameters as ``config.init`` says (`pyro_vae.config.INITS`); draws from torch's RNG.
+
+    ``burda2015`` calls the model's optional ``initialise_burda2015(mean_pixels)`` with `mean_training_pixels`
+    ``[D]``; a model without it, or one it does not apply to (the conv nets), keeps its own start, and the line
+    returned says so. None when the start is the one asked for.
+    """
+    if config.init != "burda2015":
+        return None
+    start = getattr(model, "initialise_burda2015", None)
+    if start is not None and start(mean_training_pixels(data.train).to(next(model.parameters()).device)):
+        return None
+    return (f"init burda2015: the {type(model).__name__} {'has no initialise_burda2015' if start is None else 'keeps its own start here'}"
+            "; it starts as built (--init as-built says so and silences this line)")
 
 
 def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: LatentModel | None,
@@ -192,11 +226,12 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")
+    note = None if resume else initialise(model, config, data)  # under config.seed: the same start on every rank
     optim = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_settings(config.schedule))
     if not resume:
         if group.rank > 0:
             pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank))
-        return config, data, model, optim, Start()
+        return config, data, model, optim, Start(note=note)
     try:
         if model is not stored:  # a model handed in; the stored one already holds its parameters
             model.load_state_dict(saved["model_state"])

@@ -42,6 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 from inference.evaluate import EvaluateConfig, evaluate, render_markdown
 from inference.figures import draw_run_figures
 from inference.objectives import ELBO_NAMES, GRADIENTS
+from inference.active_units import EPOCH_DRAWS, EPOCH_IMAGES, active_units, collapse_warning, collapsed_sites
 from inference.rate_distortion import rate_distortion
 from inference.run_start import RESUMABLE_CHANGES, default_out, prepare
 from inference.cuda_graph import CudaGraphStep
@@ -61,7 +63,8 @@ from models.likelihoods import LIKELIHOODS
 from pyro_vae import checkpoint, distributed
 from pyro_vae.cli import ArgumentParser, error, exit_status, latent_sizes, layer_widths, positive_int
 from pyro_vae.config import (DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PRESET, DEFAULT_PSEUDO_INPUTS, DEQUANTIZE_CHOICES,
-                             DISCRETE_LIKELIHOODS, FAMILIES, PRESETS, PRIORS, TrainConfig)
+                             DEQUANTIZED_LIKELIHOOD, FAMILIES, INITS, LEVELS_LIKELIHOOD, PRESETS, PRIORS, TrainConfig,
+                             default_activation, defaults_line, resolve_defaults)
 from pyro_vae.data import BINARIZE_CHOICES, DATASETS, DataSplits
 from pyro_vae.device import DEVICE_CHOICES
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingDiverged
@@ -69,19 +72,14 @@ from pyro_vae.nets import ACTIVATIONS, ARCHITECTURES
 from pyro_vae.run_lock import RunLock, check_free
 from pyro_vae.writes import append_line, reason, write_failed, write_text_atomic
 from pyro_vae.schedule import BURDA2015_BATCH_SIZE, SCHEDULES, learning_rate, set_learning_rate, total_epochs
-from pyro_vae.sources import parse_spec, source_channels
+from pyro_vae.sources import parse_spec
 
 
 
 
-#: p(x|z) for grey levels (--binarize none) and colour images unless --likelihood says otherwise: a pmf over
-#: the integer levels 0..2^b - 1, so the report gives bits/dim of the discrete image (issue 26).
-COLOUR_LIKELIHOOD = "discretized-logistic"
-#: The activation of the discrete likelihoods unless --activation says: with the presets' tanh the mixture of
-#: discretized logistics stops using z (measured in BENCHMARKS.md, "8-bit MNIST"), with relu it learns.
-LEVELS_ACTIVATION = "relu"
-#: p(x|z) under --dequantize uniform unless --likelihood says otherwise: a density on [0, 1].
-DEQUANTIZED_LIKELIHOOD = "continuous-bernoulli"
+#: Kept for scripts that read them here; the defaults policy is `pyro_vae.config`'s.
+COLOUR_LIKELIHOOD = LEVELS_LIKELIHOOD
+LEVELS_ACTIVATION = default_activation(LEVELS_LIKELIHOOD, "standard")[0]
 
 
 class _LossWindow:
@@ -113,22 +111,29 @@ def kl_weight_at(config: TrainConfig, epoch: int, step: int, num_batches: int) -
     return config.kl_weight * min(1.0, (epoch + (step + 1) / num_batches) / config.kl_warmup)
 
 
-def epoch_metrics(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Test ELBO, rate and distortion: means over images ``x [N, D]`` of one-sample estimates, nats per image.
+def epoch_metrics(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Test ELBO, rate and distortion: means over images ``x [N, D]`` of one-sample estimates, nats per image; and
+    per latent site its share of the rate and its active units.
 
     Keys ``test_elbo``, ``test_rate`` (KL(q(z|x) || p(z))) and ``test_distortion``
-    (-log p(x|z)); ``test_elbo = -(test_rate + test_distortion)``. Runs under a
-    forked RNG seeded by ``seed`` (`inference.rate_distortion`), so it neither
-    disturbs training randomness nor changes its noise from one epoch to the next.
+    (-log p(x|z)); ``test_elbo = -(test_rate + test_distortion)``; ``sites``: ``{site: {"rate", "active_units",
+    "units"}}``, the rate over ``x`` and Burda et al.'s active units (`inference.active_units`) over its first
+    `EPOCH_IMAGES` images with `EPOCH_DRAWS` guide draws each. Runs under forked RNGs seeded by ``seed``
+    (`inference.rate_distortion`), so it neither disturbs training randomness nor changes its noise from one
+    epoch to the next.
     """
     terms = rate_distortion(model.model, model.guide, x, seed=seed, batch_size=batch_size)
     rate, distortion = terms.rate.mean().item(), terms.distortion.mean().item()
-    return {"test_elbo": -(rate + distortion), "test_rate": rate, "test_distortion": distortion}
+    activity = active_units(model.model, model.guide, x[:EPOCH_IMAGES], num_draws=EPOCH_DRAWS, seed=seed)
+    sites = {name: {"rate": terms.site_rates[name].mean().item(), "active_units": activity[name].active,
+                    "units": activity[name].units} for name in terms.site_rates}
+    return {"test_elbo": -(rate + distortion), "test_rate": rate, "test_distortion": distortion, "sites": sites}
 
 
 def evaluate_elbo(model: LatentModel, x: torch.Tensor, batch_size: int = 1000, seed: int = 0) -> float:
     """Mean single-sample ELBO over images ``x [N, D]``, nats per image (the ``test_elbo`` of `epoch_metrics`)."""
-    return epoch_metrics(model, x, batch_size, seed)["test_elbo"]
+    terms = rate_distortion(model.model, model.guide, x, seed=seed, batch_size=batch_size)
+    return -(terms.rate.mean().item() + terms.distortion.mean().item())
 
 
 @dataclass
@@ -157,6 +162,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
           model: LatentModel | None = None, elbo_chosen: bool = False) -> TrainResult:
     """Train ``models.build_from_config(config.model)`` (or ``model``) by SVI for ``config.epochs`` epochs; write into ``config.out``.
 
+    Fields of ``config`` left None are chosen by the defaults policy (`pyro_vae.config.resolve_defaults`), said
+    in one line at the start and recorded in ``config.json``; the command line goes through the same policy.
+
     ``resume`` continues from ``OUT/checkpoint.pt`` (to ``config.epochs`` in
     total); a fresh run refuses an ``OUT`` that already holds a checkpoint.
     ``data`` replaces loading from ``config.dataset`` (e.g. your own tensors
@@ -180,7 +188,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     trains ``trace``, says so in one line and records ``trace`` in the run's config; with ``elbo_chosen``
     (``--elbo meanfield`` on the command line) it is a `ConfigError` instead.
     """
-    config.validated()
+    channels = data.image_shape[0] if data is not None and data.image_shape else None
+    config = resolve_defaults(config, channels).validated()  # the one defaults policy, as from the command line
     group, device = distributed.setup(config.device)
     lock = None
     try:
@@ -190,6 +199,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
             seen = _file_state(Path(config.out or default_out()) / "checkpoint.pt")
             config, data, model, optim, start = prepare(config, resume, data, model, device, group)
             log = (tqdm.write if progress else print) if group.is_main else _silent
+            for line in (defaults_line(config), start.note) if not resume else ():
+                if line:
+                    log(line)
             probe = data.test[: config.batch_size]
             config = objective_for(model, config, probe, log, chosen=elbo_chosen)  # the run records what it trains
             step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
@@ -293,6 +305,7 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
     # A JIT loss takes the KL weight as a tensor input; refill one in place rather than copy a new one each step.
     kl_input = torch.ones((), device=device) if compiled else None
     interrupted, stop_signal = False, None
+    warned: set[str] = set()  # latent sites already named as collapsed in this run
     with StopRequest(abort_on_repeat=not parallel) as stop:
         for epoch in range(start_epoch, config.epochs):
             set_learning_rate(optim, learning_rate(config.schedule, config.lr, epoch))  # a function of the epoch alone
@@ -331,6 +344,11 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
             save(epoch + 1, 0, record=record)  # the checkpoint first, then its line in metrics.jsonl
             log(f"epoch {epoch + 1}/{config.epochs}  train ELBO {record['train_elbo']:.2f}  "
                 f"test ELBO {record['test_elbo']:.2f} nats/image ({meaning})  {seconds:.1f} s")
+            if epoch + 1 >= max(1.0, config.kl_warmup):  # warm-up over and a full epoch run: a collapse is named
+                for site in collapsed_sites(record["sites"]):
+                    if site not in warned:
+                        warned.add(site)
+                        log(collapse_warning(site, record["sites"][site]["units"], f"after epoch {epoch + 1}"))
             start_step, partial = 0, {"loss": 0.0, "images": 0, "seconds": 0.0}
             start_epoch = epoch + 1
         if not interrupted:  # a signal after the last step: training is complete, but it was asked to stop
@@ -382,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--latent-dim", type=positive_int, help=f"size of z, vae family (default {d.model.z_dim})")
     m.add_argument("--hidden-dims", type=_dims, help="hidden widths, encoder order, vae family, e.g. 200,200")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS),
-                   help=f"default {d.model.activation}; {LEVELS_ACTIVATION} under a discrete likelihood")
+                   help="default tanh; relu under a discrete likelihood (pyro_vae.config's policy)")
     m.add_argument("--arch", choices=ARCHITECTURES, help="mlp (default, any image size) or conv (square images, even side of at least 8)")
     m.add_argument("--likelihood", choices=list(LIKELIHOODS),
                    help="p(x|z): bernoulli (default for binarised grey images); the others train on grey levels "
@@ -435,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture the compiled step (loss, backward, Adam) in a CUDA graph. Default: on CUDA, in one "
                         "process, when a replay matches the plain step on a probe batch, else uncaptured; never on "
                         "the CPU. --cuda-graph insists, --no-cuda-graph never captures")
+    t.add_argument("--init", choices=INITS,
+                   help="how the parameters start: burda2015, Glorot-uniform weights, zero biases and p(x|z) at the "
+                        "training images' mean pixel (Burda et al. 2015's code; the default under the bernoulli "
+                        "likelihood); as-built, the networks' own initialisation (the default under the others)")
     t.add_argument("--seed", type=int, help=f"training seed (default {d.seed})")
     dd = p.add_argument_group("data")
     dd.add_argument("--dataset", type=_dataset, metavar="|".join([*DATASETS, "folder:PATH", "array:PATH"]),
@@ -452,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a folder whose images take more is streamed from its files (default: half the free "
                          "memory of the device or the host, whichever is less)")
     dd.add_argument("--workers", type=int, help=f"processes decoding a streamed folder (default {d.workers})")
-    dd.add_argument("--binarize", choices=BINARIZE_CHOICES, help=f"default {d.binarize}")
+    dd.add_argument("--binarize", choices=BINARIZE_CHOICES,
+                    help="default dynamic under the bernoulli likelihood, none under the others")
     dd.add_argument("--dequantize", choices=DEQUANTIZE_CHOICES,
                     help="uniform: train a continuous likelihood on (x + u) / 2^b, u ~ U[0, 1)^D fresh every batch; "
                          "the report then bounds log P(x) of the discrete image (default none; implies "
@@ -510,7 +533,10 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Turn parsed flags into a validated `TrainConfig` (on --resume: the checkpoint's, with allowed changes)."""
+    """Turn parsed flags into a validated `TrainConfig` (on --resume: the checkpoint's, with allowed changes).
+
+    A flag not given leaves its field to the preset, else to the defaults policy (`pyro_vae.config.resolve_defaults`),
+    so the config equals the one Python builds from the same explicit fields."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in _RUN_FLAGS}
     if args.resume:
         if not args.out:
@@ -519,29 +545,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
     preset = PRESETS[args.preset or DEFAULT_PRESET]
     model = preset.model.changed({_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS})
-    if args.dequantize not in (None, "none") and model.likelihood == "bernoulli" and args.likelihood is not None:
+    if args.dequantize not in (None, "none") and model.likelihood == "bernoulli":
         raise ConfigError("--dequantize is for grey levels under a continuous likelihood; the bernoulli likelihood "
                           "takes binarised pixels: drop --dequantize, or pick --likelihood gaussian or "
                           "continuous-bernoulli")
-    if args.obs_scale is not None and model.likelihood != "gaussian":
+    if args.obs_scale is not None and model.likelihood not in (None, "gaussian"):
         raise ConfigError(f"--obs-scale sets the gaussian likelihood's standard deviation; the {model.likelihood!r} "
                           "likelihood does not use it: drop it, or use --likelihood gaussian")
     given = {**preset.train, **given}
     if total_epochs(given.get("schedule", "constant")):
         given.setdefault("epochs", total_epochs(given["schedule"]))  # the protocol's length, unless --epochs says
-    if args.likelihood is None:
-        if given.get("dequantize", "none") != "none":
-            model = dataclasses.replace(model, likelihood=DEQUANTIZED_LIKELIHOOD)  # a density on [0, 1)
-        elif (args.mixture_components is not None or given.get("binarize") == "none"
-              or (args.binarize is None and "dataset" in given
-                  and source_channels(given["dataset"], TrainConfig(**given).source_options()) == 3)):
-            model = dataclasses.replace(model, likelihood=COLOUR_LIKELIHOOD)  # grey levels, not 0/1 pixels
-    if model.likelihood in DISCRETE_LIKELIHOODS and args.activation is None:
-        model = dataclasses.replace(model, activation=LEVELS_ACTIVATION)
-    if model.likelihood != "bernoulli":
-        given.setdefault("binarize", "none")  # continuous likelihoods model grey levels
     given.setdefault("out", default_out())
-    return TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given).validated()
+    config = TrainConfig(model=model, preset=args.preset or DEFAULT_PRESET, **given)
+    return resolve_defaults(config).validated()  # as `train` will: the policy of `pyro_vae.config`
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,9 @@ FAMILY_CLASSES: dict[str, type[LatentModel]] = {"vae": VAE, "hierarchical": Hier
 
 
 def build_from_config(config: ModelConfig) -> LatentModel:
-    """The model ``config`` describes: `VAE` for family ``vae``, `HierarchicalVAE` for ``hierarchical``."""
-    config.validated()
+    """The model ``config`` describes: `VAE` for family ``vae``, `HierarchicalVAE` for ``hierarchical``; fields
+    left None are the defaults policy's (`ModelConfig.resolved`)."""
+    config = config.resolved().validated()
     if config.family not in FAMILY_CLASSES:
         raise ConfigError(f"--family must be one of {', '.join(FAMILY_CLASSES)}, got {config.family!r}")
     return FAMILY_CLASSES[config.family].from_config(config)

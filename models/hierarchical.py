@@ -45,7 +45,7 @@ from models.registry import register_model
 from models.tiled import tiled_observation
 from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.nets import MLP
+from pyro_vae.nets import MLP, glorot_initialise
 
 
 @register_model("hierarchical")
@@ -54,7 +54,7 @@ class HierarchicalVAE(LatentModel):
 
     Networks: ``encoders[l]`` gives q(z_{l+1} | z_l) (0-based l, z_0 = x); ``decoder`` gives p(x | z1);
     ``conditionals[l]`` gives p(z_{l+1} | z_{l+2}). ``likelihood``, ``obs_scale``, ``activation`` and
-    ``image_shape`` as in `models.vae.VAE`; ``prior`` ``standard`` or ``vamp`` (on z_L) with
+    ``image_shape`` as in `models.vae.VAE` (``activation`` None: the defaults policy's); ``prior`` ``standard`` or ``vamp`` (on z_L) with
     ``pseudo_inputs`` K.
     """
 
@@ -65,7 +65,7 @@ class HierarchicalVAE(LatentModel):
         x_dim: int = 784,
         latent_dims: tuple[int, ...] = (100, 50),
         layer_hidden_dims: tuple[tuple[int, ...], ...] = ((200, 200), (100, 100)),
-        activation: str = "tanh",
+        activation: str | None = None,
         likelihood: str = "bernoulli",
         obs_scale: float = 1.0,
         prior: str = "standard",
@@ -79,8 +79,8 @@ class HierarchicalVAE(LatentModel):
                                                likelihood=likelihood, obs_scale=obs_scale, prior=prior,
                                                pseudo_inputs=pseudo_inputs, image_shape=image_shape,
                                                mixture_components=mixture_components,
-                                               bit_depth=bit_depth).validated()
-        dims, widths = self.config.latent_dims, self.config.layer_hidden_dims
+                                               bit_depth=bit_depth).resolved().validated()
+        dims, widths, activation = self.config.latent_dims, self.config.layer_hidden_dims, self.config.activation
         self.latent_dims, self.sites = dims, tuple(f"z{l + 1}" for l in range(len(dims)))
         self.z_dim = dims[0]
         self.likelihood = make_likelihood(likelihood, obs_scale, mixture_components, 2 ** bit_depth - 1)
@@ -100,6 +100,7 @@ class HierarchicalVAE(LatentModel):
         if config.family != "hierarchical":
             raise ConfigError(f"{cls.__name__} is the hierarchical family; the config is of the {config.family!r} "
                               "family (build it with models.build_from_config)")
+        config = config.resolved()
         return cls(config.x_dim, config.latent_dims, config.layer_hidden_dims, config.activation, config.likelihood,
                    config.obs_scale, config.prior, config.pseudo_inputs, config.image_shape,
                    config.mixture_components, config.bit_depth)
@@ -114,6 +115,14 @@ class HierarchicalVAE(LatentModel):
         if c.image_shape is not None:
             kwargs["image_shape"] = list(c.image_shape)
         return drop_level_kwargs(kwargs, c)
+
+    def initialise_burda2015(self, mean_pixels: torch.Tensor) -> bool:
+        """Burda et al. (2015)'s start (``init="burda2015"``): Glorot-uniform weights and zero biases in every MLP,
+        the decoder's output bias where p(x|z1) has mean ``mean_pixels [x_dim]`` (`Likelihood.output_bias`)."""
+        for net in (*self.encoders, *self.conditionals):
+            glorot_initialise(net)
+        glorot_initialise(self.decoder, self.likelihood.output_bias(mean_pixels))
+        return True
 
     # --- the distributions -------------------------------------------------------
     def layer_posterior(self, layer: int, below: torch.Tensor) -> dist.TorchDistribution:

@@ -242,9 +242,19 @@ class Likelihood(nn.Module):
     def forward(self, raw: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
 
+    def output_bias(self, mean_pixels: torch.Tensor) -> torch.Tensor | None:
+        """The decoder's output bias ``[params_per_pixel * D]`` at which p(x|z) has mean ``mean_pixels [D]`` when
+        the last layer's weights contribute nothing, or None where this likelihood has no such start (its own
+        initialisation is kept). Burda et al. (2015) start their decoder so."""
+        return None
+
 
 class Bernoulli(Likelihood):
     binary_data = True
+
+    def output_bias(self, mean_pixels: torch.Tensor) -> torch.Tensor:
+        """logit of the mean pixel, clamped to [1e-3, 1 - 1e-3] (a pixel never on in the training images)."""
+        return torch.logit(mean_pixels.clamp(1e-3, 1 - 1e-3))
 
     def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
         # no validation: the data are checked once before training, not on every step.

@@ -7,9 +7,12 @@ The VampPrior (Tomczak & Welling 2018) is the aggregate posterior of K learned p
 computed with the model's own guide: `VampPrior` holds the pseudo-inputs ``[K, x_dim]`` and turns any
 ``posterior(x) -> q(z|x)`` (batch ``[K]``, event ``[z_dim]``) into the mixture. A family composes it: the
 one-layer `models.vae.VAE` passes its q(z|x), `models.hierarchical.HierarchicalVAE` its top layer's
-q(z_L | ...) along the bottom-up path. The pseudo-inputs start as sigmoids of N(0, 1) logits, pixels spread
-over (0, 1) around 0.5 (the paper draws them near one value; any start in (0, 1) is fine), and learn with the
-rest of the model; the sigmoid keeps them the pixels the encoder expects.
+q(z_L | ...) along the bottom-up path. The pseudo-inputs start as nearly blank images, every pixel
+0.05 + 0.01 N(0, 1) (the start of Tomczak & Welling's code for MNIST, `PSEUDO_INPUT_START`), and learn with
+the rest of the model; the sigmoid keeps them the pixels the encoder expects. Whether the VampPrior learns at
+all depends on the decoder's start: from PyTorch's initialisation (every pixel's logit near 0) it collapsed
+in the first epoch; from the ``burda2015`` start (`pyro_vae.config.INITS`, the default under the Bernoulli
+likelihood: p(x|z) at the training images' mean pixel) it learns (BENCHMARKS.md, "Model families").
 
 Diagonal-Normal components give `DiagonalNormalMixture`, whose log-density never forms the
 ``[N, K, z_dim]`` differences that ``MixtureSameFamily`` does: with precisions P = 1/sigma^2,
@@ -94,6 +97,10 @@ def mixture_of(components: dist.TorchDistribution) -> dist.TorchDistribution:
     return dist.MixtureSameFamily(weights, components)
 
 
+#: Mean and standard deviation of the pseudo-inputs' pixels at the start, as fractions of a full-intensity pixel.
+PSEUDO_INPUT_START = (0.05, 0.01)
+
+
 class VampPrior(nn.Module):
     """K learned pseudo-inputs ``[K, x_dim]``; ``forward(posterior)`` is (1/K) sum_k posterior(u_k).
 
@@ -105,7 +112,9 @@ class VampPrior(nn.Module):
         self.pixel_scale = float(pixel_scale)
         if isinstance(num_pseudo_inputs, bool) or not isinstance(num_pseudo_inputs, int) or num_pseudo_inputs < 1:
             raise ConfigError(f"--pseudo-inputs must be a positive integer, got {num_pseudo_inputs!r}")
-        self.pseudo_logits = nn.Parameter(torch.randn(num_pseudo_inputs, x_dim))  # sigmoid -> pixels in (0, 1)
+        mean, std = PSEUDO_INPUT_START
+        start = (mean + std * torch.randn(num_pseudo_inputs, x_dim)).clamp(1e-3, 1 - 1e-3)
+        self.pseudo_logits = nn.Parameter(torch.logit(start))  # sigmoid -> pixels in (0, 1)
 
     @property
     def num_pseudo_inputs(self) -> int:

@@ -33,7 +33,7 @@ from models.priors import make_prior
 from models.registry import register_model
 from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.nets import make_networks
+from pyro_vae.nets import MLP, glorot_initialise, make_networks
 
 
 @register_model("vae")
@@ -41,7 +41,8 @@ class VAE(SingleLatentModel):
     """A VAE ``x_dim -> hidden_dims -> z_dim`` with MLP (or conv) encoder and mirrored decoder.
 
     Defaults are the ``burda2015`` preset: 784-200-200-50, tanh, Bernoulli
-    likelihood on logits, diagonal-Normal guide. ``obs_scale`` is the standard
+    likelihood on logits, diagonal-Normal guide; ``activation`` None is the defaults policy's
+    (`pyro_vae.config.default_activation`: relu under a discrete likelihood, else tanh). ``obs_scale`` is the standard
     deviation of the ``gaussian`` likelihood, ``flow_steps`` the depth of the
     ``iaf`` guide, ``arch`` ``mlp`` or ``conv``; ``image_shape`` (C, H, W) of the
     ``x_dim`` pixels (the conv nets need it for anything but 28x28 grey).
@@ -54,7 +55,7 @@ class VAE(SingleLatentModel):
         x_dim: int = 784,
         z_dim: int = 50,
         hidden_dims: tuple[int, ...] = (200, 200),
-        activation: str = "tanh",
+        activation: str | None = None,
         likelihood: str = "bernoulli",
         guide: str = "diagonal",
         obs_scale: float = 1.0,
@@ -69,8 +70,8 @@ class VAE(SingleLatentModel):
         super().__init__()
         self.config = ModelConfig(x_dim, z_dim, tuple(hidden_dims), activation, likelihood, guide, obs_scale,
                                   flow_steps, arch, image_shape, prior=prior, pseudo_inputs=pseudo_inputs,
-                                  mixture_components=mixture_components, bit_depth=bit_depth).validated()
-        self.z_dim = z_dim
+                                  mixture_components=mixture_components, bit_depth=bit_depth).resolved().validated()
+        activation, self.z_dim = self.config.activation, z_dim
         self.likelihood = make_likelihood(likelihood, obs_scale, mixture_components, 2 ** bit_depth - 1)
         self.posterior_head = make_guide(guide, z_dim, flow_steps)
         self.encoder, self.decoder = make_networks(arch, x_dim, z_dim, hidden_dims, activation,
@@ -87,7 +88,7 @@ class VAE(SingleLatentModel):
         if config.family != "vae":
             raise ConfigError(f"{cls.__name__} is the vae family; the config is of the {config.family!r} family "
                               "(build it with models.build_from_config)")
-        kwargs = dataclasses.asdict(config)
+        kwargs = dataclasses.asdict(config.resolved())
         for name in cls._OTHER_FAMILIES_FIELDS:
             del kwargs[name]
         return cls(**kwargs)
@@ -105,6 +106,16 @@ class VAE(SingleLatentModel):
             del kwargs["prior"], kwargs["pseudo_inputs"]
         drop_level_kwargs(kwargs, self.config)
         return kwargs
+
+    def initialise_burda2015(self, mean_pixels: torch.Tensor) -> bool:
+        """Burda et al. (2015)'s start (``init="burda2015"``): Glorot-uniform weights and zero biases in the MLPs,
+        the decoder's output bias where p(x|z) has mean ``mean_pixels [x_dim]`` (`Likelihood.output_bias`).
+        False, changing nothing, for the conv nets."""
+        if not (isinstance(self.encoder, MLP) and isinstance(self.decoder, MLP)):
+            return False
+        glorot_initialise(self.encoder)
+        glorot_initialise(self.decoder, self.likelihood.output_bias(mean_pixels))
+        return True
 
     @property
     def standard_normal_code(self) -> bool:

@@ -203,10 +203,19 @@ def _is_rng_state(rng: Any) -> bool:
 
 
 def _is_history(history: Any) -> bool:
-    """Whether ``history`` is a list of metric records: dicts of numbers, each with its ``epoch``."""
-    return isinstance(history, list) and all(
-        isinstance(h, dict) and "epoch" in h and all(isinstance(k, str) and is_finite_number(v) for k, v in h.items())
-        for h in history)
+    """Whether ``history`` is a list of metric records: dicts of numbers, each with its ``epoch``, and optionally
+    ``sites``, a dict of latent-site names to dicts of numbers (each site's rate and active units)."""
+    def numbers(d: Any) -> bool:
+        return isinstance(d, dict) and all(isinstance(k, str) and is_finite_number(v) for k, v in d.items())
+
+    def record(h: Any) -> bool:
+        if not isinstance(h, dict) or "epoch" not in h:
+            return False
+        sites = h.get("sites", {})
+        return (numbers({k: v for k, v in h.items() if k != "sites"}) and isinstance(sites, dict)
+                and all(isinstance(name, str) and numbers(site) for name, site in sites.items()))
+
+    return isinstance(history, list) and all(record(h) for h in history)
 
 
 def history_of(payload: dict[str, Any]) -> list[dict[str, float]]:

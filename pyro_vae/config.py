@@ -4,6 +4,22 @@
 holds everything a training run needs to be repeated. Both round-trip through
 plain dicts (``to_dict`` / ``from_dict``) so a run's ``config.json`` and its
 checkpoint describe it completely.
+
+**The defaults policy** lives here and nowhere else. A field left ``None`` (``ModelConfig.activation``,
+``ModelConfig.likelihood``, ``ModelConfig.mixture_components``, ``TrainConfig.binarize``) is chosen for the
+user by `resolve_defaults`, which `inference.svi.train` applies itself, so Python and the command line train
+the same model from the same explicit fields; an explicit value always wins. What it chose, and why, is kept in
+``TrainConfig.defaults`` (so in ``config.json``) and said once at the start of a run (`defaults_line`):
+
+- likelihood: ``continuous-bernoulli`` under ``dequantize="uniform"``; ``discretized-logistic`` for grey
+  levels (``binarize="none"``, a ``mixture_components`` given, or colour images); else ``bernoulli``;
+- binarize: ``dynamic`` under the Bernoulli likelihood (Burda et al.'s protocol), else ``none``;
+- activation (`default_activation`): ``relu`` under a discrete likelihood, where tanh stalls (measured:
+  BENCHMARKS.md, "8-bit MNIST"), else ``tanh`` (Burda et al.'s network);
+- mixture_components: 10 (PixelCNN++'s K) under the discretized logistic;
+- init (`INITS`): ``burda2015`` under the Bernoulli likelihood (Glorot-uniform weights, zero biases, p(x|z)
+  starting at the training images' mean pixel: without it the two-layer family and the VampPrior collapse),
+  else ``as-built``.
 """
 
 from __future__ import annotations
@@ -64,6 +80,26 @@ DEFAULT_BIT_DEPTH = 8
 DISCRETE_LIKELIHOODS = ("discretized-logistic", "beta-binomial")
 #: ``--dequantize``: none, or uniform (train on (x + u) / 2^b, u ~ U[0, 1)^D fresh per batch).
 DEQUANTIZE_CHOICES = ("none", "uniform")
+#: p(x|z) for grey levels and colour images unless one is named: a pmf over the integer levels 0..2^b - 1, so the
+#: report gives bits/dim of the discrete image (issue 26).
+LEVELS_LIKELIHOOD = "discretized-logistic"
+#: p(x|z) under ``dequantize="uniform"`` unless one is named: a density on [0, 1].
+DEQUANTIZED_LIKELIHOOD = "continuous-bernoulli"
+#: ``init``: how a fresh run's parameters start. ``burda2015``: Glorot-uniform weights, zero biases and p(x|z)'s
+#: output bias at the training images' mean pixel (Burda et al. 2015's code; a model's ``initialise_burda2015``);
+#: ``as-built``: as the model's constructor left them (PyTorch's default initialisation for the shipped nets).
+INITS = ("burda2015", "as-built")
+#: The activation where nothing below asks for another: Burda et al. (2015)'s tanh network.
+DEFAULT_ACTIVATION = "tanh"
+
+
+def default_activation(likelihood: str | None, prior: str) -> tuple[str, str]:
+    """``(activation, why)`` for a model that names none: ``relu`` under a discrete likelihood (with tanh the
+    mixture of discretized logistics stops using z), else ``tanh``, whatever the ``prior`` (the VampPrior learns
+    with tanh from the ``burda2015`` start and collapses with relu from it). Measured in BENCHMARKS.md."""
+    if likelihood in DISCRETE_LIKELIHOODS:
+        return "relu", f"under the {likelihood} likelihood"
+    return DEFAULT_ACTIVATION, "Burda et al. 2015's network"
 
 
 @dataclass(frozen=True)
@@ -85,13 +121,16 @@ class ModelConfig:
 
     ``mixture_components`` is K of the ``discretized-logistic`` likelihood, ``bit_depth`` b of the discrete
     likelihoods (levels 0..2^b - 1); other likelihoods leave both at their defaults (older configs load so).
+
+    ``activation``, ``likelihood`` and ``mixture_components`` may be None: the defaults policy chooses them
+    (`resolve_defaults` for a training run, `ModelConfig.resolved` for a model alone; the module doc).
     """
 
     x_dim: int = 784
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (200, 200)
-    activation: str = "tanh"
-    likelihood: str = "bernoulli"
+    activation: str | None = None  # None: `default_activation` of the likelihood and prior
+    likelihood: str | None = None  # None: chosen from the data by `resolve_defaults` (bernoulli for a model alone)
     guide: str = "diagonal"
     obs_scale: float = 1.0  # standard deviation of the ``gaussian`` likelihood
     flow_steps: int = 2  # transforms of the ``iaf`` guide
@@ -102,7 +141,7 @@ class ModelConfig:
     layer_hidden_dims: tuple[tuple[int, ...], ...] | None = None  # hierarchical: widths of each layer's networks
     prior: str = "standard"
     pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS  # K of the VampPrior (prior "vamp" only)
-    mixture_components: int = DEFAULT_MIXTURE_COMPONENTS  # K of the discretized-logistic likelihood
+    mixture_components: int | None = None  # K of the discretized-logistic likelihood; None: 10
     bit_depth: int = DEFAULT_BIT_DEPTH  # b of a discrete likelihood: levels 0..2^b - 1
 
     def __post_init__(self) -> None:
@@ -151,6 +190,19 @@ class ModelConfig:
         return dataclasses.replace(self, **changes, latent_dims=latent, layer_hidden_dims=widths,
                                    z_dim=latent[0] if latent else 0, hidden_dims=widths[0] if widths else ())
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """The config of a saved ``model`` section; a field it lacks takes what a run saved before that field
+        trained with (`_LEGACY_MODEL`), so an old run loads as the model it was."""
+        return cls(**{**_LEGACY_MODEL, **d})
+
+    def resolved(self) -> "ModelConfig":
+        """This config with every field left None chosen by the defaults policy, for a model built without data:
+        the likelihood (``discretized-logistic`` when ``mixture_components`` is given, else ``bernoulli``),
+        ``mixture_components`` (10), the activation (`default_activation`)."""
+        likelihood = LEVELS_LIKELIHOOD if self.mixture_components is not None else "bernoulli"
+        return _resolved_model(self, (likelihood, ""), {})
+
     @property
     def num_layers(self) -> int:
         """L, the stochastic layers: ``len(latent_dims)`` for the hierarchical family, else 1."""
@@ -162,7 +214,11 @@ class ModelConfig:
         return self.image_shape or ((1, 28, 28) if self.x_dim == 784 else None)
 
     def validated(self) -> "ModelConfig":
-        """``self``, or `ConfigError` naming the first setting no model can take (as its flag)."""
+        """``self``, or `ConfigError` naming the first setting no model can take (as its flag); the fields the
+        defaults policy chooses are checked as `resolved` fills them."""
+        if None in (self.activation, self.likelihood, self.mixture_components):
+            self.resolved().validated()
+            return self
         _require(_positive_int(self.x_dim), f"x_dim must be a positive integer, got {self.x_dim!r}")
         for name in ("family", "prior"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
@@ -232,6 +288,23 @@ class ModelConfig:
         _require(self.arch == "mlp", f"the hierarchical family's networks are MLPs; --arch {self.arch} is the vae family's")
 
 
+def _resolved_model(model: ModelConfig, likelihood: tuple[str, str], chosen: dict[str, str]) -> ModelConfig:
+    """``model`` with its None fields filled: ``likelihood`` (name, why) if it names none; each choice's flag
+    and reason recorded in ``chosen``."""
+    changes: dict[str, Any] = {}
+    if model.likelihood is None:
+        changes["likelihood"] = likelihood[0]
+        chosen["likelihood"] = likelihood[1]
+    name = changes.get("likelihood", model.likelihood)
+    if model.mixture_components is None:
+        changes["mixture_components"] = DEFAULT_MIXTURE_COMPONENTS
+        if name == LEVELS_LIKELIHOOD:
+            chosen["mixture_components"] = "PixelCNN++'s K"
+    if model.activation is None:
+        changes["activation"], chosen["activation"] = default_activation(name, model.prior)
+    return dataclasses.replace(model, **changes) if changes else model
+
+
 @dataclass(frozen=True)
 class Preset:
     """A published setup: the model, the training settings it changes, and the number it reported.
@@ -251,11 +324,13 @@ class Preset:
 #: ``burda2015-2layer``: Burda et al.'s two stochastic layers, 784-200-200-[100]-100-100-[50], tanh, trained on
 #: the ELBO by sampled KL (``--elbo trace``: the closed-form ``meanfield`` is biased for stacked layers);
 #: ``burda2015-2layer-iwae``: the same net on the IWAE bound with k=50.
-_TWO_LAYER = ModelConfig.hierarchical((100, 50), ((200, 200), (100, 100)), activation="tanh")
+#: The burda2015 presets leave the activation to the defaults policy: tanh, as the paper, under the Bernoulli
+#: likelihood and N(0, I); relu where tanh fails (a discrete likelihood, the VampPrior).
+_TWO_LAYER = ModelConfig.hierarchical((100, 50), ((200, 200), (100, 100)))
 PRESETS: dict[str, Preset] = {
-    "burda2015": Preset(ModelConfig(z_dim=50, hidden_dims=(200, 200), activation="tanh"), {},
+    "burda2015": Preset(ModelConfig(z_dim=50, hidden_dims=(200, 200)), {},
                         86.76, "Burda et al. 2015, Table 1 (VAE, k=1; 3280 epochs; k=5000 estimate)"),
-    "burda2015-iwae": Preset(ModelConfig(z_dim=50, hidden_dims=(200, 200), activation="tanh"),
+    "burda2015-iwae": Preset(ModelConfig(z_dim=50, hidden_dims=(200, 200)),
                              {"elbo": "iwae", "num_particles": 50},
                              84.78, "Burda et al. 2015, Table 1 (IWAE, k=50; 3280 epochs; k=5000 estimate)"),
     "pyro-example": Preset(ModelConfig(z_dim=50, hidden_dims=(400,), activation="softplus"), {}, None,
@@ -280,13 +355,15 @@ class TrainConfig:
     its samples per datapoint (k of the IWAE bound for ``iwae``). ``schedule`` names the learning-rate schedule
     (`pyro_vae.schedule`: ``lr`` is its base rate); ``cuda_graph`` whether the step is captured in a CUDA graph
     (`inference.cuda_graph`; None: when on CUDA and it checks out). A config saved before a field existed loads
-    with its default (``schedule`` constant, as those runs trained).
+    with its default (``schedule`` constant, as those runs trained), or as those runs trained where the default
+    is now the policy's (tanh, bernoulli, dynamic binarisation, K = 10). ``binarize`` None and the model's None
+    fields are chosen by `resolve_defaults`, which records its choices in ``defaults``.
     """
 
     model: ModelConfig = field(default_factory=lambda: PRESETS[DEFAULT_PRESET].model)
     preset: str | None = DEFAULT_PRESET
     dataset: str = "mnist"
-    binarize: str = "dynamic"
+    binarize: str | None = None  # None: dynamic under the bernoulli likelihood, else none (`resolve_defaults`)
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -318,6 +395,9 @@ class TrainConfig:
     # files (recorded from the data; given, it must be theirs). None: not known (binarised or float data).
     dequantize: str = "none"
     bit_depth: int | None = None
+    init: str | None = None  # INITS; None: burda2015 under the bernoulli likelihood, else as-built
+    # What `resolve_defaults` chose for the user: field name -> why (said at the start of the run).
+    defaults: dict[str, str] = field(default_factory=dict)
 
     @property
     def encoding(self) -> str:
@@ -342,9 +422,14 @@ class TrainConfig:
         return dataclasses.replace(options, channels=image[0]) if options.channels is None and image else options
 
     def validated(self) -> "TrainConfig":
-        """``self``, or `ConfigError` naming the first setting that cannot train (as its flag)."""
+        """``self``, or `ConfigError` naming the first setting that cannot train (as its flag). A config with
+        fields left to the defaults policy is checked as `resolve_defaults` fills them (without reading data)."""
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        if None in (self.binarize, self.init) or None in (self.model.activation, self.model.likelihood,
+                                             self.model.mixture_components):
+            resolve_defaults(self, channels=1).validated()
+            return self
         self.model.validated()
         _require(_positive_int(self.epochs), f"--epochs must be a positive integer, got {self.epochs!r}")
         _require(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size!r}")
@@ -388,6 +473,10 @@ class TrainConfig:
                  "none, or the bernoulli likelihood")
         _require(self.bit_depth is None or (_positive_int(self.bit_depth) and self.bit_depth <= 16),
                  f"--bit-depth must be an integer from 1 to 16, got {self.bit_depth!r}")
+        _require(self.init in INITS, f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        _require(isinstance(self.defaults, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                         for k, v in self.defaults.items()),
+                 f"defaults must map field names to reasons, got {self.defaults!r}")
         for name in ("dataset", "binarize", "elbo", "gradient", "device"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
         for name in ("preset", "data_dir", "out"):
@@ -409,9 +498,79 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config ``to_dict`` wrote; a field it lacks (an older run's) takes what that run trained with."""
         d = dict(d)
         if not isinstance(d.get("model"), dict):
             raise ConfigError("the config has no model section")
-        d["model"] = ModelConfig(**d["model"])
+        d["model"] = ModelConfig.from_dict(d["model"])
+        d.setdefault("binarize", "dynamic")
+        d.setdefault("init", "as-built")  # runs before the field trained from PyTorch's initialisation
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: What a saved model config that lacks a field trained with, from before the defaults policy chose it.
+_LEGACY_MODEL = {"activation": DEFAULT_ACTIVATION, "likelihood": "bernoulli",
+                 "mixture_components": DEFAULT_MIXTURE_COMPONENTS}
+
+
+def resolve_defaults(config: TrainConfig, channels: int | None = None) -> TrainConfig:
+    """``config`` with every field left None chosen by the defaults policy (the module doc), each choice and its
+    reason added to ``defaults``; explicit values are kept. The one place defaults are chosen for a run:
+    `inference.svi.train` calls it, and so the command line.
+
+    ``channels``: the data's (3 for colour, which picks the levels likelihood); None reads it from
+    ``config.dataset`` when it matters (a folder or array of images, no likelihood and no binarisation named).
+    Idempotent: a resolved config comes back equal.
+    """
+    model, chosen = config.model, dict(config.defaults)
+    binarize = config.binarize
+    if model.likelihood is None:
+        if config.dequantize == "uniform":
+            likelihood = (DEQUANTIZED_LIKELIHOOD, "a density, under --dequantize uniform")
+        elif binarize == "none" or model.mixture_components is not None:
+            likelihood = (LEVELS_LIKELIHOOD, "a pmf over grey levels")
+        elif binarize is None and _channels(config, channels) == 3:
+            likelihood = (LEVELS_LIKELIHOOD, "a pmf over the levels of colour images")
+        else:
+            likelihood = ("bernoulli", "binarised grey images")
+    else:
+        likelihood = (model.likelihood, "")
+    model = _resolved_model(model, likelihood, chosen)
+    if binarize is None:
+        binarize = "dynamic" if model.likelihood == "bernoulli" else "none"
+        chosen["binarize"] = ("a fresh draw every batch, under the bernoulli likelihood" if binarize == "dynamic"
+                              else f"the {model.likelihood} likelihood models grey levels")
+    init = config.init
+    if init is None:
+        init = "burda2015" if model.likelihood == "bernoulli" else "as-built"
+        chosen["init"] = ("Burda et al. 2015's start: Glorot weights, p(x|z) at the training images' mean pixel"
+                          if init == "burda2015" else "the networks' own; burda2015 is measured under bernoulli only")
+    return dataclasses.replace(config, model=model, binarize=binarize, init=init, defaults=chosen)
+
+
+def _channels(config: TrainConfig, channels: int | None) -> int | None:
+    """``channels``, else those of ``config.dataset``: 1 for an MNIST-family name, read from a folder or array."""
+    if channels is not None or ":" not in config.dataset:
+        return channels or 1
+    from pyro_vae.sources import source_channels  # reads the source's first image; sources imports nothing above
+
+    return source_channels(config.dataset, config.source_options())
+
+
+#: The flag that overrides each field the policy chooses.
+_DEFAULT_FLAGS = {"likelihood": "--likelihood", "binarize": "--binarize", "activation": "--activation",
+                  "mixture_components": "--mixture-components", "init": "--init"}
+
+
+def defaults_line(config: TrainConfig) -> str | None:
+    """The one line a run says of the defaults chosen for it, or None when every choice was explicit, e.g.
+    ``defaults: activation relu (under the discretized-logistic likelihood); --activation to choose``."""
+    if not config.defaults:
+        return None
+    values = {"likelihood": config.model.likelihood, "activation": config.model.activation,
+              "mixture_components": config.model.mixture_components, "binarize": config.binarize,
+              "init": config.init}
+    said = ", ".join(f"{name.replace('_', ' ')} {values.get(name)} ({why})" for name, why in config.defaults.items())
+    flags = ", ".join(_DEFAULT_FLAGS.get(name, name) for name in config.defaults)
+    return f"defaults: {said}; {flags} to choose"

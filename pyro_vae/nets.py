@@ -46,6 +46,18 @@ class MLP(nn.Sequential):
         return super().forward(x if self.input_scale == 1.0 else x * self.input_scale)
 
 
+def glorot_initialise(mlp: MLP, output_bias: torch.Tensor | None = None) -> None:
+    """Glorot-uniform weights and zero biases in every linear layer of ``mlp`` (Burda et al. 2015's start), the
+    last layer's bias set to ``output_bias`` where given. Draws from torch's global RNG."""
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    if output_bias is not None:
+        with torch.no_grad():
+            mlp[-1].bias.copy_(output_bias.to(mlp[-1].bias))
+
+
 def _over_leading_dims(net: nn.Module, x: torch.Tensor, item_shape: tuple[int, ...]) -> torch.Tensor:
     """``net`` on ``x [*lead, *item_shape]`` as one batch ``[N, *item_shape]``; output ``[*lead, -1]``."""
     lead = x.shape[: x.dim() - len(item_shape)]

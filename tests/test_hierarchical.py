@@ -20,7 +20,7 @@ from models import VAE, HierarchicalVAE, build_from_config
 from models.guides import MIN_SCALE
 from models.priors import DiagonalNormalMixture
 from pyro_vae.checkpoint import load
-from pyro_vae.config import PRESETS, ModelConfig, TrainConfig
+from pyro_vae.config import PRESETS, ModelConfig, TrainConfig, resolve_defaults
 from pyro_vae.errors import ConfigError
 
 TINY = ["--epochs", "1", "--train-limit", "256", "--test-limit", "32", "--batch-size", "64", "--device", "cpu",
@@ -203,7 +203,7 @@ def _config(*flags: str) -> TrainConfig:
 
 def test_flags_size_the_layers_and_pick_the_prior():
     two = _config("--preset", "burda2015-2layer")
-    assert two.model == PRESETS["burda2015-2layer"].model and two.elbo == "trace" and two.model.z_dim == 100
+    assert two.model == PRESETS["burda2015-2layer"].model.resolved() and two.elbo == "trace" and two.model.z_dim == 100
     iwae = _config("--preset", "burda2015-2layer-iwae")
     assert iwae.elbo == "iwae" and iwae.num_particles == 50
     small = _config("--preset", "burda2015-2layer", "--latent-dims", "8,4", "--layer-hidden-dims", "32/16")
@@ -253,15 +253,15 @@ def test_malformed_flags_are_refused_by_the_parser(flags, capsys):
 
 def test_configs_round_trip_and_old_ones_load_as_the_one_layer_vae():
     for preset in ("burda2015-2layer", "burda2015-2layer-iwae"):
-        config = TrainConfig(model=PRESETS[preset].model, preset=preset, **PRESETS[preset].train).validated()
+        config = resolve_defaults(TrainConfig(model=PRESETS[preset].model, preset=preset, **PRESETS[preset].train))
         saved = json.loads(json.dumps(config.to_dict()))
         assert TrainConfig.from_dict(saved) == config
         assert published_entry(saved)["nll"] == PRESETS[preset].published_nll
-    old = TrainConfig().to_dict()
+    old = resolve_defaults(TrainConfig()).to_dict()
     for field in ("family", "latent_dims", "layer_hidden_dims", "prior", "pseudo_inputs"):
         del old["model"][field]  # a config.json written before these fields
     loaded = TrainConfig.from_dict(old).validated()
-    assert loaded.model == ModelConfig() and loaded.model.family == "vae" and published_entry(old)["nll"] == 86.76
+    assert loaded.model == ModelConfig().resolved() and loaded.model.family == "vae" and published_entry(old)["nll"] == 86.76
     assert set(VAE().init_kwargs()) == {"x_dim", "z_dim", "hidden_dims", "activation", "likelihood", "guide",
                                         "obs_scale", "flow_steps", "arch"}  # a standard VAE's checkpoint as before
 

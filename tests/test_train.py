@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def test_cli_writes_config_metrics_checkpoint_and_figures(mnist_root, tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     for line in lines:
-        assert set(line) == {"epoch", "train_elbo", "test_elbo", "test_rate", "test_distortion", "seconds"}
+        assert set(line) == {"epoch", "train_elbo", "test_elbo", "test_rate", "test_distortion", "sites", "seconds"}
+        assert set(line["sites"]) == {"z"} and line["sites"]["z"]["units"] == 6 and line["sites"]["z"]["active_units"] > 0
+        assert line["sites"]["z"]["rate"] == pytest.approx(line["test_rate"])
         assert line["train_elbo"] < 0 and line["test_elbo"] < 0 and line["seconds"] > 0
         assert line["test_rate"] > 0 and line["test_elbo"] == pytest.approx(-(line["test_rate"] + line["test_distortion"]))
     for name in ("samples.png", "reconstructions.png", "elbo.png", "latent.png", "interpolation.png"):
@@ -129,7 +132,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(m
 
 def test_bernoulli_on_grey_levels_is_rejected_before_training(mnist_root, tmp_path):
     with pytest.raises(DataError, match="needs binary pixels.*--binarize dynamic or static"):
-        train(small_config(mnist_root, tmp_path / "run", binarize="none"), progress=False)
+        train(small_config(mnist_root, tmp_path / "run", binarize="none",
+                           model=dataclasses.replace(SMALL, likelihood="bernoulli")), progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -170,10 +174,10 @@ def test_an_existing_run_is_not_overwritten_and_resume_keeps_its_model(mnist_roo
 def test_config_from_args_applies_preset_and_overrides():
     args = svi.build_parser().parse_args(["--preset", "pyro-example", "--latent-dim", "10", "--lr", "0.01", "--cuda"])
     config = svi.config_from_args(args)
-    assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus")
+    assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus").resolved()
     assert config.lr == 0.01 and config.device == "cuda" and config.preset == "pyro-example"
     default = svi.config_from_args(svi.build_parser().parse_args([]))
-    assert default.model == ModelConfig() and default.elbo == "meanfield" and default.binarize == "dynamic"
+    assert default.model == ModelConfig().resolved() and default.elbo == "meanfield" and default.binarize == "dynamic"
     assert default.out.startswith("runs")
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 

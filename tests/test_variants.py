@@ -125,7 +125,7 @@ def test_kl_warmup_schedule():
 
 def test_presets_set_their_training_and_report_the_published_number(mnist_root, tmp_path):
     iwae = svi.config_from_args(svi.build_parser().parse_args(["--preset", "burda2015-iwae"]))
-    assert iwae.elbo == "iwae" and iwae.num_particles == 50 and iwae.model == ModelConfig()
+    assert iwae.elbo == "iwae" and iwae.num_particles == 50 and iwae.model == ModelConfig().resolved()
     overridden = svi.config_from_args(svi.build_parser().parse_args(["--preset", "burda2015-iwae", "--num-particles", "5"]))
     assert overridden.num_particles == 5
     out = tmp_path / "run"

@@ -77,3 +77,31 @@ class TwoLayerVAE(LatentModel):
 
 
 USER_MODELS = {"style-content": StyleContentVAE, "two-layer": TwoLayerVAE}
+
+
+@register_model("test-blind-decoder")
+class BlindDecoderVAE(LatentModel):
+    """A decoder that never reads its code: p(x|z) is one learned image, whatever z. The ELBO is best with
+    q(z|x) = p(z), so training leaves z with no active unit (posterior collapse by construction). The encoder's
+    last layer starts at zero, where that optimum is, rather than leaving it to many epochs of training."""
+
+    def __init__(self, x_dim: int = 784, z_dim: int = 4, hidden: int = 64):
+        super().__init__()
+        self.sizes = {"x_dim": x_dim, "z_dim": z_dim, "hidden": hidden}
+        self.encoder_net = mlp(x_dim, hidden, 2 * z_dim)
+        nn.init.zeros_(self.encoder_net[-1].weight)
+        self.logits = nn.Parameter(torch.zeros(x_dim))
+
+    def init_kwargs(self):
+        return dict(self.sizes)
+
+    def model(self, x, kl_weight=1.0):
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(self.sizes["z_dim"]), 1.0).to_event(1))
+            logits = self.logits.expand(*z.shape[:-1], self.sizes["x_dim"])  # z's shape, never its values
+            return pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x, kl_weight=1.0):
+        with pyro.plate("data", len(x)), poutine.scale(scale=kl_weight):
+            pyro.sample("z", diagonal_normal(self.encoder_net(x)))
