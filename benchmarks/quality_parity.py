@@ -2,9 +2,10 @@
 
 The yardstick of issue 10. For each training seed:
 
-- (h) a hand-written PyTorch VAE: the same networks (built by ``VAE.from_config``, so the same
-  initialisation for the same seed), the same batches in the same order (this project's seeded
-  dynamic binarisation), Adam 1e-3 on the *mean* loss, closed-form KL, no Pyro in the step;
+- (h) a hand-written PyTorch VAE: the same networks (built by ``VAE.from_config`` and started by its
+  ``initialise_burda2015``, so the same initialisation for the same seed as ``--init burda2015``), the same
+  batches in the same order (this project's seeded dynamic binarisation), Adam 1e-3 on the *mean* loss,
+  closed-form KL, no Pyro in the step;
 - each ``--variant NAME=FLAGS``: ``inference.svi.train`` with the base settings plus FLAGS
   (any ``python -m inference.svi`` flags), e.g. ``stl=--gradient stl``.
 
@@ -42,12 +43,14 @@ from models.vae import VAE  # noqa: E402
 from pyro_vae.config import PRESETS  # noqa: E402
 from pyro_vae.data import DataSplits, load_splits  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
+from inference.run_start import mean_training_pixels  # noqa: E402
 
 
 def train_handwritten(data: DataSplits, epochs: int, batch_size: int, seed: int, lr: float) -> tuple[VAE, float]:
     """(h): plain PyTorch on the project's networks and batches. Returns the model and seconds per epoch."""
     torch.manual_seed(seed)
     vae = VAE.from_config(PRESETS["burda2015"].model).to(data.train.device)
+    vae.initialise_burda2015(mean_training_pixels(data.train))  # the start `train` gives it (--init burda2015)
     optim = torch.optim.Adam(vae.parameters(), lr=lr)
     started = time.perf_counter()
     for epoch in range(epochs):

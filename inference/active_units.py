@@ -95,5 +95,6 @@ def collapse_warning(site: str, units: int, when: str) -> str:
     """The one line that names a collapsed latent site, e.g. ``warning: latent site z has 0 of 50 active units
     after epoch 3: the model ignores it (posterior collapse); ...``; ``when`` says at which point."""
     return (f"warning: latent site {site} has 0 of {units} active units {when}: the model ignores it (posterior "
-            "collapse), so its ELBO and log p(x) are those of a model without it. Try relu (--activation relu), KL "
-            "warm-up (--kl-warmup EPOCHS), a smaller --lr or more epochs; see docs/training.md, 'Posterior collapse'")
+            "collapse), so its ELBO and log p(x) are those of a model without it. Try p(x|z) started at the mean "
+            "image (--init burda2015), KL warm-up (--kl-warmup EPOCHS), another --activation, a smaller --lr or "
+            "more epochs; see docs/training.md, 'Posterior collapse'")

@@ -57,7 +57,6 @@ IDENTITY = ("dataset", "split", "binarize", "test_seed", "n_images")
 SPLIT_SETTINGS = ("test_fraction", "split_seed", "image_size", "channels", "channels_first", "held_out_from")
 #: The per-image columns compared (``per_image.csv``); the first two are on every image.
 QUANTITIES = ("log_px", "elbo", "ais_log_px")
-LABELS = {"log_px": "log p(x)", "elbo": "ELBO", "ais_log_px": "AIS log p(x)"}
 
 
 @dataclass

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import NoReturn
 
@@ -48,17 +47,6 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer of at least 0."""
     return _int_at_least(text, 0, "non-negative")
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite real number (NaN and inf refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
 
 
 def _sizes(text: str, flag: str, example: str) -> tuple[int, ...]:

@@ -28,8 +28,6 @@ SCHEDULES = ("constant", "burda2015")
 
 #: Stages of the ``burda2015`` protocol: stage i lasts 3^i epochs.
 BURDA2015_STAGES = 8
-#: The paper's base learning rate, lr_0.
-BURDA2015_BASE_LR = 1e-3
 #: The paper's batch size (images per step); not imposed on a run.
 BURDA2015_BATCH_SIZE = 20
 

@@ -205,3 +205,30 @@ def test_imports_point_one_way():
     assert not graph["pyro_vae.sources"] & {"pyro_vae.images", "pyro_vae.streaming", "pyro_vae.data"}
     assert not graph["pyro_vae.images"] & {"pyro_vae.sources", "pyro_vae.streaming", "pyro_vae.data"}
     assert "pyro_vae.data" not in graph["pyro_vae.streaming"]
+
+
+def test_the_tests_find_mnist_where_the_program_puts_it(tmp_path, monkeypatch):
+    """conftest resolves the data root as python -m inference.svi does: --data-dir, $PYRO_VAE_DATA, the cache."""
+    from conftest import MNIST_FILES, mnist_root_of
+    from pyro_vae.sources import data_root
+
+    class Options:  # what pytest's config answers for --data-dir
+        def __init__(self, value):
+            self.value = value
+
+        def getoption(self, name):
+            assert name == "--data-dir"
+            return self.value
+
+    cache = tmp_path / "cache"
+    raw = cache / "pyro-vae" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    assert mnist_root_of(Options(None)) == (data_root(), False)  # the program's default root, files missing
+    for name in MNIST_FILES:
+        (raw / f"{name}.gz").write_bytes(b"")
+    assert mnist_root_of(Options(None)) == (cache / "pyro-vae", True)  # where a download puts them
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "env"))
+    assert mnist_root_of(Options(None)) == (tmp_path / "env", False)
+    assert mnist_root_of(Options(str(cache / "pyro-vae"))) == (cache / "pyro-vae", True)  # --data-dir first
