@@ -193,6 +193,9 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     if resume:
         saved = checkpoint.read(ckpt_path, map_location=device)
         saved_config = checkpoint.config_of(saved)
+        # How the run started, and the record of what was chosen for it, are the checkpoint's: a resume changes
+        # neither (a run saved before `init` existed started as built, whatever today's default is).
+        config = dataclasses.replace(config, init=saved_config.init, defaults=saved_config.defaults)
         _check_resumable(config, saved_config, ckpt_path)
         checkpoint.check_resume_state(saved)
         stored = checkpoint.build_model(saved)  # a registered class, checked arguments, finite parameters

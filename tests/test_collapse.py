@@ -167,3 +167,16 @@ def test_each_family_learns_every_latent_site_from_its_defaults(flags, tmp_path,
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["sites"] and all(site["active_units"] > 0 for site in record["sites"].values()), record["sites"]
     assert "warning: latent site" not in capsys.readouterr().out
+
+
+def test_a_resume_from_python_keeps_the_start_and_the_record_of_the_run(tmp_path, mnist_root):
+    """A run started as-built (as every run before issue 38) resumes from a config that leaves init to the policy
+    (whose default is now burda2015): the start and the defaults record are the checkpoint's, not refused."""
+    out = tmp_path / "old"
+    settings = dict(model=ModelConfig(z_dim=4, hidden_dims=(32,)), train_limit=256, test_limit=64,
+                    data_dir=str(mnist_root), out=str(out), batch_size=64)
+    first = svi.train(TrainConfig(epochs=1, init="as-built", **settings), progress=False)
+    result = svi.train(TrainConfig(epochs=2, **settings), resume=True, progress=False)
+    assert len(result.history) == 2 and result.config.init == "as-built"
+    assert result.config.defaults == first.config.defaults and "init" not in result.config.defaults
+    assert json.loads((out / "config.json").read_text())["init"] == "as-built"
