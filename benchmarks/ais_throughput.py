@@ -1,4 +1,4 @@
-"""AIS throughput: a hand-written batched AIS in plain tensors vs ``inference.ais.ais_log_marginal``.
+"""AIS throughput: a hand-written batched AIS in plain tensors vs ``inference.estimators.ais.ais_log_marginal``.
 
 Same trained checkpoint (diagonal-Normal guide, Bernoulli decoder), same test
 images, chains, steps and leapfrog steps, one process, interleaved rounds:
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkpoint_and_images, interleaved_medians, machine, timed  # noqa: E402
 
-from inference.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
-                           ais_log_marginal, annealing_schedule)
+from inference.estimators.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
+                                      AISSettings, ais_log_marginal, annealing_schedule)
 from models.likelihoods import bernoulli_log_prob_sum  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
 
@@ -138,8 +138,8 @@ def main() -> None:
 
     def run_c(name: str, tuning: str, compiled: bool):
         def go() -> None:
-            est = ais_log_marginal(vae.model, vae.guide, x, args.chains, args.steps, args.leapfrog, tuning=tuning,
-                                   compiled=compiled)
+            est = ais_log_marginal(vae.model, vae.guide, x, AISSettings(args.chains, args.steps, args.leapfrog,
+                                                                        tuning=tuning, compiled=compiled))
             results[name], evaluations[name] = est.log_px, est.gradient_evaluations
         return lambda: timed(go, device)
 

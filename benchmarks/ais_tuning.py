@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkpoint_and_images, machine  # noqa: E402
 
-from inference.ais import PILOT_FRACTION, ais_log_marginal, bdmc  # noqa: E402
+from inference.estimators.ais import PILOT_FRACTION, AISSettings, ais_log_marginal, bdmc  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
 
 
@@ -53,10 +53,9 @@ def main() -> None:
     settings = {"two-pass": args.steps, "pilot": equal_cost_pilot_steps(args.steps)}
     rows = {}
     for tuning, steps in settings.items():
-        sandwich = bdmc(vae.model, vae.guide, args.bdmc, x[:1], args.chains, steps, args.leapfrog, seed=args.seed,
-                        tuning=tuning)
-        est = ais_log_marginal(vae.model, vae.guide, x, args.chains, steps, args.leapfrog, seed=args.seed,
-                               tuning=tuning)
+        ais = AISSettings(args.chains, steps, args.leapfrog, tuning=tuning)
+        sandwich = bdmc(vae.model, vae.guide, args.bdmc, x[:1], ais, seed=args.seed)
+        est = ais_log_marginal(vae.model, vae.guide, x, ais, seed=args.seed)
         rows[tuning] = (steps, sandwich.gap, est)
     print(f"machine: {machine(device)}; torch {torch.__version__}; run {args.run}")
     print(f"C={args.chains} chains, L={args.leapfrog} leapfrog steps, seed {args.seed}; BDMC on {args.bdmc} simulated "

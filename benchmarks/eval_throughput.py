@@ -6,7 +6,7 @@ Same trained checkpoint, same test images, same K, one process, interleaved:
       reparameterised draws in chunks, closed-form log-densities, logsumexp;
   (b) ``pyro.infer.Importance`` one image at a time (K sequential traces),
       timed on ``--pyro-images`` images and scaled to images/s;
-  (c) ``inference.importance.estimate_log_marginal`` (all diagnostics included), with the model's
+  (c) ``inference.estimators.importance.estimate_log_marginal`` (all diagnostics included), with the model's
       observation tiled (`models.tiled`, the default since issue 27: decoder and log-density a few
       particles at a time, no ``[K, B, D]`` logits);
   (f) an experiment of issue 27, not in the estimator: (c) with the Bernoulli log-density's forward pass
@@ -50,7 +50,7 @@ from pyro.infer import Importance
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gemm_rate, interleaved_medians, machine, timed  # noqa: E402
 
-from inference.importance import estimate_log_marginal  # noqa: E402
+from inference.estimators.importance import estimate_log_marginal  # noqa: E402
 from models import tiled  # noqa: E402
 from models import likelihoods  # noqa: E402
 from models.likelihoods import BernoulliPixels  # noqa: E402
@@ -126,7 +126,7 @@ def peak_memory(source: str, device: str, k: int, chunk: int, images: int, data_
 import resource, torch, json
 from pyro_vae.checkpoint import load
 from pyro_vae.data import evaluation_images
-from inference.importance import estimate_log_marginal
+from inference.estimators.importance import estimate_log_marginal
 vae, cfg = load({source!r}, device={device!r})
 dev = next(vae.parameters()).device
 x = evaluation_images(cfg.dataset, cfg.binarize, {data_dir!r} or cfg.data_dir, {images}, cfg.test_seed, dev)

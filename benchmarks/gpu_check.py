@@ -343,11 +343,11 @@ def stage_agreement(record: Recorder, args, size: dict, deadline: float) -> None
     import pyro
     import torch
 
-    from inference import compiled as compiled_module
-    from inference import cuda_graph
-    from inference.importance import estimate_log_marginal
-    from inference.objectives import make_elbo
-    from inference.step import make_step
+    from inference.training import compiled as compiled_module
+    from inference.training import cuda_graph
+    from inference.estimators.importance import estimate_log_marginal
+    from inference.training.objectives import make_elbo
+    from inference.training.step import make_step
     from pyro_vae.checkpoint import load
     from pyro_vae.data import evaluation_images
 
@@ -445,7 +445,7 @@ def stage_report(record: Recorder, args, size: dict, deadline: float) -> None:
     import pyro
     import torch
 
-    from inference.ais import ais_log_marginal
+    from inference.estimators.ais import ais_log_marginal
     from pyro_vae.checkpoint import load
     from pyro_vae.data import evaluation_images
 

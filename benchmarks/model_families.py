@@ -61,6 +61,7 @@ def train_mixture(folder: Path, epochs: int, batch_size: int, seed: int) -> None
     """The mixture-prior row: `models.MixturePriorVAE` (Burda et al.'s net, tanh) trained by `inference.svi.train`."""
     from inference.svi import train
     from models import MixturePriorVAE
+    from pyro_vae.cli import signal_status
     from pyro_vae.config import TrainConfig
 
     resume = (folder / "checkpoint.pt").exists()
@@ -68,7 +69,7 @@ def train_mixture(folder: Path, epochs: int, batch_size: int, seed: int) -> None
     with contextlib.redirect_stdout(sys.stderr):  # its epoch lines, as the other rows' (stdout is the table)
         result = train(config, resume=resume, progress=False, model=MixturePriorVAE(num_components=10))
     if result.interrupted:
-        sys.exit(result.exit_status)
+        sys.exit(signal_status(result.stop_signal))
 
 
 def train_row(flags: list[str] | None, folder: Path, args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ The yardstick of issue 10. For each training seed:
 - each ``--variant NAME=FLAGS``: ``inference.svi.train`` with the base settings plus FLAGS
   (any ``python -m inference.svi`` flags), e.g. ``stl=--gradient stl``.
 
-Every model is scored by the same importance sampler (``inference.importance``, K draws from
+Every model is scored by the same importance sampler (``inference.estimators.importance``, K draws from
 its own guide, same seed) on the same first ``--test-limit`` binarised test images, so
 differences are paired per image. Printed: log p(x) and ELBO gap per model (mean over seeds of
 the per-image values, ± standard error over images), the paired difference to (h) with its
@@ -37,13 +37,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from inference.importance import estimate_log_marginal  # noqa: E402
+from inference.estimators.importance import estimate_log_marginal  # noqa: E402
 from inference.svi import build_parser, config_from_args, train  # noqa: E402
 from models.vae import VAE  # noqa: E402
 from pyro_vae.config import PRESETS  # noqa: E402
 from pyro_vae.data import DataSplits, load_splits  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
-from inference.run_start import mean_training_pixels  # noqa: E402
+from inference.training.run_start import mean_training_pixels  # noqa: E402
 
 
 def train_handwritten(data: DataSplits, epochs: int, batch_size: int, seed: int, lr: float) -> tuple[VAE, float]:

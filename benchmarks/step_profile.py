@@ -1,4 +1,4 @@
-"""Milliseconds per training step of ``inference.step.make_step`` under a few settings, one process.
+"""Milliseconds per training step of ``inference.training.step.make_step`` under a few settings, one process.
 
 For looking inside the training step rather than comparing with other code:
 Trace_ELBO with Pyro's validation on and off, the compiled loss ``train`` uses
@@ -25,8 +25,8 @@ from pyro.infer import SVI, Trace_ELBO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, machine, timed  # noqa: E402
 
-from inference.objectives import make_elbo  # noqa: E402
-from inference.step import make_step  # noqa: E402
+from inference.training.objectives import make_elbo  # noqa: E402
+from inference.training.step import make_step  # noqa: E402
 from models.vae import VAE  # noqa: E402
 from pyro_vae.data import Images, load_pixels  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402

@@ -14,7 +14,7 @@ over ``--images`` images each:
       against the plain loss before the first step; and the same with ``--no-jit``.
       On CUDA (c) is the compiled step uncaptured (``--no-cuda-graph``), and
   (cg) is the default there: the compiled step captured in a CUDA graph
-      (`inference.cuda_graph`), one replay per step.
+      (`inference.training.cuda_graph`), one replay per step.
 
 Prints images/s and the ratios time(c)/time(a), time(c --no-jit)/time(a) and
 time(b)/time(c) (on CUDA also time(cg)/time(a) and time(cg)/time(c)), then the
@@ -43,7 +43,7 @@ from pyro.infer import SVI, Trace_ELBO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, machine, timed  # noqa: E402
 
-from inference.step import build_step  # noqa: E402
+from inference.training.step import build_step  # noqa: E402
 from inference.svi import train  # noqa: E402
 from models.vae import VAE  # noqa: E402
 from pyro_vae.config import PRESETS, TrainConfig  # noqa: E402
@@ -94,7 +94,7 @@ def pyro_example(pixels: torch.Tensor, batch_size: int, device: torch.device):
 
 
 def compile_seconds(pixels: torch.Tensor, batch_size: int, device: torch.device, cuda_graph: bool = False) -> float:
-    """Seconds that ``inference.step.build_step`` takes to compile and check the default loss for a fresh model
+    """Seconds that ``inference.training.step.build_step`` takes to compile and check the default loss for a fresh model
     (``cuda_graph``: and to capture and check the CUDA-graph step)."""
     pyro.clear_param_store()
     vae = VAE.from_config(PRESETS["burda2015"].model).to(device)

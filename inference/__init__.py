@@ -1,14 +1,13 @@
-"""Inference: training a model by SVI, and judging it by estimates of log p(x).
+"""Inference: training a model by SVI, and judging it by estimates of log p(x). Three concerns, one sub-package
+each, and the four command lines above them:
 
-Training (``python -m inference.svi``): `svi` (the loop and its CLI), `run_start` (a run's checked settings,
-data, model and optimiser, fresh or resumed), `objectives` (the ELBO family and the IWAE bound by name),
-`step` (one optimiser step), `compiled` (the JIT loss and its check), `cuda_graph` (the step captured in a CUDA
-graph), `data_parallel` (one global batch over ``torchrun`` processes), `stopping` (Ctrl-C and SIGTERM between
-steps), `rate_distortion` (the ELBO split into rate and distortion).
+- `inference.training`: `train` and what it is made of (the loop, run start, objectives, the compiled and graphed
+  step, data parallelism);
+- `inference.estimators`: log p(x) by importance sampling and AIS, the gaps, rate and distortion, active units;
+- `inference.reports`: the report, the figures and the comparison of reports, built on the estimators.
 
-Estimating log p(x): `importance` (importance sampling from the guide: log p-hat(x), the IWAE ladder, ESS,
-PSIS k-hat), `gaps` (approximation and amortisation gaps), `ais` (annealed importance sampling and the BDMC
-sandwich), `evaluate` (the report, ``python -m inference.evaluate``), `compare` (paired per-image differences
-of reports on the same images, ``python -m inference.compare``) and `figures` (pictures of a trained model,
-``python -m inference.figures``).
+Commands: ``python -m inference.svi`` (training), ``inference.evaluate`` (the report), ``inference.figures``,
+``inference.compare``. Each only parses its flags, calls the library and prints (`pyro_vae.cli.run_command`).
+Kept import paths: ``inference.svi.train``, ``inference.evaluate.evaluate``, ``inference.figures.*`` and the
+estimator modules ``inference.importance``, ``inference.ais``, ``inference.rate_distortion``.
 """

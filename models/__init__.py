@@ -15,21 +15,21 @@ from models.base import LatentModel, SingleLatentModel
 from models.hierarchical import HierarchicalVAE
 from models.linear import LinearGaussianVAE
 from models.mixture_prior import MixturePriorVAE
-from models.registry import register_model, registered_models
+from models.registry import construct, register_model, registered_models
 from models.vae import VAE
 from pyro_vae.config import ModelConfig
-from pyro_vae.errors import ConfigError
 
 #: ``ModelConfig.family`` -> the class that builds it (``from_config``).
 FAMILY_CLASSES: dict[str, type[LatentModel]] = {"vae": VAE, "hierarchical": HierarchicalVAE}
 
 
 def build_from_config(config: ModelConfig) -> LatentModel:
-    """The model ``config`` describes: `VAE` for family ``vae``, `HierarchicalVAE` for ``hierarchical``; fields
-    left None are the defaults policy's (`ModelConfig.resolved`)."""
-    config = config.resolved().validated()
-    if config.family not in FAMILY_CLASSES:
-        raise ConfigError(f"--family must be one of {', '.join(FAMILY_CLASSES)}, got {config.family!r}")
+    """The model ``config`` describes: `VAE` for family ``vae``, `HierarchicalVAE` for ``hierarchical`` (fields
+    left None are the defaults policy's, `ModelConfig.resolved`); any other family names a registered model,
+    built by its constructor from ``config.model_args`` (`models.registry.construct`)."""
+    config = config.resolved()  # checked by the constructor it reaches (`VAE`, `HierarchicalVAE`, `construct`)
+    if config.own_model:
+        return construct(config.family, dict(config.model_args or {}))
     return FAMILY_CLASSES[config.family].from_config(config)
 
 

@@ -23,7 +23,7 @@ that figure or field is skipped (or made from traces) with one line saying so:
 
 - ``generate(n) -> [n, D]``: mean images E[x|z] for z from the prior (else:
   the observed site's mean in a trace of the model with its observation
-  released, `inference.predictive`);
+  released, `inference.estimators.predictive`);
 - ``reconstruct(x) -> [B, D]``: E[x|z] at a central code of q(z|x) (else: at
   one draw of the guide);
 - ``encode(x) -> [B, d]`` and ``decode(z) -> [..., D]``: a central code and its

@@ -12,12 +12,14 @@ and only then calls it. A user's variant registers itself the same way::
         ...
 
 Its module must be imported before a checkpoint of it is loaded (importing
-it is what registers it).
+it is what registers it): from Python, import it; on a command line, ``--import MODULE_OR_FILE``
+(`pyro_vae.cli.import_modules`). `import_hint` says what another process must import.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -95,10 +97,26 @@ def model_class(name: Any, *, legacy_path: bool = False) -> type[LatentModel]:
         if found is not None and issubclass(found, LatentModel):
             return found
     known = ", ".join(sorted(_BY_NAME)) or "none"
-    hint = (" A model class of your own must be registered (@models.register_model) and its module imported "
-            "before loading.")
     raise CheckpointError(f"the checkpoint names model {name!r}, which is not a registered model (registered: {known}); "
-                          f"nothing was loaded.{hint}")
+                          "nothing was loaded. A model of your own: pass --import MODULE_OR_FILE, the module that "
+                          "registers it (@models.register_model), or import it before loading from Python")
+
+
+#: Top-level packages whose models every process knows without ``--import``.
+_SHIPPED = ("models", "pyro_vae", "inference")
+
+
+def import_hint(model: LatentModel | type[LatentModel]) -> tuple[str, ...]:
+    """What ``--import`` needs to make ``model``'s class known in another process: () for a shipped model, or one
+    defined where no other process can import it (``__main__``, a notebook); else its module's file (a module
+    imported by its path) or its dotted name (a module of a package). For the ``resume with: ...`` lines."""
+    cls = model if isinstance(model, type) else type(model)
+    name = cls.__module__
+    module = sys.modules.get(name)
+    if module is None or name == "__main__" or name.split(".")[0] in _SHIPPED:
+        return ()
+    file = getattr(module, "__file__", None)
+    return (name,) if "." in name or not file else (str(file),)
 
 
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -125,23 +143,25 @@ def constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
     return accepted
 
 
-def check_init_kwargs(cls: type, kwargs: Any) -> dict[str, Any]:
-    """``kwargs`` if they fit ``cls``'s constructor (known names, annotated types), else `CheckpointError`."""
+def check_init_kwargs(cls: type, kwargs: Any, given_by: str = "the checkpoint",
+                      error: type[Exception] = CheckpointError) -> dict[str, Any]:
+    """``kwargs`` if they fit ``cls``'s constructor (known names, annotated types), else ``error`` naming what
+    ``given_by`` (``"the checkpoint"``, ``"--model-args"``) got wrong."""
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise CheckpointError(f"the checkpoint's model arguments must be a mapping of names to values, got {type(kwargs).__name__}")
+        raise error(f"{given_by}'s model arguments must be a mapping of names to values, got {type(kwargs).__name__}")
     accepted = constructor_parameters(cls)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise CheckpointError(f"the checkpoint gives {cls.__name__} arguments it does not take: {', '.join(unknown)} "
-                              f"(it takes {', '.join(accepted)})")
+        raise error(f"{given_by} gives {cls.__name__} arguments it does not take: {', '.join(unknown)} "
+                    f"(it takes {', '.join(accepted)})")
     missing = sorted(n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in kwargs)
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {cls.__name__} arguments: {', '.join(missing)}")
+        raise error(f"{given_by} lacks {cls.__name__} arguments: {', '.join(missing)}")
     for name, value in kwargs.items():
         hint = accepted[name].annotation
         if not _fits(value, hint):
             want = "plain data" if hint is inspect.Parameter.empty else _hint_name(hint)
-            raise CheckpointError(f"the checkpoint's model argument {name}={value!r} is not {want}")
+            raise error(f"{given_by}'s model argument {name}={value!r} is not {want}")
     return kwargs
 
 
@@ -231,6 +251,30 @@ def _construct(cls: type[LatentModel], kwargs: dict[str, Any]) -> LatentModel:
     except Exception as e:  # noqa: BLE001 - our own constructor refusing the stored values
         message = " ".join(str(e).split())[:200]
         raise CheckpointError(f"the checkpoint's arguments do not build {cls.__name__}: {type(e).__name__}: {message}") from None
+
+
+def checked_class(name: str, kwargs: dict[str, Any]) -> type[LatentModel]:
+    """The registered class ``name`` if ``kwargs`` fit its constructor (``--family NAME --model-args JSON``, checked
+    before any data are read); `ConfigError` in one line for a name no imported module registered, or arguments
+    that do not fit."""
+    cls = _BY_NAME.get(name)
+    if cls is None:
+        raise ConfigError(f"--family {name} is not a registered model (registered: {', '.join(sorted(_BY_NAME))}); a "
+                          "model of your own: pass --import MODULE_OR_FILE, the module that registers it "
+                          "(@models.register_model)")
+    check_init_kwargs(cls, kwargs, "--model-args", ConfigError)
+    return cls
+
+
+def construct(name: str, kwargs: dict[str, Any]) -> LatentModel:
+    """A fresh registered model ``name`` built as ``cls(**kwargs)``, its arguments checked first (`checked_class`);
+    `ConfigError` in one line also for a constructor that refuses them."""
+    cls = checked_class(name, kwargs)
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's constructor refusing the values given
+        raise ConfigError(f"--model-args do not build {cls.__name__}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
 
 
 def check_tensors(state: Any) -> None:

@@ -81,7 +81,7 @@ class VAE(SingleLatentModel):
         self.vamp = make_prior(prior, x_dim, pseudo_inputs, self.likelihood.pixel_scale)
 
     #: ModelConfig fields that are not this family's constructor arguments (the hierarchical family's).
-    _OTHER_FAMILIES_FIELDS = ("family", "latent_dims", "layer_hidden_dims")
+    _OTHER_FAMILIES_FIELDS = ("family", "latent_dims", "layer_hidden_dims", "model_args")
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "VAE":

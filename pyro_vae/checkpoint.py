@@ -3,9 +3,10 @@
 A checkpoint holds the model's registered name (``"vae"``; see
 `models.registry`) and constructor arguments, its parameters, the run's
 config, the optimiser state, every RNG state, the position (epoch, step) and
-the metric history. It is written atomically (a temporary file in the same
-folder, then ``os.replace``), so a crash never leaves a half-written file where
-a good one was; a crash's leftover temporary file is removed at the next save.
+the metric history. It is written atomically (`pyro_vae.writes.write_atomic`: a
+temporary file in the same folder, then a rename), so a crash never leaves a
+half-written file where a good one was; a crash's leftover temporary file is
+removed at the next save.
 
 A checkpoint is untrusted input. It loads with ``torch.load(weights_only=True)``
 (plain containers and tensors only), and the model class comes from the
@@ -20,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import torch
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import CheckpointError
-from pyro_vae.writes import os_error_in
+from pyro_vae.writes import write_atomic
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -103,25 +103,7 @@ def save(
     if rng_states is not None and len(rng_states) > 1:
         payload["rng_states_by_rank"] = rng_states
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a crash mid-save
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # 0o666 less the umask, as open() gives config.json; mkstemp would make it 0o600
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        cause = os_error_in(e) if isinstance(e, Exception) else None
-        if cause is None:
-            raise
-        # A write error (no space, quota, I/O, read-only): the OSError itself, naming the checkpoint, not the
-        # RuntimeError torch.save raises while handling it. The file at ``path`` is the previous one, untouched.
-        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+    write_atomic(path, lambda f: torch.save(payload, f), clear_leftovers=True)
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

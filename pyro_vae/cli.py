@@ -1,11 +1,30 @@
-"""What every command line here shares: bad input is one ``error: ...`` line on stderr and exit status 2
-(a file that could not be written: the same one line, exit status 1)."""
+"""What every command line here shares: a parser whose errors are one line, the argument types, and
+`run_command`, which turns what a command's body raises into one line on stderr and docs/faults.md's exit status:
+
+- 0: done;
+- 2: bad input (`pyro_vae.errors.PyroVAEError`, a bad flag), another process writing the folder, out of memory;
+- 1: a file that could not be written (`pyro_vae.errors.WriteFailed`);
+- 128 + N: stopped by signal N (130 for Ctrl-C, 143 for SIGTERM).
+
+A command line only parses, calls the library and prints; the library raises and never exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
+import math
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+from pyro_vae import distributed
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.stopping import Interrupted
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,9 +43,41 @@ def error(problem: object) -> int:
     return exit_status(problem)
 
 
+def signal_status(signum: int | None) -> int:
+    """The shell's exit status after signal ``signum`` stopped the work (128 + N: 130 for SIGINT, 143 for SIGTERM);
+    0 for None."""
+    return 0 if signum is None else 128 + signum
+
+
 def exit_status(problem: object) -> int:
     """The exit status of an error: its ``exit_status`` attribute, else 2."""
     return getattr(problem, "exit_status", 2)
+
+
+def run_command(body: Callable[[], int | None], *, memory_fix: str,
+                unfinished: Callable[[], str] = lambda: "nothing was finished") -> int:
+    """Run a command's ``body`` and return its exit status (None counts as 0), or the one-line error's.
+
+    ``memory_fix``: what to lower when memory runs out (``"lower --chunk-size or --batch-size"``);
+    ``unfinished()``: what a signal that stopped the body at once left (``"the report was not finished"``),
+    asked only then. Under ``torchrun`` rank 0 alone prints (every rank meets the same error,
+    `pyro_vae.distributed.together`), and the process group is left however the body ended. Any other
+    exception is a bug and keeps its traceback.
+    """
+    try:
+        return body() or 0
+    except PyroVAEError as e:
+        return exit_status(e) if distributed.quiet_rank() else error(e)
+    except Interrupted as e:
+        if not distributed.quiet_rank():
+            print(f"error: stopped by {e}; {unfinished()}", file=sys.stderr)
+        return e.exit_status
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's are RuntimeErrors
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        return error(f"out of memory ({' '.join(str(e).split())[:160]}); {memory_fix}")
+    finally:
+        distributed.shutdown()
 
 
 def _int_at_least(text: str, low: int, kind: str) -> int:
@@ -60,6 +111,11 @@ def _sizes(text: str, flag: str, example: str) -> tuple[int, ...]:
     return sizes
 
 
+def hidden_widths(text: str) -> tuple[int, ...]:
+    """argparse type of ``--hidden-dims``: ``200,200`` -> (200, 200)."""
+    return _sizes(text, "--hidden-dims", "200,200")
+
+
 def latent_sizes(text: str) -> tuple[int, ...]:
     """argparse type of ``--latent-dims``: ``100,50`` -> (100, 50)."""
     return _sizes(text, "--latent-dims", "100,50")
@@ -69,3 +125,84 @@ def layer_widths(text: str) -> tuple[tuple[int, ...], ...]:
     """argparse type of ``--layer-hidden-dims``: layers split by ``/``, ``200,200/100,100`` -> ((200, 200), (100, 100))."""
     return tuple(_sizes(layer, "--layer-hidden-dims", "200,200/100,100 (layers split by '/')")
                  for layer in text.split("/"))
+
+
+def add_import_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--import MODULE_OR_FILE`` (repeatable), read into ``args.imports``; `import_modules` acts on it."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module on sys.path (my_models) or a .py file (path/to/my_models.py) first, so "
+                             "the models it registers (@models.register_model) can be trained and loaded; repeatable")
+
+
+def import_modules(specs: Sequence[str]) -> list[ModuleType]:
+    """Import each of ``specs`` in order: a module name on ``sys.path``, or the path of a ``.py`` file (imported
+    under its file's stem, its folder added at the end of ``sys.path`` so it can import its neighbours). What the
+    user types is the only thing that chooses code here; `ConfigError` in one line when one cannot be imported,
+    or raises while it is."""
+    return [_import_one(spec) for spec in specs]
+
+
+def _import_one(spec: str) -> ModuleType:
+    as_file = spec.endswith(".py") or "/" in spec or "\\" in spec
+    try:
+        if not as_file:
+            return importlib.import_module(spec)
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--import {spec}: no such file")
+        name = path.stem
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+                return loaded
+            raise ConfigError(f"--import {spec}: a module named {name!r} is already loaded ({loaded.__name__} from "
+                              f"{getattr(loaded, '__file__', None) or 'built in'}); rename the file")
+        if not name.isidentifier():
+            raise ConfigError(f"--import {spec}: {name!r} is not a module name; rename the file")
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    except ConfigError:
+        raise
+    except ModuleNotFoundError as e:
+        where = f"no module named {e.name!r}" if e.name else " ".join(str(e).split())
+        raise ConfigError(f"--import {spec}: {where} (a module on sys.path, or the path of a .py file)") from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
+        raise ConfigError(f"--import {spec} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--model-args``: a JSON object of plain values (null, true/false, finite numbers,
+    strings, and lists of them): keyword arguments of a registered model's constructor."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a finite number")
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"z_dim\": 16}}' "
+                                         f"({' '.join(str(e).split())})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"z_dim\": 16}}', got "
+                                         f"{type(value).__name__} {text!r}")
+    bad = sorted(k for k, v in value.items() if not _plain_json(v))
+    if bad:
+        raise argparse.ArgumentTypeError(f"values must be null, true/false, numbers, strings or lists of them; "
+                                         f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not")
+    return value
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, list) and all(_plain_json(v) for v in value)

@@ -63,8 +63,9 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-#: Model families a config can name (``models.build_from_config`` builds them): the one-layer VAE, and
-#: L >= 1 stochastic layers (``models.hierarchical``).
+#: Model families the config's own fields size (``models.build_from_config`` builds them): the one-layer VAE, and
+#: L >= 1 stochastic layers (``models.hierarchical``). Any other ``family`` is the name of a registered model
+#: (`models.register_model`), built by its constructor from ``model_args``.
 FAMILIES = ("vae", "hierarchical")
 #: Priors of the (top) latent layer (``models.priors``): N(0, I), or the VampPrior of Tomczak & Welling (2018).
 PRIORS = ("standard", "vamp")
@@ -103,6 +104,13 @@ def default_activation(likelihood: str | None, prior: str) -> tuple[str, str]:
     return DEFAULT_ACTIVATION, "Burda et al. 2015's network"
 
 
+def obs_scale_unused(likelihood: str) -> str:
+    """Why ``--obs-scale`` is refused under ``likelihood``: it is the gaussian likelihood's standard deviation alone
+    (a config whose value is not 1, `ModelConfig.validated`; the flag given at all, ``inference.svi``)."""
+    return (f"--obs-scale sets the gaussian likelihood's standard deviation; the {likelihood!r} likelihood does not "
+            "use it: drop it, or use --likelihood gaussian")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a model: for the ``vae`` family ``x_dim -> hidden_dims -> z_dim`` and back.
@@ -125,6 +133,10 @@ class ModelConfig:
 
     ``activation``, ``likelihood`` and ``mixture_components`` may be None: the defaults policy chooses them
     (`resolve_defaults` for a training run, `ModelConfig.resolved` for a model alone; the module doc).
+
+    A ``family`` outside `FAMILIES` names a registered model of any class (one of your own, made known by
+    ``--import``): it is built as ``cls(**model_args)``, ``model_args`` holding plain JSON values, and the fields
+    above (the families' own) stay at their defaults (`own_model`).
     """
 
     x_dim: int = 784
@@ -144,6 +156,7 @@ class ModelConfig:
     pseudo_inputs: int = DEFAULT_PSEUDO_INPUTS  # K of the VampPrior (prior "vamp" only)
     mixture_components: int | None = None  # K of the discretized-logistic likelihood; None: 10
     bit_depth: int = DEFAULT_BIT_DEPTH  # b of a discrete likelihood: levels 0..2^b - 1
+    model_args: dict[str, Any] | None = None  # a registered model's constructor arguments (``family`` not in FAMILIES)
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the tuple so configs compare equal after a round trip.
@@ -197,10 +210,17 @@ class ModelConfig:
         trained with (`_LEGACY_MODEL`), so an old run loads as the model it was."""
         return cls(**{**_LEGACY_MODEL, **d})
 
+    @property
+    def own_model(self) -> bool:
+        """Whether ``family`` names a registered model built from ``model_args`` (not one of `FAMILIES`)."""
+        return self.family not in FAMILIES
+
     def resolved(self) -> "ModelConfig":
         """This config with every field left None chosen by the defaults policy, for a model built without data:
         the likelihood (``discretized-logistic`` when ``mixture_components`` is given, else ``bernoulli``),
         ``mixture_components`` (10), the activation (`default_activation`)."""
+        if self.own_model:
+            return self  # its class decides its likelihood and networks
         likelihood = LEVELS_LIKELIHOOD if self.mixture_components is not None else "bernoulli"
         return _resolved_model(self, (likelihood, ""), {})
 
@@ -216,7 +236,15 @@ class ModelConfig:
 
     def validated(self) -> "ModelConfig":
         """``self``, or `ConfigError` naming the first setting no model can take (as its flag); the fields the
-        defaults policy chooses are checked as `resolved` fills them."""
+        defaults policy chooses are checked as `resolved` fills them. A registered model of its own
+        (`own_model`) is checked for a name and plain ``model_args`` here, and against its constructor when
+        built (`models.build_from_config`)."""
+        if self.own_model:
+            return self._validate_own_model()
+        _require(self.model_args is None,
+                 f"--model-args builds a registered model of your own from its constructor; the {self.family} family "
+                 "is sized by its flags (--latent-dim, --hidden-dims, ...): drop --model-args, or name your model "
+                 "with --family NAME")
         if None in (self.activation, self.likelihood, self.mixture_components):
             self.resolved().validated()
             return self
@@ -243,9 +271,7 @@ class ModelConfig:
                  f"--obs-scale must be a positive finite number (at least 1e-6), got {self.obs_scale!r}")
         for name in ("activation", "likelihood", "guide", "arch"):
             _require(isinstance(getattr(self, name), str), f"--{name} must be a name, got {getattr(self, name)!r}")
-        _require(self.likelihood == "gaussian" or self.obs_scale == 1.0,
-                 f"--obs-scale sets the gaussian likelihood's standard deviation; the {self.likelihood!r} likelihood "
-                 "does not use it: drop it, or use --likelihood gaussian")
+        _require(self.likelihood == "gaussian" or self.obs_scale == 1.0, obs_scale_unused(self.likelihood))
         self._validate_prior()
         _require(_positive_int(self.mixture_components) and self.mixture_components <= 100,
                  f"--mixture-components must be an integer from 1 to 100, got {self.mixture_components!r}")
@@ -254,6 +280,18 @@ class ModelConfig:
                  "likelihood does not use it: drop it, or use --likelihood discretized-logistic")
         _require(_positive_int(self.bit_depth) and self.bit_depth <= 16,
                  f"bit_depth must be an integer from 1 to 16, got {self.bit_depth!r}")
+        return self
+
+    def _validate_own_model(self) -> "ModelConfig":
+        _require(isinstance(self.family, str) and self.family != "",
+                 f"--family must be a registered model's name, got {self.family!r}")
+        _require(self.model_args is None or (isinstance(self.model_args, dict)
+                                             and all(isinstance(k, str) for k in self.model_args)),
+                 f"--model-args must be a JSON object of argument names to values, got {self.model_args!r}")
+        given = [name for name, default in _FAMILY_FIELDS.items() if getattr(self, name) != default]
+        _require(not given, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} the {'/'.join(FAMILIES)} "
+                            f"families' setting{'s' if len(given) > 1 else ''}; --family {self.family} is built by "
+                            "its constructor from --model-args alone")
         return self
 
     @property
@@ -287,6 +325,11 @@ class ModelConfig:
         _require(self.guide == "diagonal",
                  f"the hierarchical family's layers are diagonal Normals; --guide {self.guide} is the vae family's")
         _require(self.arch == "mlp", f"the hierarchical family's networks are MLPs; --arch {self.arch} is the vae family's")
+
+
+#: The fields only `FAMILIES` read, at their defaults (x_dim and image_shape are the data's, set for any model).
+_FAMILY_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                  if f.name not in ("family", "model_args", "x_dim", "image_shape", "bit_depth")}
 
 
 def _resolved_model(model: ModelConfig, likelihood: tuple[str, str], chosen: dict[str, str]) -> ModelConfig:
@@ -352,10 +395,10 @@ class TrainConfig:
 
     Units: ``lr`` is Adam's step size on the summed (per-batch) loss, as in
     Pyro's examples; ``train_limit``/``test_limit`` take the first N images.
-    ``elbo`` names the objective and ``gradient`` its estimator (``inference.objectives``), ``num_particles``
+    ``elbo`` names the objective and ``gradient`` its estimator (``inference.training.objectives``), ``num_particles``
     its samples per datapoint (k of the IWAE bound for ``iwae``). ``schedule`` names the learning-rate schedule
     (`pyro_vae.schedule`: ``lr`` is its base rate); ``cuda_graph`` whether the step is captured in a CUDA graph
-    (`inference.cuda_graph`; None: when on CUDA and it checks out). A config saved before a field existed loads
+    (`inference.training.cuda_graph`; None: when on CUDA and it checks out). A config saved before a field existed loads
     with its default (``schedule`` constant, as those runs trained), or as those runs trained where the default
     is now the policy's (tanh, bernoulli, dynamic binarisation, K = 10). ``binarize`` None and the model's None
     fields are chosen by `resolve_defaults`, which records its choices in ``defaults``.
@@ -427,8 +470,8 @@ class TrainConfig:
         fields left to the defaults policy is checked as `resolve_defaults` fills them (without reading data)."""
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
-        if None in (self.binarize, self.init) or None in (self.model.activation, self.model.likelihood,
-                                             self.model.mixture_components):
+        if None in (self.binarize, self.init) or (not self.model.own_model and None in (
+                self.model.activation, self.model.likelihood, self.model.mixture_components)):
             resolve_defaults(self, channels=1).validated()
             return self
         self.model.validated()
@@ -468,6 +511,9 @@ class TrainConfig:
         _require(not (self.dequantize != "none" and self.model.discrete_levels),
                  f"--dequantize makes grey levels continuous for a density; the {self.model.likelihood} likelihood "
                  "is a pmf over the integer levels themselves: drop --dequantize, or use a continuous likelihood")
+        _require(not (self.dequantize != "none" and self.model.likelihood == "bernoulli"),
+                 "--dequantize is for grey levels under a continuous likelihood; the bernoulli likelihood takes "
+                 "binarised pixels: drop --dequantize, or pick --likelihood gaussian or continuous-bernoulli")
         _require(not ((self.model.discrete_levels or self.dequantize != "none") and self.binarize != "none"),
                  f"--binarize {self.binarize} makes the pixels 0/1, but the {self.model.likelihood} likelihood"
                  f"{' with --dequantize' if self.dequantize != 'none' else ''} models grey levels: use --binarize "
@@ -526,6 +572,8 @@ def resolve_defaults(config: TrainConfig, channels: int | None = None) -> TrainC
     """
     model, chosen = config.model, dict(config.defaults)
     binarize = config.binarize
+    if model.own_model:  # its class decides its likelihood: only the data and the start are the policy's
+        return _resolved_own_model(config, chosen)
     if model.likelihood is None:
         if config.dequantize == "uniform":
             likelihood = (DEQUANTIZED_LIKELIHOOD, "a density, under --dequantize uniform")
@@ -548,6 +596,20 @@ def resolve_defaults(config: TrainConfig, channels: int | None = None) -> TrainC
         chosen["init"] = ("Burda et al. 2015's start: Glorot weights, p(x|z) at the training images' mean pixel"
                           if init == "burda2015" else "the networks' own; burda2015 is measured under bernoulli only")
     return dataclasses.replace(config, model=model, binarize=binarize, init=init, defaults=chosen)
+
+
+def _resolved_own_model(config: TrainConfig, chosen: dict[str, str]) -> TrainConfig:
+    """`resolve_defaults` for a registered model of one's own (``family`` outside `FAMILIES`): the data as a model
+    handed to `inference.training.train` from Python gets them (dynamic binarisation, or grey levels in [0, 1]
+    under ``--dequantize uniform``), and Burda et al.'s start where the model offers it."""
+    binarize, init = config.binarize, config.init
+    if binarize is None:
+        binarize = "none" if config.dequantize == "uniform" else "dynamic"
+        chosen["binarize"] = ("a fresh draw every batch; --binarize none serves grey levels in [0, 1]"
+                              if binarize == "dynamic" else "grey levels, under --dequantize uniform")
+    if init is None:
+        init, chosen["init"] = "burda2015", "Burda et al. 2015's start, where the model offers initialise_burda2015"
+    return dataclasses.replace(config, binarize=binarize, init=init, defaults=chosen)
 
 
 def _channels(config: TrainConfig, channels: int | None) -> int | None:

@@ -1,17 +1,21 @@
 """Writing files so that a failed write (no space, quota, I/O error, read-only file system) loses nothing.
 
-`write_text_atomic` replaces a file whole (temporary file, then a rename) or
-leaves it as it was; `append_line` adds one line or none (a partial line is cut
-off again). Both raise the operating system's ``OSError`` with the file's name;
-`write_failed` turns one into the one-line `WriteFailed` the command lines print
-(exit status 1).
+`write_atomic` replaces a file whole (a temporary file beside it, flushed to disk,
+then a rename) or leaves it as it was: the one atomic write of the project, under
+checkpoints (`pyro_vae.checkpoint.save`), run files, reports and comparisons;
+`write_text_atomic` is it for text. `append_line` adds one line or none (a partial
+line is cut off again). They raise the operating system's ``OSError`` with the
+file's name; `write_failed` turns one into the one-line `WriteFailed` the command
+lines print (exit status 1).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pyro_vae.errors import WriteFailed
 
@@ -40,21 +44,40 @@ def write_failed(path: str | os.PathLike, e: BaseException, kept: str, fix: str 
     return WriteFailed(f"could not write {path} ({reason(e)}); {kept}" + (f"; {fix}" if fix else ""))
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` by ``text`` whole, or leave it as it was (the temporary file removed)."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], clear_leftovers: bool = False) -> None:
+    """Replace ``path`` by what ``write(f)`` writes into a binary file, whole, or leave it as it was.
+
+    The bytes go to a temporary file in the same folder (``.NAME.<random>.tmp``, with the mode any file the
+    process creates gets), flushed to disk, then renamed over ``path``. On any failure the temporary file is
+    removed and the exception raised again; an ``OSError`` names ``path``, and one that ``write`` raised while
+    handling a write error (``torch.save`` wraps them in a RuntimeError) is raised as that ``OSError``.
+    ``clear_leftovers``: first remove the temporary files a crash mid-write left for ``path`` (only for a file
+    one process writes, under its folder's lock).
+    """
     path = Path(path)
+    if clear_leftovers:
+        for pattern in (f".{path.name}.*.tmp", f"{path.name}.*.tmp"):  # the second: older versions' name
+            for stale in path.parent.glob(pattern):
+                stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask, as open() gives
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(path)
-        raise
+        cause = os_error_in(e) if isinstance(e, Exception) else None
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` by ``text`` (UTF-8) whole, or leave it as it was (`write_atomic`)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

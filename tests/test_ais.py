@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from inference.ais import WARMUP_TRANSITIONS, ais_log_marginal, annealing_schedule, bdmc, pilot_steps
-from inference.importance import estimate_log_marginal
+from inference.estimators.ais import WARMUP_TRANSITIONS, ais_log_marginal, annealing_schedule, bdmc, pilot_steps
+from inference.estimators.importance import estimate_log_marginal
 from models.linear import LinearGaussianVAE
 from pyro_vae.errors import EstimationError
 

@@ -11,11 +11,11 @@ import pyro
 import pytest
 import torch
 
-from inference import predictive
-from inference.active_units import active_units
+from inference.estimators import predictive
+from inference.estimators.active_units import active_units
 from inference.evaluate import evaluate
 from inference.figures import figures_for_run
-from inference.gaps import inference_gaps
+from inference.estimators.gaps import inference_gaps
 from inference.svi import train
 from models import VAE, LinearGaussianVAE
 from models.base import LatentModel
@@ -63,7 +63,7 @@ def test_a_user_model_trains_resumes_reports_and_draws(name, mnist_root, tmp_pat
 
 
 def test_the_rate_splits_by_site_and_sums_to_the_rate():
-    from inference.rate_distortion import rate_distortion
+    from inference.estimators.rate_distortion import rate_distortion
 
     model = USER_MODELS["two-layer"]()
     x = torch.bernoulli(torch.full((40, 784), 0.3))

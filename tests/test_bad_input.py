@@ -21,6 +21,7 @@ import torch
 
 from inference import evaluate as evaluate_module
 from inference import svi
+from inference.training import loop
 from models import VAE, LatentModel, register_model
 from models.registry import check_init_kwargs, model_class
 from pyro_vae import checkpoint
@@ -550,13 +551,13 @@ def test_evaluate_refuses_a_report_folder_with_a_folder_where_a_file_goes(run_co
 
 def test_a_signal_as_the_last_epoch_ends_still_stops_with_its_status(mnist_root, tmp_path, capsys, monkeypatch):
     """SIGTERM while the last epoch's test ELBO is computed: training is complete, but no report, and exit 143."""
-    real = svi.epoch_metrics
+    real = loop.epoch_metrics
 
     def evaluate_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(svi, "epoch_metrics", evaluate_then_sigterm)
+    monkeypatch.setattr(loop, "epoch_metrics", evaluate_then_sigterm)
     status, _ = run(svi.main, [*TINY, "--data-dir", str(mnist_root), "--out", str(tmp_path / "run"),
                                "--eval-samples", "5"], capsys)
     assert status == 128 + signal.SIGTERM
@@ -564,7 +565,7 @@ def test_a_signal_as_the_last_epoch_ends_still_stops_with_its_status(mnist_root,
 
 
 def test_a_second_signal_stops_at_once_with_its_own_status():
-    from inference.stopping import Interrupted, StopRequest
+    from pyro_vae.stopping import Interrupted, StopRequest
 
     with pytest.raises(Interrupted) as info, StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)

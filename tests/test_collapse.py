@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from inference import svi
-from inference.active_units import collapse_warning, collapsed_sites
+from inference.estimators.active_units import collapse_warning, collapsed_sites
 from inference.evaluate import evaluate
 from models import build_from_config
 from pyro_vae.config import (PRESETS, ModelConfig, TrainConfig, default_activation, defaults_line,
@@ -47,8 +47,10 @@ def test_the_command_line_and_python_resolve_the_same_config(flags, train_fields
     base = PRESETS[preset].model if preset else ModelConfig()
     python = TrainConfig(model=dataclasses.replace(base, **model_fields), preset=preset or "burda2015",
                          out=str(tmp_path), **train_fields)
-    assert cli == resolve_defaults(python)
-    assert cli.model.activation is not None and cli.binarize is not None and cli.init is not None
+    assert cli == python  # the same explicit fields: the command line only maps flags to them
+    assert resolve_defaults(cli) == resolve_defaults(python)  # so the one policy makes the same run of both
+    run = resolve_defaults(cli)
+    assert run.model.activation is not None and run.binarize is not None and run.init is not None
 
 
 def test_an_explicit_choice_always_wins_and_defaults_are_recorded_and_said():

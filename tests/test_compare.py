@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from inference.compare import main
-from inference.evaluate import write_per_image
+from inference.reports.report import write_per_image
 
 from conftest import REPO
 

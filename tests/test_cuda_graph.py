@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from inference import svi
-from inference import step as step_module
-from inference.cuda_graph import (CudaGraphStep, _Snapshot, build_graph_step, compare_outcomes, set_capturable,
+from inference.training import step as step_module
+from inference.training.cuda_graph import (CudaGraphStep, _Snapshot, build_graph_step, compare_outcomes, set_capturable,
                                   step_outcome, wants_graph)
-from inference.objectives import make_elbo
+from inference.training.objectives import make_elbo
 from inference.svi import train
 from models import VAE
 from pyro_vae import checkpoint

@@ -17,13 +17,14 @@ import torch
 
 from inference import svi
 from inference.evaluate import evaluate
-from inference.importance import estimate_log_marginal
-from inference.units import bits_per_dim, bits_per_dim_kind
+from inference.reports.figures import unit_scale
+from inference.estimators.importance import estimate_log_marginal
+from inference.estimators.units import bits_per_dim, bits_per_dim_kind
 from models import VAE, HierarchicalVAE, LatentModel
 from models.guides import MIN_SCALE
 from models.likelihoods import (BetaBinomialLikelihood, DiscretizedLogistic, DiscretizedLogisticMixture,
                                 make_likelihood)
-from pyro_vae.config import ModelConfig, TrainConfig
+from pyro_vae.config import ModelConfig, TrainConfig, resolve_defaults
 from pyro_vae.data import DataSplits, Images, check_images
 from pyro_vae.errors import ConfigError, DataError
 
@@ -297,7 +298,7 @@ def test_old_configs_load_and_keep_their_kwargs():
     (["--likelihood", "beta-binomial"], "beta-binomial", "none"),
 ])
 def test_likelihood_defaults(argv, likelihood, binarize, tmp_path):
-    config = svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)]))
+    config = resolve_defaults(svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)])))
     assert (config.model.likelihood, config.binarize) == (likelihood, binarize)
 
 
@@ -308,7 +309,7 @@ def test_likelihood_defaults(argv, likelihood, binarize, tmp_path):
     ([], "tanh"),
 ])
 def test_the_discrete_likelihoods_default_to_relu(argv, activation, tmp_path):
-    config = svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)]))
+    config = resolve_defaults(svi.config_from_args(svi.build_parser().parse_args([*argv, "--out", str(tmp_path)])))
     assert config.model.activation == activation
 
 
@@ -340,8 +341,8 @@ def test_colour_defaults_to_the_discretized_logistic_mixture(tmp_path):
     import numpy as np
     path = tmp_path / "colour.npy"
     np.save(path, np.zeros((10, 8, 8, 3), dtype=np.uint8))
-    config = svi.config_from_args(svi.build_parser().parse_args(["--dataset", f"array:{path}", "--out",
-                                                                 str(tmp_path / "o")]))
+    config = resolve_defaults(svi.config_from_args(svi.build_parser().parse_args(["--dataset", f"array:{path}",
+                                                                                  "--out", str(tmp_path / "o")])))
     assert (config.model.likelihood, config.model.mixture_components, config.binarize) == (
         "discretized-logistic", 10, "none")
 
@@ -410,13 +411,14 @@ def test_a_dequantized_report_runs_ais_and_bdmc_and_refuses_gaps_for_now(tmp_pat
 
 
 def test_dequantized_ais_is_a_lower_bound_on_the_exact_log_probability():
-    from inference.ais import dequantized_ais
+    from inference.estimators.ais import dequantized_ais
     bits = 3
     model = ToyDensity(torch.tensor([-1.0, 0.0, 0.5, 1.5]))
     levels = torch.tensor([[1.0, 3.0, 4.0, 7.0], [4.0, 4.0, 4.0, 4.0]], dtype=torch.float64)
     exact = exact_log_prob(model, levels, bits)
     est = dequantized_ais(model.model, model.guide, levels, bits, num_chains=200, num_steps=20, seed=0)
-    assert est.log_px.shape == (2,) and (est.log_px <= exact + 0.05).all() and (est.log_px > exact - 0.5).all()
+    # a stochastic lower bound: above the exact value by at most Monte Carlo noise (3 of its standard errors)
+    assert est.log_px.shape == (2,) and (est.log_px <= exact + 3 * est.se).all() and (est.log_px > exact - 0.5).all()
 
 
 # --- figures: decoder means scaled to [0, 1] ------------------------------------------------------------------
@@ -430,11 +432,11 @@ def test_figures_draw_decoder_means_of_levels_scaled_to_unit(tmp_path, grey_imag
     monkeypatch.setattr(figures, "save_reconstructions",
                         lambda originals, recon, path, *a, **k: drawn.extend([originals, recon]) or path)
     model = VAE(z_dim=2, hidden_dims=(8,), likelihood="discretized-logistic", mixture_components=2)
-    assert run_figures.unit_scale(model, grey_images.float()) == pytest.approx(1 / 255)
+    assert unit_scale(model, grey_images.float()) == pytest.approx(1 / 255)
     run_figures.draw_run_figures(model, grey_images.float(), None, [], tmp_path, log=lambda line: None)
     assert drawn and all(0 <= float(d.min()) and float(d.max()) <= 1 for d in drawn)
     assert max(float(d.max()) for d in drawn) > 0.2  # levels really were scaled, not clipped to 0
-    assert run_figures.unit_scale(VAE(z_dim=2, hidden_dims=(8,)), torch.rand(3, 784)) == 1.0
+    assert unit_scale(VAE(z_dim=2, hidden_dims=(8,)), torch.rand(3, 784)) == 1.0
 
 
 def test_a_bernoulli_on_dequantized_data_is_refused_in_one_line(tmp_path, capsys):

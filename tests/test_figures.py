@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from pyro.infer import Trace_ELBO
 
 from inference import figures as run_figures
-from inference.figures import draw_run_figures, interpolate, interpolation_pairs, latent_codes, manifold, \
-    prior_quantile_grid
-from inference.rate_distortion import rate_distortion
+from inference.figures import draw_run_figures, interpolate, interpolation_pairs, latent_codes, manifold
+from inference.reports.figures import prior_quantile_grid
+from inference.estimators.rate_distortion import rate_distortion
 from inference.svi import train
 from models import VAE
 from pyro_vae import checkpoint

@@ -2,7 +2,7 @@
 
 import torch
 
-from inference.gaps import inference_gaps
+from inference.estimators.gaps import inference_gaps
 from models.linear import LinearGaussianVAE
 
 

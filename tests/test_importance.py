@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from inference.importance import (DRAW_BLOCK, MarginalEstimate, _khat_arviz_legacy, _khat_arviz_stats, _tail_size,
+from inference.estimators.importance import (DRAW_BLOCK, MarginalEstimate, _khat_arviz_legacy, _khat_arviz_stats, _tail_size,
                                   estimate_log_marginal, log_weights_chunk, pareto_khat, psis_khat_function)
 from models import VAE
 from models.guides import MIN_SCALE

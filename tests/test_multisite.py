@@ -22,9 +22,10 @@ from pyro import poutine
 from pyro.nn import pyro_method
 from torch import nn
 
-from inference import step as step_module
-from inference.compiled import check_compiled, failure_cause
-from inference.objectives import make_elbo, meanfield_violation
+from inference.training import step as step_module
+from inference.training.compiled import check_compiled
+from pyro_vae.agreement import failure_cause
+from inference.training.objectives import make_elbo, meanfield_violation
 from inference.svi import train
 from models.base import LatentModel
 from models.registry import register_model
@@ -394,7 +395,7 @@ def test_dreg_refuses_latent_sites_with_different_kl_weights():
 @pytest.mark.parametrize("name, gradient", [("trace", "standard"), ("meanfield", "standard"), ("trace", "stl")])
 def test_the_compiled_loss_on_two_layers_passes_the_compile_check(name, gradient, tied):
     """``tied``: a parameter reached under two names, which Pyro's ``pyro.ops.jit.trace`` failed on with a bare
-    ``AssertionError`` (it passes the tensor twice; `inference.compiled.SharedParameterFunction` passes it once)."""
+    ``AssertionError`` (it passes the tensor twice; `inference.training.compiled.SharedParameterFunction` passes it once)."""
     pyro.clear_param_store()
     torch.manual_seed(0)
     model = TwoLayerBernoulli(tied=tied)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from inference import svi
-from inference.compiled import check_compiled
-from inference.objectives import IWAE_DReG, TraceSTL_ELBO, make_elbo
+from inference.training.compiled import check_compiled
+from inference.training.objectives import IWAE_DReG, TraceSTL_ELBO, make_elbo
 from models.guides import MIN_SCALE
 from models.linear import LinearGaussianVAE
 from pyro_vae.config import ModelConfig, TrainConfig

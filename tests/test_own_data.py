@@ -22,7 +22,7 @@ from inference import svi
 from inference.evaluate import evaluate
 from models.vae import VAE
 from pyro_vae import checkpoint, figures
-from pyro_vae.config import ModelConfig, TrainConfig
+from pyro_vae.config import LEVELS_LIKELIHOOD, ModelConfig, TrainConfig
 from pyro_vae.data import DataSplits, load_splits
 from pyro_vae.nets import conv_halvings
 from pyro_vae.sources import SourceOptions
@@ -75,7 +75,7 @@ def test_a_folder_of_pngs_by_class_trains_and_evaluates(tmp_path, arch, channels
     config, report = _train_and_report(tmp_path, f"folder:{root}", "--arch", arch)
     assert config["model"]["image_shape"] == [channels, 16, 16] and config["model"]["x_dim"] == channels * 256
     # grey gets the Bernoulli on dynamically binarised pixels; colour a density on grey levels
-    expected = ("bernoulli", "dynamic") if channels == 1 else (svi.COLOUR_LIKELIHOOD, "none")
+    expected = ("bernoulli", "dynamic") if channels == 1 else (LEVELS_LIKELIHOOD, "none")
     assert (config["model"]["likelihood"], config["binarize"]) == expected
     assert report["n_images"] == 5  # round(0.1 * 48) held out
     assert report["bits_per_dim"] == pytest.approx(-report["log_px"]["mean"] / (channels * 256 * math.log(2)))

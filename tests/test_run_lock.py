@@ -24,6 +24,8 @@ import torch
 
 from conftest import REPO
 from inference import evaluate as run_evaluate
+from inference.reports import report as report_module
+from inference.training import loop
 from inference import figures as run_figures
 from inference import svi
 from pyro_vae import checkpoint, run_lock, writes
@@ -109,13 +111,14 @@ SLOW_START = """
 import sys, time
 from pathlib import Path
 import inference.svi as svi
+from inference.training import loop
 flag, seconds, argv = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
-real = svi._train
+real = loop._train
 def slow(*args, **kwargs):
     flag.touch()
     time.sleep(seconds)
     return real(*args, **kwargs)
-svi._train = slow
+loop._train = slow
 sys.exit(svi.main(argv))
 """
 
@@ -172,7 +175,7 @@ def test_a_refusal_after_the_checks_changes_nothing(mnist_root, tmp_path, monkey
     """Both runs past their checks at once: the one that locks second is refused when it locks, writing nothing."""
     out = tmp_path / "run"
     assert svi.main([*TINY, "--data-dir", str(mnist_root), "--out", str(out)]) == 0
-    monkeypatch.setattr(svi, "check_free", lambda folder: None)  # as if the other run locked after this one looked
+    monkeypatch.setattr(loop, "check_free", lambda folder: None)  # as if the other run locked after this one looked
     with RunLock(out, "training"):
         before = hashes(out)
         status, err = run(svi.main, [*TINY, "--epochs", "2", "--resume", "--data-dir", str(mnist_root),
@@ -206,13 +209,13 @@ def tiny_run(mnist_root, tmp_path) -> Path:
 def test_a_second_report_into_the_same_folder_is_refused(tiny_run, monkeypatch, capsys):
     argv = [str(tiny_run), "--num-samples", "4", "--chunk-size", "4", "--test-limit", "16", "--device", "cpu",
             "--no-progress"]
-    real, second = run_evaluate._evaluate, []
+    real, second = report_module._evaluate, []
 
     def with_a_second_report(*args, **kwargs):  # the second starts while the first holds the report folder
         second.append(run_evaluate.main(argv))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_evaluate, "_evaluate", with_a_second_report)
+    monkeypatch.setattr(report_module, "_evaluate", with_a_second_report)
     capsys.readouterr()
     assert run_evaluate.main(argv) == 0
     err = capsys.readouterr().err
@@ -331,7 +334,7 @@ def test_no_space_for_a_report_is_one_line(tiny_run, monkeypatch, capsys):
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(run_evaluate, "write_per_image", full)
+    monkeypatch.setattr(report_module, "write_per_image", full)
     before = hashes(tiny_run)
     status, err = run(run_evaluate.main, [str(tiny_run), "--num-samples", "4", "--chunk-size", "4",
                                           "--test-limit", "16", "--device", "cpu", "--no-progress"], capsys)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import step as step_module
+from inference.training import step as step_module
 from inference import svi
 from inference.svi import train
 from pyro_vae import checkpoint

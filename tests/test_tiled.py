@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.importance import estimate_log_marginal
+from inference.estimators.importance import estimate_log_marginal
 from models import tiled
 from models.hierarchical import HierarchicalVAE
 from models.tiled import TiledObservation, tiled_observation, untiled
@@ -122,7 +122,7 @@ def test_the_bernoulli_log_density_traces_with_its_gradient():
     the plain ones: the log-density's autograd Function must trace as one node that keeps its backward."""
     import warnings
 
-    from inference.ais import ais_log_marginal
+    from inference.estimators.ais import ais_log_marginal
 
     vae = VAE(x_dim=784, z_dim=4, hidden_dims=(16,)).eval()
     with warnings.catch_warnings():

@@ -13,15 +13,16 @@ import pytest
 import torch
 from pyro.nn import pyro_method
 
-from inference import step as step_module
+from inference.training import step as step_module
 from inference import svi
-from inference.compiled import relative_difference
-from inference.objectives import make_elbo
-from inference.svi import evaluate_elbo, main, train
+from pyro_vae.agreement import relative_difference
+from inference.training.objectives import make_elbo
+from inference.svi import main, train
+from inference.training.loop import evaluate_elbo
 from models import VAE, register_model
 from pyro_vae import checkpoint
 from pyro_vae.checkpoint import load
-from pyro_vae.config import ModelConfig, TrainConfig
+from pyro_vae.config import ModelConfig, TrainConfig, resolve_defaults
 from pyro_vae.errors import CompileError, ConfigError, DataError, TrainingDiverged
 
 from conftest import REPO, cuda_only
@@ -174,10 +175,11 @@ def test_an_existing_run_is_not_overwritten_and_resume_keeps_its_model(mnist_roo
 def test_config_from_args_applies_preset_and_overrides():
     args = svi.build_parser().parse_args(["--preset", "pyro-example", "--latent-dim", "10", "--lr", "0.01", "--cuda"])
     config = svi.config_from_args(args)
-    assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus").resolved()
+    assert config.model == ModelConfig(z_dim=10, hidden_dims=(400,), activation="softplus")
     assert config.lr == 0.01 and config.device == "cuda" and config.preset == "pyro-example"
     default = svi.config_from_args(svi.build_parser().parse_args([]))
-    assert default.model == ModelConfig().resolved() and default.elbo == "meanfield" and default.binarize == "dynamic"
+    assert default.model == ModelConfig() and default.elbo == "meanfield" and default.binarize is None  # the policy's
+    assert resolve_defaults(default).model == ModelConfig().resolved() and resolve_defaults(default).binarize == "dynamic"
     assert default.out.startswith("runs")
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 

@@ -14,9 +14,10 @@ from pyro.infer import SVI, Trace_ELBO
 from inference import svi
 from inference.evaluate import evaluate
 from inference.evaluate import main as evaluate_main
-from inference.importance import estimate_log_marginal
-from inference.objectives import make_elbo
-from inference.svi import kl_weight_at, train
+from inference.estimators.importance import estimate_log_marginal
+from inference.training.objectives import make_elbo
+from inference.svi import train
+from inference.training.loop import kl_weight_at
 from models import VAE
 from models.linear import LinearGaussianVAE
 from models.mixture_prior import MixturePriorVAE
@@ -125,7 +126,7 @@ def test_kl_warmup_schedule():
 
 def test_presets_set_their_training_and_report_the_published_number(mnist_root, tmp_path):
     iwae = svi.config_from_args(svi.build_parser().parse_args(["--preset", "burda2015-iwae"]))
-    assert iwae.elbo == "iwae" and iwae.num_particles == 50 and iwae.model == ModelConfig().resolved()
+    assert iwae.elbo == "iwae" and iwae.num_particles == 50 and iwae.model == ModelConfig()
     overridden = svi.config_from_args(svi.build_parser().parse_args(["--preset", "burda2015-iwae", "--num-particles", "5"]))
     assert overridden.num_particles == 5
     out = tmp_path / "run"

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from inference import svi
+from inference.training import loop
 from pyro_vae import distributed
-from pyro_vae.cli import error
+from pyro_vae.cli import error, signal_status
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import PyroVAEError
 from user_models import USER_MODELS  # registers them, as a user's own module does
@@ -29,7 +30,7 @@ from user_models import USER_MODELS  # registers them, as a user's own module do
 
 def inject(kind: str, rank: int, call: int) -> None:
     """Wrap `build_step` so that rank ``rank``'s ``call``-th loss computation raises or signals itself."""
-    real, calls = svi.build_step, [0]  # counted across the per-epoch train() calls
+    real, calls = loop.build_step, [0]  # counted across the per-epoch train() calls
 
     def build_step(*args, **kwargs):
         step, compiled = real(*args, **kwargs)
@@ -48,7 +49,7 @@ def inject(kind: str, rank: int, call: int) -> None:
         step.loss_and_grads = loss_and_grads
         return step, compiled
 
-    svi.build_step = build_step
+    loop.build_step = build_step
 
 
 def main() -> int:
@@ -83,7 +84,7 @@ def main() -> int:
             result = svi.train(dataclasses.replace(config, epochs=epoch, elbo="trace" if args.user_model else config.elbo),
                                resume=resuming, progress=False, model=model)
             if result.interrupted:
-                return result.exit_status
+                return signal_status(result.stop_signal)
             if args.dump:
                 args.dump.mkdir(exist_ok=True)
                 torch.save(result.model.state_dict(), args.dump / f"rank{distributed.current().rank}-epoch{epoch}.pt")

@@ -22,7 +22,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from inference.importance import DATA_PLATE, inspect_programs
+from inference.estimators.importance import DATA_PLATE, inspect_programs
 from pyro_vae.device import forked_rng
 
 #: Burda et al.'s threshold on the variance over datapoints of a unit's posterior mean.

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from pyro import poutine
 
-from inference.importance import inspect_programs
+from inference.estimators.importance import inspect_programs
 from pyro_vae.device import forked_rng
 from pyro_vae.errors import EstimationError
 

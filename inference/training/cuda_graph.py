@@ -35,11 +35,11 @@ handled:
   Adam's state); they run under a forked RNG and the parameters, buffers and
   Adam state are then put back in place, so capturing changes nothing.
 
-`build_graph_step` guards the graph as `inference.compiled.check_compiled`
+`build_graph_step` guards the graph as `inference.training.compiled.check_compiled`
 guards the JIT: from the same state and seed, on a probe batch, one replay's
 loss and gradients must equal one plain step's to `GRAPH_RTOL` (relative to the
 largest magnitude) and every parameter's update to `UPDATE_RTOL`; otherwise
-`CaptureError` says where they differ and `inference.step.build_step` trains
+`CaptureError` says where they differ and `inference.training.step.build_step` trains
 with the plain step. `wants_graph` resolves ``--cuda-graph`` (None: on CUDA when
 it checks out; never on the CPU).
 """
@@ -50,8 +50,9 @@ from collections.abc import Callable
 
 import torch
 
-from inference.compiled import COMPILE_RTOL, relative_difference
-from inference.data_parallel import LossAndGrads
+from inference.training.compiled import COMPILE_RTOL
+from pyro_vae.agreement import relative_difference
+from inference.training.data_parallel import LossAndGrads
 from pyro_vae.device import forked_rng
 from pyro_vae.errors import CaptureError, ConfigError
 
@@ -97,7 +98,7 @@ def set_capturable(optim: torch.optim.Optimizer, capturable: bool) -> None:
     Capturable: float32 0-d tensors on the parameters' device (a replay counts
     there). Not: on the CPU, where torch keeps them for a plain Adam. The
     counts' values are unchanged. A checkpoint written while graphed stores
-    ``capturable=True``; `inference.run_start.prepare` switches it off on
+    ``capturable=True``; `inference.training.run_start.prepare` switches it off on
     resume, so the run resumes on any device and only a graph switches it on.
     """
     for group in optim.param_groups:
@@ -150,7 +151,7 @@ class CudaGraphStep:
     """``step(x, kl_weight) -> loss``: one replay of the captured step for ``x``'s shape (captured on first use).
 
     ``loss_and_grads`` is the plain step's loss and backward
-    (`inference.step.PlainStep`); ``optim`` a ``torch.optim.Adam`` (made
+    (`inference.training.step.PlainStep`); ``optim`` a ``torch.optim.Adam`` (made
     capturable here). The loss returned is a 0-d tensor on the device, as the
     plain step's. Build it with `build_graph_step`, which checks it.
     """

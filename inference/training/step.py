@@ -4,13 +4,13 @@ r"""The training step: one optimiser step on the negative ELBO, compiled where t
 ``differentiable_loss``, ``backward``, and one ``torch.optim`` step over every
 parameter of the model. `build_step` picks the objective for a `TrainConfig`
 and, where Pyro has a JIT-compiled version of it, compiles it and checks it
-against the plain loss before the first step (`inference.compiled.check_compiled`),
+against the plain loss before the first step (`inference.training.compiled.check_compiled`),
 falling back to the plain loss, with the reason, when the check fails. On CUDA
 it then captures the whole step in a CUDA graph where that checks out
-(`inference.cuda_graph`), again falling back, with the reason, when it does not.
+(`inference.training.cuda_graph`), again falling back, with the reason, when it does not.
 Before all that, `objective_for` checks that ``meanfield`` (the default) estimates
 the ELBO of the model at hand, and trains ``trace`` with one line saying why
-where it does not (`inference.objectives.meanfield_violation`).
+where it does not (`inference.training.objectives.meanfield_violation`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import dataclasses
 import torch
 from pyro.infer.elbo import ELBO
 
-from inference.compiled import check_compiled
-from inference.cuda_graph import build_graph_step, wants_graph
-from inference.data_parallel import DataParallelStep, LossAndGrads
-from inference.objectives import jit_available, make_elbo, meanfield_violation
+from inference.training.compiled import check_compiled
+from inference.training.cuda_graph import build_graph_step, wants_graph
+from inference.training.data_parallel import DataParallelStep, LossAndGrads
+from inference.training.objectives import jit_available, make_elbo, meanfield_violation
 from models.base import LatentModel
 from pyro_vae.config import TrainConfig
 from pyro_vae.device import forked_rng
@@ -56,7 +56,7 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
     and check it before the first step (`check_compiled`; raises `CompileError`).
     With a ``group`` of more than one process the step is a
-    `inference.data_parallel.DataParallelStep`: ``x`` is the global batch.
+    `inference.training.data_parallel.DataParallelStep`: ``x`` is the global batch.
     """
     # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
     # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
@@ -107,11 +107,11 @@ def build_step(model: LatentModel, config: TrainConfig, optim: torch.optim.Optim
     compiled ``config.elbo``, `CompileError` when the check fails); False never
     compiles; None (the default) compiles when Pyro can and `check_compiled`
     passes on ``probe``, else logs why and runs the plain loss. ``group``: see `make_step`.
-    ``config.cuda_graph`` (`inference.cuda_graph.wants_graph`): None (the
+    ``config.cuda_graph`` (`inference.training.cuda_graph.wants_graph`): None (the
     default) captures the compiled step in a CUDA graph on CUDA, in one process,
     when `build_graph_step`'s check passes, else logs why and runs it uncaptured;
     True insists (`ConfigError`/`CaptureError`); False, and every CPU run, never
-    captures. The step is then a `inference.cuda_graph.CudaGraphStep`. ``config.elbo`` ``meanfield`` where it
+    captures. The step is then a `inference.training.cuda_graph.CudaGraphStep`. ``config.elbo`` ``meanfield`` where it
     does not estimate ``model``'s ELBO trains ``trace`` (`objective_for`, which ``train`` calls first, so
     that the run records the objective it trained).
     """

@@ -16,10 +16,8 @@ tensor once, under all its names; the losses here compile with it.
 
 from __future__ import annotations
 
-import traceback
 import warnings
 import weakref
-from pathlib import Path
 
 import pyro
 import pyro.ops.jit
@@ -30,6 +28,7 @@ from pyro.infer.elbo import ELBO
 from pyro.ops.jit import _hashable_args_kwargs
 from pyro.util import ignore_jit_warnings
 
+from pyro_vae.agreement import failure_cause, relative_difference
 from pyro_vae.device import forked_rng
 from pyro_vae.errors import CompileError
 
@@ -216,36 +215,3 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
                     raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
                                        f"same seed (in {key}: relative difference {difference:.2g})")
     return differences
-
-
-def failure_cause(e: BaseException) -> str:
-    """``Type: first line of the message`` (200 characters at most: some causes print whole tensors); for an empty
-    message (a bare ``assert``), where it was raised instead: ``AssertionError at pyro/ops/jit.py:96 (assert ...)``."""
-    text = str(e).strip()
-    if text:
-        return f"{type(e).__name__}: {text.splitlines()[0][:200]}"
-    frames = traceback.extract_tb(e.__traceback__)
-    if not frames:
-        return f"{type(e).__name__} (no message)"
-    last = frames[-1]
-    parts = Path(last.filename).parts
-    where = "/".join(parts[parts.index("site-packages") + 1:]) if "site-packages" in parts else last.filename
-    line = (last.line or "").strip()
-    return f"{type(e).__name__} at {where}:{last.lineno}" + (f" ({line[:160]})" if line else "")
-
-
-def relative_difference(got: torch.Tensor | None, want: torch.Tensor | None) -> float:
-    """max |got - want| / max |want| over the entries where ``want`` is finite; 0 when both are None (an unused
-    parameter); inf when one is None, or when the non-finite entries differ (NaN where the other has a number,
-    an inf of another sign): matching infinities and NaNs agree, so a comparison never returns NaN itself."""
-    if got is None or want is None:
-        return 0.0 if got is None and want is None else float("inf")
-    got, want = torch.broadcast_tensors(got, want)
-    finite, nan = torch.isfinite(want), torch.isnan(want)
-    infinite = ~finite & ~nan
-    if not (torch.equal(torch.isfinite(got), finite) and torch.equal(torch.isnan(got), nan)
-            and torch.equal(got[infinite], want[infinite])):
-        return float("inf")
-    if not finite.any():
-        return 0.0
-    return float((got[finite] - want[finite]).abs().max() / want[finite].abs().max().clamp_min(1e-12))

@@ -42,7 +42,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 
-from inference.importance import MarginalEstimate, estimate_log_marginal, sample_sites
+from inference.estimators.importance import MarginalEstimate, estimate_log_marginal, sample_sites
 from models.base import LatentModel
 from pyro_vae.device import forked_rng
 

@@ -42,7 +42,7 @@ sampled at. That is an estimate of the ELBO only when no latent that the model c
 is sampled by the guide *from* s (Pyro's docs: for every latent z, its parents in the model must
 not be descendants of z in the guide). A bottom-up guide q(z1|x) q(z2|z1) against a top-down model
 p(z2) p(z1|z2) breaks it: KL(q(z1|x) || p(z1|z2)) integrates z1 out while z2 was drawn given z1.
-`meanfield_violation` finds such a pair on a probe batch; `inference.step` then trains ``trace``
+`meanfield_violation` finds such a pair on a probe batch; `inference.training.step` then trains ``trace``
 with one line saying why, or refuses an explicit ``--elbo meanfield``.
 """
 
@@ -60,7 +60,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from inference.compiled import CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO
+from inference.training.compiled import CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO
 from pyro_vae.errors import ConfigError
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
@@ -140,7 +140,7 @@ class TraceSTL_ELBO(Trace_ELBO):
 
 
 class JitTraceSTL_ELBO(CompiledSurrogate, TraceSTL_ELBO):
-    """`TraceSTL_ELBO` JIT-compiled (checked against it by `inference.compiled.check_compiled`)."""
+    """`TraceSTL_ELBO` JIT-compiled (checked against it by `inference.training.compiled.check_compiled`)."""
 
 
 class IWAE_DReG(Trace_ELBO):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from inference.predictive import observation_is_discrete
+from inference.estimators.predictive import observation_is_discrete
 
 BITS_PER_DIM_KINDS = ("binary", "discrete", "dequantized-bound", "density")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from inference.cuda_graph import set_capturable
+from inference.training.cuda_graph import set_capturable
 from models import build_from_config
 from models.base import LatentModel
-from models.registry import name_of
+from models.registry import checked_class, name_of
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.data import DataSplits, check_held_out, check_images, load_splits
@@ -190,6 +190,8 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     check_writable_dir(out_dir, files=RUN_FILES, folders=("figures",))
     if model is not None:
         name_of(model)  # an unregistered class could not be rebuilt from its checkpoint: say so now
+    elif not resume and config.model.own_model:  # a name or arguments that cannot build: say so before the data
+        checked_class(config.model.family, dict(config.model.model_args or {}))
     if resume:
         saved = checkpoint.read(ckpt_path, map_location=device)
         saved_config = checkpoint.config_of(saved)
