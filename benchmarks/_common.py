@@ -47,8 +47,7 @@ def checkpoint_and_images(run: str, device: torch.device, images: int, data_dir:
 
     vae, config = load(run, device=str(device))
     vae.eval()
-    x = evaluation_images(config.dataset, config.binarize, data_dir or config.data_dir, images, config.test_seed,
-                          device)
+    x = evaluation_images(config.evaluation_data(data_dir, images), device)
     return vae, config, x
 
 

@@ -129,7 +129,7 @@ from pyro_vae.data import evaluation_images
 from inference.estimators.importance import estimate_log_marginal
 vae, cfg = load({source!r}, device={device!r})
 dev = next(vae.parameters()).device
-x = evaluation_images(cfg.dataset, cfg.binarize, {data_dir!r} or cfg.data_dir, {images}, cfg.test_seed, dev)
+x = evaluation_images(cfg.evaluation_data({data_dir!r}, {images}), dev)
 estimate_log_marginal(vae.model, vae.guide, x[:2], 10, 10, seed=0)  # imports and allocator warm-up
 base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     tiled.TILE_ROWS = args.tile_rows
     device = resolve_device(args.device)
     vae, cfg = load(args.source, device=str(device))
-    x = evaluation_images(cfg.dataset, cfg.binarize, args.data_dir or cfg.data_dir, args.images, cfg.test_seed, device)
+    x = evaluation_images(cfg.evaluation_data(args.data_dir, args.images), device)
     k, chunk = args.num_samples, args.chunk_size
 
     ours = estimate_log_marginal(vae.model, vae.guide, x, k, chunk, seed=0).log_px

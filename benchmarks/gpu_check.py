@@ -354,7 +354,7 @@ def stage_agreement(record: Recorder, args, size: dict, deadline: float) -> None
     device = torch.device(args.device)
     run = args.bundle / "run"
     model_cpu, config = load(run, device="cpu")
-    x = evaluation_images(config.dataset, config.binarize, None, max(size["probes"]), config.test_seed, "cpu")
+    x = evaluation_images(config.evaluation_data(test_limit=max(size["probes"])), "cpu")
     images = x[: size["agree_images"]]
     estimates = {}
     for where in ("cpu", device.type):
@@ -469,7 +469,7 @@ def stage_report(record: Recorder, args, size: dict, deadline: float) -> None:
     probe_steps = max(2, steps // 100)
     chosen = None
     for n in size["ais_ladder"]:  # the largest batch whose projected full-T run fits the time left
-        x = evaluation_images(config.dataset, config.binarize, None, n, config.test_seed, device)
+        x = evaluation_images(config.evaluation_data(test_limit=n), device)
         start = time.perf_counter()
         ais_log_marginal(model.model, model.guide, x, num_chains=chains, num_steps=probe_steps, seed=0)
         _sync(device)

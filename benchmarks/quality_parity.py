@@ -41,7 +41,7 @@ from inference.estimators.importance import estimate_log_marginal  # noqa: E402
 from inference.svi import build_parser, config_from_args, train  # noqa: E402
 from models.vae import VAE  # noqa: E402
 from pyro_vae.config import PRESETS  # noqa: E402
-from pyro_vae.data import DataSplits, load_splits  # noqa: E402
+from pyro_vae.data import DataSpec, DataSplits, load_splits  # noqa: E402
 from pyro_vae.device import resolve_device  # noqa: E402
 from inference.training.run_start import mean_training_pixels  # noqa: E402
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     gap: dict[str, list[torch.Tensor]] = {"hand-written": []}
     seconds: dict[str, list[float]] = {"hand-written": []}
     for seed in range(args.seeds):
-        data = load_splits("mnist", "dynamic", args.data_dir, args.train_limit, args.test_limit, seed, 0, device)
+        data = load_splits(DataSpec("mnist", "dynamic", args.data_dir, args.train_limit, args.test_limit, seed), device)
         vae, per_epoch = train_handwritten(data, args.epochs, args.batch_size, seed, args.lr)
         lp, elbo = score(vae, data.test, args.num_samples, seed=10_000)
         log_px["hand-written"].append(lp), gap["hand-written"].append(lp - elbo), seconds["hand-written"].append(per_epoch)

@@ -33,6 +33,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.schedule import SCHEDULES
 
 if TYPE_CHECKING:
+    from pyro_vae.data import DataSpec
     from pyro_vae.sources import SourceOptions
 
 
@@ -457,6 +458,28 @@ class TrainConfig:
         from pyro_vae.sources import SourceOptions
 
         return SourceOptions(self.image_size, self.channels, self.channels_first, self.test_fraction, self.split_seed)
+
+    def data_spec(self) -> "DataSpec":
+        """The `pyro_vae.data.DataSpec` of this run's training and test splits (``memory_budget`` in bytes)."""
+        from pyro_vae.data import DataSpec
+
+        return DataSpec(self.dataset, self.binarize, self.data_dir, self.train_limit, self.test_limit, self.seed,
+                        self.test_seed, self.source_options(), self.encoding,
+                        memory_budget=None if self.memory_budget is None else self.memory_budget * 1e9,
+                        workers=self.workers)
+
+    def evaluation_data(self, data_dir: str | None = None, test_limit: int | None = None,
+                        encoding: str | None = None) -> "DataSpec":
+        """The `pyro_vae.data.DataSpec` of this run's test split read again (a report, figures): under ``data_dir``
+        when given (the only root downloaded into: the recorded one comes from an untrusted file), else the
+        recorded root; the first ``test_limit`` images; ``encoding``, else the run's; shaped as trained
+        (`evaluation_options`), and checked against the count the split was held out of."""
+        from pyro_vae.data import DataSpec
+
+        return DataSpec(self.dataset, self.binarize, data_dir or self.data_dir, test_limit=test_limit,
+                        test_seed=self.test_seed, options=self.evaluation_options(),
+                        encoding=encoding or self.encoding, download=data_dir is not None,
+                        held_out_from=self.held_out_from)
 
     def evaluation_options(self) -> "SourceOptions":
         """`source_options` with the channels the model was trained on: a test split read again (report,

@@ -9,7 +9,8 @@ The top of the data layer, whose modules import one way (each only those before 
   (`Images`, `check_images`, ``BINARIZE_CHOICES``);
 - `pyro_vae.streaming`: one split too large to hold, decoded from its files batch by batch (`StreamedImages`);
 - this module: both splits of a source flattened to ``[N, D]`` (``D = C * H * W``, channel-major)
-  (`load_splits`, `DataSplits.from_arrays`) and the test split alone for a report (`evaluation_split`).
+  (`load_splits`, `DataSplits.from_arrays`) and the test split alone for a report (`evaluation_split`), each
+  described by one `DataSpec` (``pyro_vae.config.TrainConfig.data_spec`` makes a run's).
 
 Reading a split goes down that chain once: a source is read, then its images are served. The names of the
 lower modules that the rest of the code uses are imported here too (``from pyro_vae.data import Images``).
@@ -34,7 +35,7 @@ from pyro_vae.streaming import StreamedImages
 
 __all__ = [
     # this module
-    "DataSplits", "build_splits", "check_held_out", "evaluation_images", "evaluation_split", "frozen_test",
+    "DataSpec", "DataSplits", "build_splits", "check_held_out", "evaluation_images", "evaluation_split", "frozen_test",
     "load_splits", "take_first",
     # pyro_vae.sources
     "DATASETS", "DATA_ENV_VAR", "SourceOptions", "data_root", "load_labels", "load_pixels", "parse_idx",
@@ -49,6 +50,44 @@ def take_first(pixels: torch.Tensor, limit: int | None, flag: str, what: str) ->
         raise DataError(f"{flag} {limit} asks for more images than the {len(pixels)} in {what}; "
                         f"use at most {len(pixels)} or drop {flag}")
     return pixels[:limit]
+
+
+@dataclass
+class DataSpec:
+    """Which images to read and how to serve them: what the data flags of ``python -m inference.svi`` say.
+
+    ``dataset``: a ``--dataset`` spec (``mnist``, ``folder:PATH``, ``array:PATH``, ...) under the root ``data_dir``
+    (downloaded there when missing and ``download``); ``options``: how a folder or array is shaped and split
+    (`pyro_vae.sources.SourceOptions`). The first ``train_limit`` / ``test_limit`` images of each split, served as
+    ``binarize`` (`BINARIZE_CHOICES`) and ``encoding`` (`pyro_vae.images.ENCODINGS`) say; ``seed`` keys the
+    training order and draws, ``test_seed`` the test split's one binarisation. A folder whose images would take
+    more than ``memory_budget`` bytes (default: half the free memory of the device or the host, whichever is less)
+    is streamed by ``workers`` decoding processes. ``held_out_from``: the count a run held its test split out of,
+    which the source must still hold when the split is read again (`check_held_out`).
+
+    The functions below take one, or a dataset name and any of these fields by name
+    (``load_splits("mnist", binarize="none", train_limit=1000)``).
+    """
+
+    dataset: str = "mnist"
+    binarize: str = "dynamic"
+    data_dir: str | os.PathLike | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    seed: int = 0
+    test_seed: int = 0
+    options: SourceOptions | None = None
+    encoding: str = "unit"
+    download: bool = True
+    memory_budget: float | None = None
+    workers: int = 2
+    held_out_from: int | None = None
+
+
+def _spec(spec: DataSpec | str, fields: dict) -> DataSpec:
+    """``spec`` (or ``DataSpec(dataset=spec)``) with ``fields`` changed; `TypeError` for a name that is no field."""
+    base = spec if isinstance(spec, DataSpec) else DataSpec(dataset=spec)
+    return dataclasses.replace(base, **fields) if fields else base
 
 
 @dataclass
@@ -78,79 +117,73 @@ class DataSplits:
         return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
 
     @classmethod
-    def from_arrays(cls, images, labels=None, test_images=None, test_labels=None, *, binarize: str = "dynamic",
-                    options: SourceOptions | None = None, seed: int = 0, test_seed: int = 0,
-                    device: torch.device | str = "cpu", encoding: str = "unit") -> "DataSplits":
+    def from_arrays(cls, images, labels=None, test_images=None, test_labels=None, *,
+                    device: torch.device | str = "cpu", **fields) -> "DataSplits":
         """Splits from NumPy arrays or tensors, as ``array:PATH`` reads them (`pyro_vae.sources`).
 
         ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` (``[N, C, H, W]`` with
         ``options.channels_first``), uint8 or floats in [0, 1]; ``labels`` ``[N]``
         integers; without ``test_images`` a fraction is held out (``options``).
-        For ``train(config, data=DataSplits.from_arrays(...))``; ``encoding`` as `pyro_vae.images.Images`
-        (``levels`` for a discrete likelihood, ``dequantized`` for ``--dequantize uniform``).
+        For ``train(config, data=DataSplits.from_arrays(...))``. ``fields``: those of `DataSpec` that apply
+        (``binarize``, ``options``, ``seed``, ``test_seed``, ``encoding``: ``levels`` for a discrete likelihood,
+        ``dequantized`` for ``--dequantize uniform``).
         """
-        options = options or SourceOptions()
+        spec = _spec(DataSpec(dataset="custom"), fields)
+        options = spec.options or SourceOptions()
         arrays = {"images": images, "labels": labels, "test_images": test_images, "test_labels": test_labels}
         raw = conform(splits_from_arrays({k: _numpy(v) for k, v in arrays.items() if v is not None}, options,
                                          "the arrays"), options, "the arrays")
-        return build_splits(raw, binarize, seed=seed, test_seed=test_seed, device=device, source="custom",
-                            encoding=encoding)
+        return build_splits(raw, spec, device)
 
 
 def _numpy(value):
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
 
-def build_splits(raw: SourceSplits, binarize: str, train_limit: int | None = None, test_limit: int | None = None,
-                 seed: int = 0, test_seed: int = 0, device: torch.device | str = "cpu",
-                 source: str = "custom", encoding: str = "unit") -> DataSplits:
-    """`DataSplits` of ``raw`` images flattened to ``[N, D]``: the first ``*_limit`` of each split, on ``device``."""
-    train = take_first(raw.train.flatten(1), train_limit, "--train-limit",
+def build_splits(raw: SourceSplits, spec: DataSpec = DataSpec(dataset="custom"),
+                 device: torch.device | str = "cpu") -> DataSplits:
+    """`DataSplits` of ``raw`` images flattened to ``[N, D]``: the first ``spec.*_limit`` of each split, served as
+    ``spec`` says, on ``device``; their ``source`` is ``spec.dataset``."""
+    source = spec.dataset
+    train = take_first(raw.train.flatten(1), spec.train_limit, "--train-limit",
                        "the training split" if source == "custom" else f"the {source} training split")
-    test, labels = frozen_test(raw, test_limit, binarize, test_seed, device, source, encoding)
-    return DataSplits(Images(train, binarize, seed=seed, device=device, encoding=encoding), test, test_seed,
-                      source=source,
-                      test_labels=labels, image_shape=raw.image_shape, held_out_from=raw.held_out_from,
-                      classes=raw.classes)
+    test, labels = frozen_test(raw, spec, device)
+    return DataSplits(Images(train, spec.binarize, seed=spec.seed, device=device, encoding=spec.encoding), test,
+                      spec.test_seed, source=source, test_labels=labels, image_shape=raw.image_shape,
+                      held_out_from=raw.held_out_from, classes=raw.classes)
 
 
-def frozen_test(raw: SourceSplits, limit: int | None, binarize: str, test_seed: int, device: torch.device | str,
-                source: str, encoding: str = "unit") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The first ``limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once with
-    ``test_seed`` (or in ``encoding``: integer levels, or dequantized once with ``test_seed``), and their labels
-    ``[N]`` (or None).
+def frozen_test(raw: SourceSplits, spec: DataSpec,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``spec.test_limit`` test images of ``raw`` as floats ``[N, D]`` on ``device``, binarised once
+    with ``spec.test_seed`` (or in ``spec.encoding``: integer levels, or dequantized once with ``test_seed``), and
+    their labels ``[N]`` (or None).
 
     The draw is made with the CPU's generator whatever ``device`` is, so a report on CUDA scores the very
     images a report on the CPU scores (CUDA's generator draws other bits for the same seed)."""
-    pixels = take_first(raw.test.flatten(1), limit, "--test-limit",
+    source = spec.dataset
+    pixels = take_first(raw.test.flatten(1), spec.test_limit, "--test-limit",
                         "the test split" if source == "custom" else f"the {source} test split")
-    x = Images(pixels, binarize, seed=test_seed, device="cpu", encoding=encoding).frozen(test_seed).to(device)
+    x = Images(pixels, spec.binarize, seed=spec.test_seed, device="cpu",
+               encoding=spec.encoding).frozen(spec.test_seed).to(device)
     return x, (raw.test_labels[: len(x)] if raw.test_labels is not None else None)
 
 
-def evaluation_split(
-    dataset: str = "mnist",
-    binarize: str = "dynamic",
-    data_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
-    test_seed: int = 0,
-    device: torch.device | str = "cpu",
-    download: bool = True,
-    options: SourceOptions | None = None,
-    held_out_from: int | None = None,
-    encoding: str = "unit",
-) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int], tuple[str, ...] | None]:
-    """``(x, labels, image_shape, classes)``: the first ``limit`` test images of ``dataset`` as floats ``[N, D]``
-    on ``device``, binarised once with ``test_seed``; their int64 labels ``[N]`` (or None) on the CPU; the
-    labels' names (a folder's class folders) or None. ``encoding`` as `pyro_vae.images.Images` (the report
-    reads a dequantized run's test split as ``levels``: it draws u with its particles).
+def evaluation_split(spec: DataSpec | str = "mnist", device: torch.device | str = "cpu", **fields
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int], tuple[str, ...] | None]:
+    """``(x, labels, image_shape, classes)``: the first ``test_limit`` test images of ``spec`` (`DataSpec`, or a
+    dataset name with ``fields``) as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``; their
+    int64 labels ``[N]`` (or None) on the CPU; the labels' names (a folder's class folders) or None. ``encoding``
+    as `pyro_vae.images.Images` (the report reads a dequantized run's test split as ``levels``: it draws u with
+    its particles).
 
     ``held_out_from``: the run's test split was held out of that many images; `DataError` if the source now
     holds another number (the held-out split would be other images, some of them trained on).
     """
-    raw = read_source(dataset, data_dir, options, download, test_only=True)
-    check_held_out(raw.held_out_from, held_out_from, dataset)
-    return (*frozen_test(raw, limit, binarize, test_seed, device, dataset, encoding), raw.image_shape, raw.classes)
+    spec = _spec(spec, fields)
+    raw = read_source(spec.dataset, spec.data_dir, spec.options, spec.download, test_only=True)
+    check_held_out(raw.held_out_from, spec.held_out_from, spec.dataset)
+    return (*frozen_test(raw, spec, device), raw.image_shape, raw.classes)
 
 
 def check_held_out(now: int | None, then: int | None, dataset: str) -> None:
@@ -160,65 +193,38 @@ def check_held_out(now: int | None, then: int | None, dataset: str) -> None:
                         "would hold other images, some of them trained on; restore the source as it was")
 
 
-def evaluation_images(
-    dataset: str = "mnist",
-    binarize: str = "dynamic",
-    data_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
-    test_seed: int = 0,
-    device: torch.device | str = "cpu",
-    download: bool = True,
-    options: SourceOptions | None = None,
-    held_out_from: int | None = None,
-    encoding: str = "unit",
-) -> torch.Tensor:
-    """The first ``limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``
+def evaluation_images(spec: DataSpec | str = "mnist", device: torch.device | str = "cpu", **fields) -> torch.Tensor:
+    """The first ``test_limit`` test images as floats ``[N, D]`` on ``device``, binarised once with ``test_seed``
     (`evaluation_split`)."""
-    return evaluation_split(dataset, binarize, data_dir, limit, test_seed, device, download, options,
-                            held_out_from, encoding)[0]
+    return evaluation_split(spec, device, **fields)[0]
 
 
-def load_splits(
-    dataset: str = "mnist",
-    binarize: str = "dynamic",
-    data_dir: str | os.PathLike | None = None,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    seed: int = 0,
-    test_seed: int = 0,
-    device: torch.device | str = "cpu",
-    download: bool = True,
-    options: SourceOptions | None = None,
-    memory_budget: float | None = None,
-    workers: int = 2,
-    encoding: str = "unit",
-) -> DataSplits:
-    """Load the train and test splits of ``dataset`` (a ``--dataset`` spec) onto ``device`` (first ``*_limit``).
+def load_splits(spec: DataSpec | str = "mnist", device: torch.device | str = "cpu", **fields) -> DataSplits:
+    """Load the train and test splits of ``spec`` (a `DataSpec`, or a ``--dataset`` spec with any of its fields by
+    name) onto ``device`` (the first ``*_limit`` of each).
 
-    A folder whose images would take more than ``memory_budget`` bytes
-    (uint8 training and float test images; default: half the free memory of
-    the device or the host, whichever is less) has its training images streamed from its files
-    (`pyro_vae.streaming.StreamedImages`, ``workers`` decoding processes); its
-    test split is held.
+    A folder whose images would take more than ``memory_budget`` bytes (uint8 training and float test images) has
+    its training images streamed from its files (`pyro_vae.streaming.StreamedImages`, ``workers`` decoding
+    processes); its test split is held.
     """
+    spec = _spec(spec, fields)
+    dataset = spec.dataset
     kind, path = parse_spec(dataset)
     if kind != "folder":
-        raw = read_source(dataset, data_dir, options, download)
-        return build_splits(raw, binarize, train_limit, test_limit, seed, test_seed, device, source=dataset,
-                            encoding=encoding)
-    listing = list_folder(path, options or SourceOptions())
+        return build_splits(read_source(dataset, spec.data_dir, spec.options, spec.download), spec, device)
+    listing = list_folder(path, spec.options or SourceOptions())
     listing = dataclasses.replace(  # decode only the images asked for
-        listing, train=take_first(listing.train, train_limit, "--train-limit", f"the {dataset} training split"),
-        test=take_first(listing.test, test_limit, "--test-limit", f"the {dataset} test split"))
-    if memory_budget is None:  # the images are decoded in host memory first, then held on the device
+        listing, train=take_first(listing.train, spec.train_limit, "--train-limit", f"the {dataset} training split"),
+        test=take_first(listing.test, spec.test_limit, "--test-limit", f"the {dataset} test split"))
+    whole = dataclasses.replace(spec, train_limit=None, test_limit=None)  # the listing holds only those asked for
+    budget = spec.memory_budget
+    if budget is None:  # the images are decoded in host memory first, then held on the device
         free = [free_memory(torch.device(d)) for d in {"cpu", str(device)}]
-        memory_budget = min((f for f in free if f is not None), default=math.inf) / 2
+        budget = min((f for f in free if f is not None), default=math.inf) / 2
     pixels = math.prod(listing.image_shape)
-    if (len(listing.train) + 4 * len(listing.test)) * pixels <= memory_budget:  # uint8 training, float test images
-        return build_splits(listing.read(), binarize, None, None, seed, test_seed, device, source=dataset,
-                            encoding=encoding)
-    test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), None, binarize, test_seed, device,
-                               dataset, encoding)
-    return DataSplits(StreamedImages(listing.train, listing.image_shape, binarize, seed, device, workers,
-                                     encoding=encoding), test,
-                      test_seed, dataset, labels, listing.image_shape, listing.held_out_from, listing.classes)
+    if (len(listing.train) + 4 * len(listing.test)) * pixels <= budget:  # uint8 training, float test images
+        return build_splits(listing.read(), whole, device)
+    test, labels = frozen_test(dataclasses.replace(listing, train=[]).read(), whole, device)
+    return DataSplits(StreamedImages(listing.train, listing.image_shape, spec.binarize, spec.seed, device,
+                                     spec.workers, encoding=spec.encoding), test,
+                      spec.test_seed, dataset, labels, listing.image_shape, listing.held_out_from, listing.classes)

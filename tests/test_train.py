@@ -78,8 +78,7 @@ def test_cli_writes_config_metrics_checkpoint_and_figures(mnist_root, tmp_path):
 def load_splits_for(config: TrainConfig) -> torch.Tensor:
     from pyro_vae.data import load_splits
 
-    return load_splits(config.dataset, config.binarize, config.data_dir, 1, config.test_limit,
-                       config.seed, config.test_seed, download=False).test
+    return load_splits(dataclasses.replace(config.data_spec(), train_limit=1, download=False)).test
 
 
 def test_a_few_hundred_steps_raise_the_test_elbo(mnist_root, tmp_path):
@@ -205,7 +204,7 @@ def test_data_handed_in_on_the_cpu_trains_on_cuda(mnist_root, tmp_path):
     from pyro_vae.data import load_splits
 
     config = small_config(mnist_root, tmp_path / "run", device="cuda")
-    data = load_splits("mnist", "dynamic", mnist_root, config.train_limit, config.test_limit)
+    data = load_splits("mnist", data_dir=mnist_root, train_limit=config.train_limit, test_limit=config.test_limit)
     result = train(config, progress=False, data=data)
     assert result.data.train.pixels.is_cuda and result.data.test.is_cuda and not data.train.pixels.is_cuda
     assert -700 < result.history[0]["test_elbo"] < 0

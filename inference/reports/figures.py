@@ -196,11 +196,7 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
     if config.dataset == "custom":
         raise DataError(f"{path} was trained on images handed over from Python; draw its figures from Python: "
                         "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
-    root = data_dir or config.data_dir
-    x, labels, _, classes = evaluation_split(config.dataset, config.binarize, root, test_limit, config.test_seed,
-                                             target, download=data_dir is not None,
-                                             options=config.evaluation_options(), held_out_from=config.held_out_from,
-                                             encoding=config.encoding)
+    x, labels, _, classes = evaluation_split(config.evaluation_data(data_dir, test_limit), target)
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "

@@ -252,10 +252,7 @@ def report_images(run: LoadedRun, options: EvaluateConfig, images: torch.Tensor 
                         "loaded by name; evaluate it from Python: inference.evaluate.evaluate(RUN_DIR, images=x)")
     else:
         # download only into a folder the user named: the checkpoint's own data_dir is untrusted input
-        x = evaluation_images(config["dataset"], config["binarize"], options.data_dir or config["data_dir"],
-                              options.test_limit, config["test_seed"], run.device,
-                              download=options.data_dir is not None, options=run.config.evaluation_options(),
-                              held_out_from=run.config.held_out_from, encoding=encoding)
+        x = evaluation_images(run.config.evaluation_data(options.data_dir, options.test_limit, encoding), run.device)
     x_dim = run.model.init_kwargs().get("x_dim")
     if x.dim() != 2 or (x_dim is not None and x.shape[1] != x_dim):
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config['dataset']} test "

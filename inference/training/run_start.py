@@ -210,10 +210,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
-        data = load_splits(config.dataset, config.binarize, config.data_dir, config.train_limit, config.test_limit,
-                           config.seed, config.test_seed, device, options=config.source_options(),
-                           memory_budget=None if config.memory_budget is None else config.memory_budget * 1e9,
-                           workers=config.workers, encoding=config.encoding)
+        data = load_splits(config.data_spec(), device)
         if resume:
             check_held_out(data.held_out_from, saved_config.held_out_from, config.dataset)
         config = dataclasses.replace(config, held_out_from=data.held_out_from)
