@@ -22,6 +22,7 @@ import io
 import os
 import random
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +63,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         raise CheckpointError(f"the checkpoint's RNG state is damaged ({type(e).__name__})") from None
 
 
-def save(
-    path: str | os.PathLike,
-    model: torch.nn.Module,
-    config: TrainConfig,
-    optim_state: dict[str, Any] | None = None,
-    epoch: int = 0,
-    step: int = 0,
-    history: list[dict[str, float]] | None = None,
-    partial: dict[str, float] | None = None,
-    rng_states: list[dict[str, Any]] | None = None,
-) -> None:
-    """Write a checkpoint atomically, with the same file mode as any file the process creates.
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: ``epoch`` epochs completed, ``step`` batches done in the epoch after that (0 at an
+    epoch boundary), the metric ``history`` (one record per completed epoch) and ``partial``, that epoch's running
+    sums so far (``loss``, ``images``, ``seconds``) when stopped mid-epoch."""
 
-    ``epoch``: epochs completed; ``step``: batches done in the epoch after that
-    (0 at an epoch boundary); ``partial``: that epoch's running sums so far
-    (``loss``, ``images``, ``seconds``) when stopped mid-epoch. ``model`` must
-    be of a registered class (`models.register_model`) and offer ``init_kwargs()``.
-    ``rng_states``: under ``torchrun``, every rank's `rng_state` in rank order
-    (``rng_states_by_rank``; ``rng_state`` stays this process's, rank 0's).
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, float] | None = None
+
+
+def save(path: str | os.PathLike, model: torch.nn.Module, config: TrainConfig, position: Position = Position(),
+         optim_state: dict[str, Any] | None = None, rng_states: list[dict[str, Any]] | None = None) -> None:
+    """Write a checkpoint atomically (`pyro_vae.writes.write_atomic`), with the mode any file the process creates has.
+
+    ``model`` must be of a registered class (`models.register_model`) and offer ``init_kwargs()``; ``position``:
+    where the run stands; ``optim_state``: the optimiser's ``state_dict()``. ``rng_states``: under ``torchrun``,
+    every rank's `rng_state` in rank order (``rng_states_by_rank``; ``rng_state`` stays this process's, rank 0's).
     A write that fails (no space, quota, I/O error) raises ``OSError`` naming ``path``, with the temporary
     file removed and the previous checkpoint at ``path`` as it was.
     """
@@ -95,10 +96,10 @@ def save(
         "config": config.to_dict(),
         "optim_state": optim_state or {},
         "rng_state": rng_state(),
-        "epoch": epoch,
-        "step": step,
-        "history": history or [],
-        "partial": partial,
+        "epoch": position.epoch,
+        "step": position.step,
+        "history": list(position.history),
+        "partial": position.partial,
     }
     if rng_states is not None and len(rng_states) > 1:
         payload["rng_states_by_rank"] = rng_states

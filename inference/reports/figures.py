@@ -102,7 +102,7 @@ def unit_scale(model: LatentModel, x: torch.Tensor) -> float:
 
 
 def draw_run_figures(model: LatentModel, x: torch.Tensor, labels: torch.Tensor | None,
-                     history: Sequence[dict[str, float]], fig_dir: str | Path, seed: int = 0,
+                     history: Sequence[dict[str, float]], fig_dir: str | Path, *, seed: int = 0,
                      image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                      log: Callable[[str], None] = print) -> list[Path]:
     """Write `FIGURE_FILES` for ``model`` into ``fig_dir``; ``x [N, D]`` test images, ``labels [N]`` or None.
@@ -196,14 +196,15 @@ def figures_for_run(source: str | Path, out: str | Path | None = None, test_limi
     if config.dataset == "custom":
         raise DataError(f"{path} was trained on images handed over from Python; draw its figures from Python: "
                         "inference.figures.draw_run_figures(model, x, labels, history, fig_dir)")
-    x, labels, _, classes = evaluation_split(config.evaluation_data(data_dir, test_limit), target)
+    x, labels, image_shape, classes = evaluation_split(config.evaluation_data(data_dir, test_limit), target)
     x_dim = model.init_kwargs().get("x_dim")
     if x_dim is not None and x.shape[1] != x_dim:
         raise DataError(f"the checkpoint's model takes {x_dim} pixels per image, but the {config.dataset} test "
                         f"images have {x.shape[1]}; draw it with the data it was trained on")
     with run_lock(locked, "figures"):
         try:
-            return draw_run_figures(model, x, labels, history, fig_dir, seed, class_names=classes)
+            return draw_run_figures(model, x, labels, history, fig_dir, seed=seed, image_shape=image_shape,
+                                    class_names=classes)
         except OSError as e:
             raise write_failed(e.filename or fig_dir, e, f"the figures written before it and {path} are kept",
                                "free space and draw them again") from None

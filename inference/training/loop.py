@@ -253,8 +253,8 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
         with distributed.together(f"writing the checkpoint of epoch {epoch + (1 if step else 0)}"):
             if group.is_main:
                 try:
-                    checkpoint.save(ckpt_path, model, config, optim.state_dict(), epoch, step, history,
-                                    partial=partial, rng_states=rng_states)
+                    checkpoint.save(ckpt_path, model, config, checkpoint.Position(epoch, step, history, partial),
+                                    optim.state_dict(), rng_states)
                 except OSError as e:
                     raise write_failed(ckpt_path, e, kept()) from None
                 saved = (epoch, step)
@@ -334,8 +334,8 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
             stop_signal = agreed_signal(stop.signum, start_epoch - 1, num_batches)
     if group.is_main:
         try:
-            draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", config.test_seed,
-                             class_names=data.classes)
+            draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", seed=config.test_seed,
+                             image_shape=data.image_shape, class_names=data.classes)
         except OSError as e:  # the run itself is done and checkpointed: a figure is not worth failing it for
             print(f"warning: could not write {e.filename or out_dir / 'figures'} ({reason(e)}); training is "
                   f"complete and {ckpt_path} holds it; draw the figures later with: python -m inference.figures "
