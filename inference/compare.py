@@ -1,6 +1,7 @@
-"""``python -m inference.compare BASELINE OTHER [OTHER ...]``: paired per-image differences of reports on the same
-test images, as a table (``--json``: JSON; ``--out FILE``: also written to FILE). What is compared, and when
-reports count as being on the same images: `inference.reports.compare`.
+"""Compare reports on the same test images: for each report after the first, the paired per-image difference from
+the first (log p(x), the ELBO, AIS) with its standard error, as a table (--json: JSON; --out FILE: also to FILE).
+
+The command line of `inference.reports.compare`, which says when reports count as being on the same images.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report folders (or run folders holding report/); the first is the baseline")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of the table")
     p.add_argument("--out", metavar="FILE", help="also write the comparison as JSON to FILE")
-    add_import_flag(p)
+    add_import_flag(p, "for scripts that pass it to every command (a comparison reads reports, not models)")
     return p
 
 

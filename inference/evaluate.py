@@ -1,6 +1,8 @@
-"""``python -m inference.evaluate RUN_DIR_OR_CHECKPOINT``: the marginal-likelihood report of a trained model,
-written into ``RUN_DIR/report`` (or ``--out``). What it estimates and writes: `inference.reports.report`, whose
-``evaluate``, ``EvaluateConfig``, ``render_markdown`` and ``citable_sentence`` stay importable from here.
+"""Estimate log p(x) of a trained model's test images by importance sampling (and AIS, BDMC, the ELBO gaps when
+asked), and write the report into RUN_DIR/report (or --out): report.json, report.md, per_image.csv and figures.
+
+The command line of `inference.reports.report`, which says what each number is; its ``evaluate``,
+``EvaluateConfig``, ``render_markdown`` and ``citable_sentence`` stay importable from here.
 """
 
 from __future__ import annotations

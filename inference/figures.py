@@ -1,5 +1,8 @@
-"""``python -m inference.figures RUN_DIR``: pictures of a trained model, drawn into ``RUN_DIR/figures`` (or
-``--out``). What each figure shows: `inference.reports.figures`, whose functions stay importable from here.
+"""Draw pictures of a trained model into RUN_DIR/figures (or --out): samples, reconstructions, the latent map,
+interpolations, the manifold of a 2-d code, and the training curves.
+
+The command line of `inference.reports.figures`, which says what each figure shows; its functions stay importable
+from here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``python -m inference.svi``: train a model by SVI from the command line.
+"""Train a model by stochastic variational inference (Pyro's SVI) and write its run folder: config.json,
+metrics.jsonl, checkpoint.pt and figures/.
 
 The command parses its flags into a `pyro_vae.config.TrainConfig` (`config_from_args`), calls
 `inference.training.train` and prints; errors, signals and out-of-memory become one line and docs/faults.md's
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--test-limit", type=positive_int, metavar="N", help="use the first N test images")
     dd.add_argument("--test-seed", type=int, help=f"seed of the test split's one binarisation (default {d.test_seed})")
     r = p.add_argument_group("run")
-    add_import_flag(r)
+    add_import_flag(r, "so the models it registers (@models.register_model) can be trained with --family NAME and "
+                       "resumed")
     r.add_argument("--device", choices=DEVICE_CHOICES, help="auto: CUDA when present (default)")
     r.add_argument("--cuda", dest="device", action="store_const", const="cuda", help="alias of --device cuda")
     r.add_argument("--out", help="output folder (default runs/<timestamp>)")
@@ -183,6 +185,10 @@ def _resumed_config(saved: TrainConfig, given: dict, preset: str | None, path: P
     differing = []
     for key, value in given.items():  # the flag's value against the run's
         if key in RESUMABLE_CHANGES:
+            continue
+        if saved.model.own_model and key in _MODEL_FLAGS and key not in ("family", "model_args"):
+            differing.append(f"{_flag(key)} (the run's model, --family {saved.model.family}, is built from "
+                             "--model-args alone)")
             continue
         old = getattr(saved.model, _MODEL_FLAGS[key]) if key in _MODEL_FLAGS else getattr(saved, key)
         if value != old:

@@ -22,13 +22,13 @@ import inspect
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from models.base import LatentModel
-from pyro_vae.config import is_finite_number
+from pyro_vae.config import is_finite_number, is_plain_value
 from pyro_vae.errors import CheckpointError, ConfigError
 
 _BY_NAME: dict[str, type[LatentModel]] = {}
@@ -172,16 +172,19 @@ def _hint_name(hint: Any) -> str:
 
 
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether ``value`` (from a checkpoint: JSON-like data) is of the annotated type ``hint``.
+    """Whether ``value`` (from a checkpoint or ``--model-args``: JSON-like data) is of the annotated type ``hint``.
 
-    Understood: int, float, bool, str, None, tuples/lists of those, unions;
-    without an annotation only plain data (no tensors, no other objects) fits.
+    Understood: int, float, bool, str, None, ``Literal[...]``, lists, sequences and tuples of those (a tuple of
+    fixed length checked element by element), unions; without an annotation only plain data (no tensors, no
+    other objects, `pyro_vae.config.is_plain_value`) fits.
     """
     if hint is inspect.Parameter.empty or hint is Any:
-        return _plain(value)
+        return is_plain_value(value)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(type(value) is type(choice) and value == choice for choice in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -192,22 +195,15 @@ def _fits(value: Any, hint: Any) -> bool:
         return is_finite_number(value)
     if hint is str:
         return isinstance(value, str)
-    if origin in (tuple, list) or hint in (tuple, list):
+    if origin in (tuple, list, Sequence) or hint in (tuple, list, Sequence):
         if not isinstance(value, (tuple, list)):
             return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return all(_fits(v, args[0]) for v in value) if args else all(_plain(v) for v in value)
+        args = typing.get_args(hint)
+        if origin is tuple and args and Ellipsis not in args:  # tuple[int, str]: that many, each its own type
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        element = next((a for a in args if a is not Ellipsis), None)
+        return all(_fits(v, element) for v in value) if element is not None else is_plain_value(value)
     return False  # an annotation this check does not know: refuse rather than pass anything through
-
-
-def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return is_finite_number(value)
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    return False
 
 
 def build_model(name: Any, kwargs: Any, state: Any, *, legacy_path: bool = False) -> LatentModel:
@@ -251,6 +247,28 @@ def _construct(cls: type[LatentModel], kwargs: dict[str, Any]) -> LatentModel:
     except Exception as e:  # noqa: BLE001 - our own constructor refusing the stored values
         message = " ".join(str(e).split())[:200]
         raise CheckpointError(f"the checkpoint's arguments do not build {cls.__name__}: {type(e).__name__}: {message}") from None
+
+
+def check_rebuildable(model: LatentModel) -> None:
+    """`ConfigError` unless a checkpoint of ``model`` could rebuild it: its class is registered, and what its
+    ``init_kwargs()`` returns passes the same check a checkpoint's arguments get when loaded (`check_init_kwargs`).
+    Asked before a run trains, so that a run is never written that cannot be resumed or evaluated."""
+    name_of(model)
+    cls, kwargs = type(model), model.init_kwargs()
+    try:
+        check_init_kwargs(cls, kwargs, f"{cls.__name__}.init_kwargs()", ConfigError)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; a checkpoint of it could not be rebuilt: init_kwargs() must return the "
+                          "constructor's arguments as plain values of their annotated types") from None
+    try:
+        with torch.device("meta"):  # shapes only: nothing allocated
+            cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - loading builds it so; a constructor that cannot run on meta is not tried
+        if not isinstance(e, (TypeError, KeyError, ValueError)):
+            return
+        raise ConfigError(f"{cls.__name__}(**init_kwargs()) fails ({type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                          "); a checkpoint of it could not be rebuilt: init_kwargs() must return the constructor's "
+                          "arguments") from None
 
 
 def checked_class(name: str, kwargs: dict[str, Any]) -> type[LatentModel]:

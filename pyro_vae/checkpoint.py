@@ -223,6 +223,8 @@ def config_of(payload: dict[str, Any]) -> TrainConfig:
     """The run's `TrainConfig`; `CheckpointError` when the stored one does not make one."""
     try:
         return TrainConfig.from_dict(payload["config"]).validated()
+    except RecursionError:
+        raise CheckpointError("the checkpoint's config is damaged: values nested too deeply") from None
     except (TypeError, ValueError, KeyError, OverflowError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"the checkpoint's config is damaged: {e}") from None
 

@@ -15,7 +15,7 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from pyro_vae import distributed
+from pyro_vae.config import MAX_NESTING, is_plain_value
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.stopping import Interrupted
 
@@ -68,10 +69,11 @@ def run_command(body: Callable[[], int | None], *, memory_fix: str,
         return body() or 0
     except PyroVAEError as e:
         return exit_status(e) if distributed.quiet_rank() else error(e)
-    except Interrupted as e:
+    except KeyboardInterrupt as e:  # a signal while stopping was armed (Interrupted), or Ctrl-C before it was
+        stopped = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
         if not distributed.quiet_rank():
-            print(f"error: stopped by {e}; {unfinished()}", file=sys.stderr)
-        return e.exit_status
+            print(f"error: stopped by {stopped}; {unfinished()}", file=sys.stderr)
+        return stopped.exit_status
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's are RuntimeErrors
         if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
             raise
@@ -127,51 +129,68 @@ def layer_widths(text: str) -> tuple[tuple[int, ...], ...]:
                  for layer in text.split("/"))
 
 
-def add_import_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--import MODULE_OR_FILE`` (repeatable), read into ``args.imports``; `import_modules` acts on it."""
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
-                        help="import a module on sys.path (my_models) or a .py file (path/to/my_models.py) first, so "
-                             "the models it registers (@models.register_model) can be trained and loaded; repeatable")
+def add_import_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                    why: str = "so the models it registers (@models.register_model) can be loaded") -> None:
+    """``--import MODULE_OR_FILE`` (repeatable), read into ``args.imports`` (None when not given); `import_modules`
+    acts on it. ``why``: what importing does for this command, for its help."""
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                        help=f"import a module on sys.path (my_models) or a .py file (path/to/my_models.py) first, "
+                             f"{why}; repeatable")
 
 
-def import_modules(specs: Sequence[str]) -> list[ModuleType]:
+def import_modules(specs: Sequence[str] | None) -> list[ModuleType]:
     """Import each of ``specs`` in order: a module name on ``sys.path``, or the path of a ``.py`` file (imported
     under its file's stem, its folder added at the end of ``sys.path`` so it can import its neighbours). What the
-    user types is the only thing that chooses code here; `ConfigError` in one line when one cannot be imported,
-    or raises while it is."""
-    return [_import_one(spec) for spec in specs]
+    user types is the only thing that chooses code here. `ConfigError` in one line when one cannot be imported, or
+    raises or exits while it is; a file whose stem names another importable module (``json.py``,
+    ``matplotlib.py``) is refused, as it would hide that module from everything imported after it."""
+    return [_import_one(spec) for spec in specs or ()]
 
 
 def _import_one(spec: str) -> ModuleType:
+    if not spec.strip():
+        raise ConfigError("--import needs a module name or the path of a .py file, got an empty one")
     as_file = spec.endswith(".py") or "/" in spec or "\\" in spec
     try:
         if not as_file:
             return importlib.import_module(spec)
         path = Path(spec).expanduser().resolve()
+        if path.is_dir():
+            raise ConfigError(f"--import {spec} is a folder; give a .py file, or a package by its module name on "
+                              "sys.path")
         if not path.is_file():
             raise ConfigError(f"--import {spec}: no such file")
+        if path.suffix != ".py":
+            raise ConfigError(f"--import {spec} is not a .py file")
         name = path.stem
-        loaded = sys.modules.get(name)
-        if loaded is not None:
-            if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-                return loaded
-            raise ConfigError(f"--import {spec}: a module named {name!r} is already loaded ({loaded.__name__} from "
-                              f"{getattr(loaded, '__file__', None) or 'built in'}); rename the file")
         if not name.isidentifier():
             raise ConfigError(f"--import {spec}: {name!r} is not a module name; rename the file")
+        loaded = sys.modules.get(name)
+        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+            return loaded
+        found = loaded.__spec__ if loaded is not None else importlib.util.find_spec(name)
+        if loaded is not None or (found is not None and Path(found.origin or "").resolve() != path):
+            where = getattr(found, "origin", None) or "built in"
+            raise ConfigError(f"--import {spec}: its name {name!r} is another module's ({where}), which it would "
+                              "hide; rename the file")
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
-        if str(path.parent) not in sys.path:
+        added = str(path.parent) not in sys.path
+        if added:
             sys.path.append(str(path.parent))
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except BaseException:
+        except BaseException:  # leave no trace of a module that did not import
             sys.modules.pop(name, None)
+            if added:
+                sys.path.remove(str(path.parent))
             raise
         return module
     except ConfigError:
         raise
+    except SystemExit as e:  # the module called sys.exit(): not an exit status of ours to pass on
+        raise ConfigError(f"--import {spec} exited while it was imported (SystemExit: {e.code!r})") from None
     except ModuleNotFoundError as e:
         where = f"no module named {e.name!r}" if e.name else " ".join(str(e).split())
         raise ConfigError(f"--import {spec}: {where} (a module on sys.path, or the path of a .py file)") from None
@@ -185,24 +204,26 @@ def json_object(text: str) -> dict[str, Any]:
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not a finite number")
 
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in pairs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} given twice")
+        return dict(pairs)
+
     try:
-        value = json.loads(text, parse_constant=refuse)
+        value = json.loads(text, parse_constant=refuse, object_pairs_hook=unique)
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"lists nested deeper than {MAX_NESTING}") from None
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"z_dim\": 16}}' "
                                          f"({' '.join(str(e).split())})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"z_dim\": 16}}', got "
                                          f"{type(value).__name__} {text!r}")
-    bad = sorted(k for k, v in value.items() if not _plain_json(v))
+    bad = sorted(k for k, v in value.items() if not is_plain_value(v))
     if bad:
-        raise argparse.ArgumentTypeError(f"values must be null, true/false, numbers, strings or lists of them; "
-                                         f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not")
+        raise argparse.ArgumentTypeError(f"values must be null, true/false, numbers, strings or lists of them nested "
+                                         f"at most {MAX_NESTING} deep; {', '.join(bad)} "
+                                         f"{'is' if len(bad) == 1 else 'are'} not")
     return value
-
-
-def _plain_json(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, list) and all(_plain_json(v) for v in value)

@@ -54,6 +54,21 @@ def is_finite_number(value: Any, integer: bool = False) -> bool:
         return False
 
 
+#: How deep lists may nest in a plain value (a model's constructor argument from --model-args or a checkpoint).
+MAX_NESTING = 16
+
+
+def is_plain_value(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is what a model's constructor arguments may be (JSON's values less objects): None, a bool,
+    an int, a str, a finite float, or a list or tuple of such values nested at most `MAX_NESTING` deep."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return is_finite_number(value)
+    return isinstance(value, (list, tuple)) and depth < MAX_NESTING and all(
+        is_plain_value(v, depth + 1) for v in value)
+
+
 def _finite(value: Any, low: float, strict: bool) -> bool:
     """A finite real number above ``low`` (``strict``) or at least ``low``."""
     return is_finite_number(value) and (value > low if strict else value >= low)
@@ -208,7 +223,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """The config of a saved ``model`` section; a field it lacks takes what a run saved before that field
-        trained with (`_LEGACY_MODEL`), so an old run loads as the model it was."""
+        trained with (`_LEGACY_MODEL`), so an old run loads as the model it was. A registered model of one's own
+        (a ``family`` outside `FAMILIES`) takes only its own fields (`_OWN_MODEL_FIELDS`)."""
+        if isinstance(d.get("family"), str) and d["family"] not in FAMILIES:
+            return cls(**{k: v for k, v in d.items() if k in _OWN_MODEL_FIELDS})
         return cls(**{**_LEGACY_MODEL, **d})
 
     @property
@@ -244,8 +262,8 @@ class ModelConfig:
             return self._validate_own_model()
         _require(self.model_args is None,
                  f"--model-args builds a registered model of your own from its constructor; the {self.family} family "
-                 "is sized by its flags (--latent-dim, --hidden-dims, ...): drop --model-args, or name your model "
-                 "with --family NAME")
+                 f"is sized by its flags ({_SIZING_FLAGS.get(self.family, '--latent-dim, --hidden-dims')}, ...): drop "
+                 "--model-args, or name your model with --family NAME")
         if None in (self.activation, self.likelihood, self.mixture_components):
             self.resolved().validated()
             return self
@@ -286,9 +304,12 @@ class ModelConfig:
     def _validate_own_model(self) -> "ModelConfig":
         _require(isinstance(self.family, str) and self.family != "",
                  f"--family must be a registered model's name, got {self.family!r}")
-        _require(self.model_args is None or (isinstance(self.model_args, dict)
-                                             and all(isinstance(k, str) for k in self.model_args)),
-                 f"--model-args must be a JSON object of argument names to values, got {self.model_args!r}")
+        args = self.model_args
+        if not (args is None or (isinstance(args, dict) and all(isinstance(k, str) and is_plain_value(v)
+                                                                  for k, v in args.items()))):
+            raise ConfigError(f"--model-args must be a JSON object of argument names to plain values (null, "
+                              f"true/false, numbers, strings, lists of them nested at most {MAX_NESTING} deep), got "
+                              f"{type(args).__name__}")
         given = [name for name, default in _FAMILY_FIELDS.items() if getattr(self, name) != default]
         _require(not given, f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} the {'/'.join(FAMILIES)} "
                             f"families' setting{'s' if len(given) > 1 else ''}; --family {self.family} is built by "
@@ -328,6 +349,10 @@ class ModelConfig:
         _require(self.arch == "mlp", f"the hierarchical family's networks are MLPs; --arch {self.arch} is the vae family's")
 
 
+#: The flags that size each family (what --model-args is not, for them).
+_SIZING_FLAGS = {"vae": "--latent-dim, --hidden-dims", "hierarchical": "--latent-dims, --layer-hidden-dims"}
+#: The fields a registered model of one's own keeps besides its ``family`` and ``model_args`` (set from the data).
+_OWN_MODEL_FIELDS = ("family", "model_args", "x_dim", "image_shape", "bit_depth")
 #: The fields only `FAMILIES` read, at their defaults (x_dim and image_shape are the data's, set for any model).
 _FAMILY_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
                   if f.name not in ("family", "model_args", "x_dim", "image_shape", "bit_depth")}
@@ -556,6 +581,8 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``config.json`` and the checkpoint; a registered model of one's own is written as its
+        ``family``, ``model_args`` and the data's shape alone (the families' fields mean nothing to it)."""
         d = dataclasses.asdict(self)
         d["model"]["hidden_dims"] = list(self.model.hidden_dims)
         if self.model.image_shape is not None:
@@ -564,6 +591,8 @@ class TrainConfig:
             d["model"]["latent_dims"] = list(self.model.latent_dims)
         if self.model.layer_hidden_dims is not None:
             d["model"]["layer_hidden_dims"] = [list(w) for w in self.model.layer_hidden_dims]
+        if self.model.own_model:
+            d["model"] = {k: v for k, v in d["model"].items() if k in _OWN_MODEL_FIELDS}
         return d
 
     @classmethod

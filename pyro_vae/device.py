@@ -57,7 +57,8 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_fits(build: Callable[[], torch.nn.Module], device: torch.device, what: str) -> None:
+def check_fits(build: Callable[[], torch.nn.Module], device: torch.device, what: str,
+               fix: str = "use smaller --hidden-dims or --latent-dim") -> None:
     """Raise `ConfigError` ("out of memory") when training ``build()`` on ``device`` could not fit in its memory.
 
     ``build`` runs on PyTorch's ``meta`` device (shapes only, nothing
@@ -76,5 +77,4 @@ def check_fits(build: Callable[[], torch.nn.Module], device: torch.device, what:
     free = free_memory(device)
     if free is not None and need > free:
         raise ConfigError(f"out of memory: training {what} needs {need / 2**30:,.1f} GiB (parameters, gradients and "
-                          f"Adam's moments) and {device} has {free / 2**30:,.1f} GiB free; use smaller --hidden-dims "
-                          "or --latent-dim")
+                          f"Adam's moments) and {device} has {free / 2**30:,.1f} GiB free; {fix}")

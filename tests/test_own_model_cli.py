@@ -166,7 +166,7 @@ def test_a_checkpoint_of_an_unregistered_model_is_refused_naming_import(own_mode
     ("{z_dim: 3}", "argument --model-args: expected a JSON object"),
     ("[3, 4]", "argument --model-args: expected a JSON object"),
     ('{"z_dim": NaN}', "(NaN is not a finite number)"),
-    ('{"z_dim": {"deep": 1}}', "values must be null, true/false, numbers, strings or lists of them; z_dim is not"),
+    ('{"z_dim": {"deep": 1}}', "values must be null, true/false, numbers, strings or lists of them nested at most 16 deep; z_dim is not"),
     ('{"z_dim": 3, "depth": 2}', "--model-args gives OwnFileVAE arguments it does not take: depth"),
     ('{"z_dim": 2.5}', "--model-args's model argument z_dim=2.5 is not int"),
     ('{"z_dim": 65}', "--model-args do not build OwnFileVAE: ValueError: z_dim 65 is more than this model takes"),
@@ -198,6 +198,94 @@ def test_a_family_that_cannot_be_built_is_one_line_and_writes_nothing(own_model_
     assert status == 2
     assert words in one_error_line(err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model_args, words", [
+    ('{"z_dim": 3, "z_dim": 5}', "z_dim given twice"),
+    ('{"z_dim": ' + "[" * 2000 + "]" * 2000 + "}", "nested"),
+])
+def test_ambiguous_or_deep_model_args_are_one_line(own_model_file, tmp_path, capsys, model_args, words):
+    status, _, err = run(svi.main, ["--import", str(own_model_file), "--family", "own-file-vae", "--model-args",
+                                    model_args, "--out", str(tmp_path / "run")], capsys)
+    assert status == 2 and words in one_error_line(err) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("import sys\nsys.exit(3)\n", 2, "exited while it was imported (SystemExit: 3)"),
+    ("raise KeyboardInterrupt\n", 130, "stopped by SIGINT"),
+])
+def test_a_module_that_exits_or_is_interrupted_while_imported_is_one_line(tmp_path, capsys, monkeypatch, body, status,
+                                                                          words):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    module = tmp_path / "exiting_model_file.py"
+    module.write_text(body)
+    got, _, err = run(svi.main, ["--import", str(module), "--out", str(tmp_path / "run")], capsys)
+    assert got == status and words in one_error_line(err) and not (tmp_path / "run").exists()
+
+
+def test_an_import_that_would_hide_another_module_is_refused(tmp_path, capsys):
+    (tmp_path / "this.py").write_text(OWN_MODEL)  # the standard library's `this`, not imported by anything here
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    for target, words in [(tmp_path / "this.py", "its name 'this' is another module's"),
+                          (folder, "is a folder"), (tmp_path / "notes.txt", "no such file")]:
+        status, _, err = run(figures_command.main, [str(tmp_path), "--import", str(target)], capsys)
+        assert status == 2 and words in one_error_line(err), err
+    (tmp_path / "notes.txt").write_text("")
+    status, _, err = run(figures_command.main, [str(tmp_path), "--import", str(tmp_path / "notes.txt")], capsys)
+    assert status == 2 and "is not a .py file" in one_error_line(err)
+
+
+#: A model whose constructor takes a Literal and a fixed-length tuple; and one whose init_kwargs() a checkpoint could
+#: not hold (a tensor), which must be refused before it trains.
+ANNOTATED_MODELS = OWN_MODEL + '''
+
+from typing import Literal
+
+
+@register_model("own-annotated-vae")
+class AnnotatedVAE(OwnFileVAE):
+    def __init__(self, mode: Literal["a", "b"] = "a", widths: tuple[int, int] = (16, 8), **kwargs):
+        super().__init__(hidden=widths[0], **kwargs)
+        self.mode, self.widths = mode, tuple(widths)
+
+    def init_kwargs(self):
+        own = {k: v for k, v in super().init_kwargs().items() if k != "hidden"}  # hidden is widths[0]
+        return {**own, "mode": self.mode, "widths": list(self.widths)}
+
+
+@register_model("own-unsaveable-vae")
+class UnsaveableVAE(OwnFileVAE):
+    def init_kwargs(self):
+        return {**super().init_kwargs(), "x_dim": torch.tensor(784)}
+
+
+@register_model("own-misbuilt-vae")
+class MisbuiltVAE(OwnFileVAE):
+    def init_kwargs(self):
+        return {**super().init_kwargs(), "z_dim": 100 * self.z_dim}  # its constructor refuses what it says
+'''
+
+
+def test_annotated_arguments_are_checked_and_an_unsaveable_model_is_refused_before_training(own_model_file, mnist_root,
+                                                                                            tmp_path, capsys):
+    own_model_file.write_text(ANNOTATED_MODELS)
+    base = ["--import", str(own_model_file), *TINY, "--epochs", "1", "--data-dir", str(mnist_root)]
+    good = [*base, "--family", "own-annotated-vae", "--model-args", '{"mode": "b", "widths": [24, 8]}']
+    status, _, err = run(svi.main, [*good, "--out", str(tmp_path / "good")], capsys)
+    assert status == 0, err
+    status, _, err = run(evaluate_command.main, [str(tmp_path / "good"), "--import", str(own_model_file),
+                                                 "--num-samples", "10", "--test-limit", "8", "--device", "cpu",
+                                                 "--no-progress"], capsys)
+    assert status == 0, err  # what init_kwargs() gave loads back
+    for args, words in [('{"mode": "c"}', "mode='c' is not Literal"), ('{"widths": [1, 2, 3]}', "is not tuple[int, int]")]:
+        status, _, err = run(svi.main, [*base, "--family", "own-annotated-vae", "--model-args", args, "--out",
+                                        str(tmp_path / "bad")], capsys)
+        assert status == 2 and words in one_error_line(err), err
+    for family in ("own-unsaveable-vae", "own-misbuilt-vae"):
+        status, _, err = run(svi.main, [*base, "--family", family, "--out", str(tmp_path / "bad")], capsys)
+        assert status == 2 and "could not be rebuilt" in one_error_line(err), err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_module_that_raises_while_imported_is_one_line(tmp_path, capsys):

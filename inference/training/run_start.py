@@ -23,7 +23,7 @@ import torch
 from inference.training.cuda_graph import set_capturable
 from models import build_from_config
 from models.base import LatentModel
-from models.registry import checked_class, name_of
+from models.registry import check_rebuildable, checked_class, name_of
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.data import DataSplits, check_held_out, check_images, load_splits
@@ -221,9 +221,13 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     config = with_bit_depth(config, data)
     if model is None:
         config = with_data_shape(config, data)  # the data say how many pixels, and of what shape
-        check_fits(lambda: build_from_config(config.model), device, "the model")
+        check_fits(lambda: build_from_config(config.model), device, "the model",
+                   "give smaller sizes in --model-args" if config.model.own_model else
+                   "use smaller --hidden-dims or --latent-dim")
         model = build_from_config(config.model)
     model = model.to(device)
+    if not resume:
+        check_rebuildable(model)  # a run that could not be resumed or evaluated is refused before it trains
     _check_data(model, data, config.binarize, config.encoding)
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
