@@ -76,27 +76,14 @@ def test_evaluation_sharded_over_two_processes_equals_one_process(mnist_root, tm
 WORKER = REPO / "tests" / "torchrun_worker.py"
 
 
-#: What a rank's stderr starts with when gloo aborts it in C++ (exit -6) before any Python runs in it.
-GLOO_ABORT = "terminate called without an active exception"
-
-
 def _torchrun(mnist_root, *args: str, nproc: int = 2, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node nproc tests/torchrun_worker.py ARGS`` (or one plain process for nproc 1)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DATA": str(mnist_root),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
                 if nproc > 1 else [sys.executable])
-    for attempt in range(2):
-        done = subprocess.run([*launcher, str(WORKER), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        # A rank killed by gloo's C++ std::terminate before it printed anything (a known intermittent abort of
-        # torch's gloo transport, pytorch/pytorch#65231; seen once in CI and once in about 30 launches here) is the
-        # launcher's fault, not the code's: a fresh run starts once more, in an emptied folder. Anything else,
-        # and a second abort, is returned as it is.
-        if attempt or done.returncode == 0 or "--resume" in args or not done.stderr.startswith(GLOO_ABORT):
-            return done
-        shutil.rmtree(args[0], ignore_errors=True)
-    return done
+    return subprocess.run([*launcher, str(WORKER), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _state(path) -> dict:
@@ -156,7 +143,6 @@ def test_a_signal_to_one_rank_stops_both_and_resuming_equals_an_uninterrupted_ru
     saved = _state(tmp_path / "cut" / "checkpoint.pt")
     assert (saved["epoch"], saved["step"]) == (1, 20)
     assert len(saved["rng_states_by_rank"]) == 2
-    import shutil
     shutil.copytree(tmp_path / "cut", tmp_path / "cut-on-one")
     resumed = _torchrun(mnist_root, str(tmp_path / "cut"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

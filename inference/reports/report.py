@@ -208,12 +208,15 @@ def _evaluate(run: LoadedRun, x: torch.Tensor, options: EvaluateConfig, progress
     if published is not None:
         report["published"] = published
 
-    if run.group.is_main:  # one report, written by rank 0
-        try:
-            write_report(run.out_dir, report, est, ais, sandwich, gap_values)
-        except OSError as e:  # no space, quota, I/O: one line (`WriteFailed`, exit status 1), not a traceback
-            raise write_failed(e.filename or run.out_dir, e, f"{run.path} is untouched",
-                               "free space and run the report again") from None
+    # One report, written by rank 0 while the others wait: all ranks leave the process group together (a rank that
+    # tore its gloo group down while another still worked was aborted in C++, now and then).
+    with distributed.together("writing the report"):
+        if run.group.is_main:
+            try:
+                write_report(run.out_dir, report, est, ais, sandwich, gap_values)
+            except OSError as e:  # no space, quota, I/O: one line (`WriteFailed`, exit status 1), not a traceback
+                raise write_failed(e.filename or run.out_dir, e, f"{run.path} is untouched",
+                                   "free space and run the report again") from None
     return report
 
 

@@ -332,14 +332,17 @@ def _train(config, resume, progress, data, model, optim, start, step_fn, compile
             start_epoch = epoch + 1
         if not interrupted:  # a signal after the last step: training is complete, but it was asked to stop
             stop_signal = agreed_signal(stop.signum, start_epoch - 1, num_batches)
-    if group.is_main:
-        try:
-            draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures", seed=config.test_seed,
-                             image_shape=data.image_shape, class_names=data.classes)
-        except OSError as e:  # the run itself is done and checkpointed: a figure is not worth failing it for
-            print(f"warning: could not write {e.filename or out_dir / 'figures'} ({reason(e)}); training is "
-                  f"complete and {ckpt_path} holds it; draw the figures later with: python -m inference.figures "
-                  f"{shlex.quote(str(out_dir))}", file=sys.stderr)
+    # Every rank waits for rank 0's figures, so that all leave training, and then the process group, together
+    # (a rank that tore its gloo group down while the other still drew was aborted in C++, now and then).
+    with distributed.together("drawing the figures"):
+        if group.is_main:
+            try:
+                draw_run_figures(model, data.test, data.test_labels, history, out_dir / "figures",
+                                 seed=config.test_seed, image_shape=data.image_shape, class_names=data.classes)
+            except OSError as e:  # the run itself is done and checkpointed: a figure is not worth failing it for
+                print(f"warning: could not write {e.filename or out_dir / 'figures'} ({reason(e)}); training is "
+                      f"complete and {ckpt_path} holds it; draw the figures later with: python -m "
+                      f"inference.figures {shlex.quote(str(out_dir))}", file=sys.stderr)
     return TrainResult(model, config, history, out_dir, interrupted, (start_epoch, start_step), stop_signal, data,
                        compiled, isinstance(step_fn, CudaGraphStep))
 
