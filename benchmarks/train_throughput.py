@@ -31,6 +31,7 @@ epoch seconds leave out. A pass is a full MNIST epoch by default
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -52,8 +53,12 @@ from pyro_vae.device import resolve_device  # noqa: E402
 from pyro_vae.nets import MLP  # noqa: E402
 
 
-def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device):
-    """(a): the same networks, a plain PyTorch step."""
+LOG_2PI = math.log(2 * math.pi)
+
+
+def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device, particles: int = 0):
+    """(a): the same networks, a plain PyTorch step. ``particles`` k > 0: the IWAE bound with k vectorised draws
+    per image (log-mean-exp over k of log p(x, z) - log q(z|x), every density written out), as (ai)."""
     cfg = PRESETS["burda2015"].model.resolved()
     enc = MLP(784, cfg.hidden_dims, 2 * cfg.z_dim, cfg.activation).to(device)
     dec = MLP(cfg.z_dim, tuple(reversed(cfg.hidden_dims)), 784, cfg.activation).to(device)
@@ -66,10 +71,19 @@ def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device):
             x = torch.bernoulli(data[order[i : i + batch_size]].float() / 255)
             loc, scale_raw = enc(x).chunk(2, -1)
             scale = F.softplus(scale_raw) + 1e-3
-            z = loc + scale * torch.randn_like(loc)
-            recon = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum")
-            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
-            loss = kl - recon
+            if particles:
+                eps = torch.randn((particles, *loc.shape), device=device)
+                z = loc + scale * eps  # [k, B, Z]
+                log_px_z = -F.binary_cross_entropy_with_logits(dec(z), x.expand(particles, *x.shape),
+                                                                reduction="none").sum(-1)
+                log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+                log_qz = -0.5 * (eps.pow(2) + LOG_2PI).sum(-1) - scale.log().sum(-1)
+                loss = -(torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(particles)).sum()
+            else:
+                z = loc + scale * torch.randn_like(loc)
+                recon = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="sum")
+                kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+                loss = kl - recon
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -111,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=60000, help="images per timed pass")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir")
-    p.add_argument("--also-elbo", metavar="NAME", help="also time (c) with --elbo NAME (e.g. trace), same rounds")
+    p.add_argument("--also-elbo", metavar="NAME",
+                   help="also time (c) with --elbo NAME (e.g. trace; iwae: with --particles, beside (ai), a "
+                        "hand-written IWAE step, and (c) iwae --no-jit), same rounds")
+    p.add_argument("--particles", type=int, default=5, help="k of --also-elbo iwae (default 5)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     pixels = load_pixels("mnist", True, args.data_dir)[: args.images]
@@ -148,11 +165,24 @@ def main(argv: list[str] | None = None) -> None:
                           "cp": lambda: ours(jit=False)}
             if graphs:
                 contenders["cg"] = lambda: ours(cuda_graph=True)
+            iwae = args.also_elbo == "iwae"
             if args.also_elbo:
-                contenders["ce"] = lambda: ours(elbo=args.also_elbo)
+                also = {"elbo": args.also_elbo, **({"num_particles": args.particles} if iwae else {})}
+                contenders["ce"] = lambda: ours(**also)
+            if iwae:
+                ai = handwritten(pixels, batch_size, device, args.particles)
+                ai()
+                ours(**also), ours(jit=False, **also)
+                contenders["ai"] = lambda: timed(ai, device)
+                contenders["cep"] = lambda: ours(jit=False, **also)
             seconds = interleaved_medians(contenders, args.repeats)
         rate = {k: args.images / v for k, v in seconds.items()}
-        if args.also_elbo:
+        if iwae:
+            print(f"batch {batch_size}, IWAE k={args.particles}: (ai) hand-written {rate['ai']:.0f} img/s, (c) --elbo "
+                  f"iwae {rate['ce']:.0f} img/s (compiled), --no-jit {rate['cep']:.0f} img/s; c/ai (time) "
+                  f"{seconds['ce'] / seconds['ai']:.2f}, c --no-jit/ai {seconds['cep'] / seconds['ai']:.2f}, "
+                  f"c --no-jit/c {seconds['cep'] / seconds['ce']:.2f}", flush=True)
+        elif args.also_elbo:
             print(f"(c) --elbo {args.also_elbo}: {rate['ce']:.0f} img/s, time ratio to (a) {seconds['ce'] / seconds['a']:.2f}, "
                   f"to (c) {seconds['ce'] / seconds['c']:.2f}", flush=True)
         row = [batch_size, f"{rate['a']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}", f"{rate['cp']:.0f}",

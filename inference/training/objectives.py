@@ -5,7 +5,8 @@ Objectives, all lower bounds on log p(x) in nats, summed over the batch:
 - ``trace``: Pyro's ``Trace_ELBO``, E_q[log p(x, z) - log q(z|x)] by reparameterised samples;
 - ``meanfield``: ``TraceMeanField_ELBO``, the same ELBO with KL(q || p) in closed form where it
   exists (a ``Trace_ELBO`` subclass);
-- ``iwae``: E[log (1/k) sum_j w_j], w_j = p(x, z_j) / q(z_j|x) (``RenyiELBO(alpha=0)``; Burda et al. 2015).
+- ``iwae``: E[log (1/k) sum_j w_j], w_j = p(x, z_j) / q(z_j|x) (``RenyiELBO(alpha=0)``, written as tensors by
+  `IWAE_ELBO` so that it compiles; Burda et al. 2015).
 
 Gradient estimators of the same objectives (the same expectation, other variance):
 
@@ -55,7 +56,7 @@ from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_identically_zero
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
@@ -107,7 +108,25 @@ def _particles(elbo: ELBO, fn):
     return elbo._vectorized_num_particles(fn) if elbo.vectorize_particles else fn
 
 
-class TraceSTL_ELBO(Trace_ELBO):
+class SurrogateLoss:
+    """Mixin: ``differentiable_loss`` and ``loss_and_grads`` from a class's ``loss_and_surrogate_loss`` (tensors):
+    the loss's value with the surrogate's gradient, so that one method, traced or not, defines the objective.
+    Put it first in the bases, ``class Mine(SurrogateLoss, Trace_ELBO)``."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        loss = loss.detach()  # a hook on the compiled graph's unused output would be called with None
+        warn_if_nan(loss, "loss")
+        return loss + (surrogate - surrogate.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """For ``pyro.infer.SVI``: this objective's gradient (the base class's own would be another)."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss)
+
+
+class TraceSTL_ELBO(SurrogateLoss, Trace_ELBO):
     """``Trace_ELBO`` with the sticking-the-landing gradient: the score term of log q dropped (module doc).
 
     Same loss value and expectation as ``Trace_ELBO``; only the encoder's
@@ -126,21 +145,63 @@ class TraceSTL_ELBO(Trace_ELBO):
             surrogate = surrogate - (elbo + cancel) / self.num_particles
         return loss, surrogate
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        loss = loss.detach()  # a hook on the compiled graph's unused output would be called with None
-        warn_if_nan(loss, "loss")
-        return loss + (surrogate - surrogate.detach())
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """For ``pyro.infer.SVI``: the same STL gradient (Trace_ELBO's own would be the standard one)."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss)
-
 
 class JitTraceSTL_ELBO(CompiledSurrogate, TraceSTL_ELBO):
     """`TraceSTL_ELBO` JIT-compiled (checked against it by `inference.training.compiled.check_compiled`)."""
+
+
+class IWAE_ELBO(SurrogateLoss, RenyiELBO):
+    """The IWAE bound ``E[log (1/k) sum_j w_j]`` per datapoint with the standard gradient: ``RenyiELBO(alpha=0)``,
+    its value and gradient as tensors.
+
+    Pyro's ``RenyiELBO`` has only ``loss_and_grads``, which returns a float (a host sync every step) and cannot
+    be traced. This is the same computation written as ``loss_and_surrogate_loss``: each site's log-density summed
+    over the plates the particles do not index (``get_dependent_plate_dims``), log w per particle and datapoint,
+    the log-mean-exp over the k particles, and the surrogate ``sum_j w~_j (log p - log q)_j`` with normalised
+    weights w~ (no gradient through them). So `JitIWAE_ELBO` is this code traced, and both are checked against
+    ``RenyiELBO`` itself (tests; `inference.training.compiled.check_compiled` before a compiled run).
+    """
+
+    def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, vectorize_particles: bool = False,
+                 alpha: float = 0.0, ignore_jit_warnings: bool = False, jit_options: dict | None = None, **kwargs):
+        super().__init__(alpha=alpha, num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles, **kwargs)
+        self.ignore_jit_warnings, self.jit_options = ignore_jit_warnings, jit_options
+
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        elbos, surrogates = [], []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            elbo, surrogate = 0.0, 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    log_prob = torch_sum(site["log_prob"], sum_dims)
+                    elbo, surrogate = elbo + log_prob.detach(), surrogate + log_prob
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    _, score_function, entropy = site["score_parts"]
+                    log_prob = torch_sum(site["log_prob"], sum_dims)
+                    elbo = elbo - log_prob.detach()
+                    if not is_identically_zero(entropy):
+                        if not is_identically_zero(score_function):  # RenyiELBO refuses these too (pyro#1222)
+                            raise ConfigError(f"--elbo iwae cannot take the guide site {site['name']!r}, "
+                                              "partly reparameterised")
+                        surrogate = surrogate - log_prob
+                    if not is_identically_zero(score_function):
+                        surrogate = surrogate + (self.alpha / (1.0 - self.alpha)) * log_prob
+            elbos.append(elbo)
+            surrogates.append(surrogate)
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        elbo, surrogate = (elbos[0], surrogates[0]) if vectorized else (torch.stack(elbos), torch.stack(surrogates))
+        log_weights = (1.0 - self.alpha) * elbo  # [k, ...]: one per particle and datapoint, no gradient
+        log_mean_weight = torch.logsumexp(log_weights, dim=0, keepdim=True) - math.log(self.num_particles)
+        loss = -log_mean_weight.sum() / (1.0 - self.alpha)
+        normalized = (log_weights - log_mean_weight).exp()
+        return loss, -(normalized * surrogate).sum() / self.num_particles
+
+
+class JitIWAE_ELBO(CompiledSurrogate, IWAE_ELBO):
+    """`IWAE_ELBO` JIT-compiled (checked against the plain loss by `inference.training.compiled.check_compiled`)."""
 
 
 class IWAE_DReG(Trace_ELBO):
@@ -310,7 +371,7 @@ OBJECTIVES: dict[tuple[str, str], tuple[type[ELBO], type[ELBO] | None, dict]] = 
     ("trace", "standard"): (Trace_ELBO, JitTraceELBO, {}),
     ("trace", "stl"): (TraceSTL_ELBO, JitTraceSTL_ELBO, {}),
     ("meanfield", "standard"): (TraceMeanField_ELBO, JitTraceMeanFieldELBO, {}),
-    ("iwae", "standard"): (RenyiELBO, None, {"alpha": 0.0}),  # Pyro has no JIT RenyiELBO
+    ("iwae", "standard"): (IWAE_ELBO, JitIWAE_ELBO, {}),  # RenyiELBO(alpha=0) as tensors; Pyro has no JIT one
     ("iwae", "dreg"): (IWAE_DReG, None, {}),
 }
 

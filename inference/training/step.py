@@ -51,8 +51,8 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     The returned loss is a 0-d tensor left on the device (no host sync). One
     torch optimiser holds every parameter of ``model``: ``pyro.optim`` keeps a
     separate optimiser per parameter tensor, which slowed large batches (see
-    BENCHMARKS.md). ``RenyiELBO`` has no ``differentiable_loss``;
-    its own ``loss_and_grads`` fills the same parameters' gradients. For a JIT
+    BENCHMARKS.md). An objective without ``differentiable_loss`` (Pyro's own ``RenyiELBO``, say)
+    fills the same parameters' gradients by its ``loss_and_grads``. For a JIT
     ``elbo``, ``probe`` (a batch) and ``reference`` (the plain loss) compile it
     and check it before the first step (`check_compiled`; raises `CompileError`).
     With a ``group`` of more than one process the step is a
