@@ -22,6 +22,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -167,7 +168,21 @@ def quiet_rank() -> bool:
     return not current().is_main
 
 
+#: Seconds a rank waits at `shutdown` for the others to arrive before it leaves anyway (one may have died).
+SHUTDOWN_WAIT = 30
+
+
 def shutdown() -> None:
-    """Leave the process group, if one was joined (all ranks call this at the end)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, if one was joined (all ranks call this at the end).
+
+    Under gloo the ranks meet first (a monitored barrier, `SHUTDOWN_WAIT` seconds at most): a rank that tore its
+    connections down while another still read from them had that one aborted in C++ now and then (``terminate
+    called without an active exception``, exit -6), after its work was done and written."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=SHUTDOWN_WAIT))
+        except RuntimeError:  # a rank that is gone or stuck: leave without it
+            pass
+    dist.destroy_process_group()
