@@ -288,6 +288,18 @@ def test_annotated_arguments_are_checked_and_an_unsaveable_model_is_refused_befo
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_likelihood_that_cannot_take_the_served_pixels_is_one_line_before_anything_is_written(own_model_file,
+                                                                                                mnist_root, tmp_path,
+                                                                                                capsys):
+    out = tmp_path / "run"
+    status, _, err = run(svi.main, ["--import", str(own_model_file), "--family", "own-file-vae", "--binarize", "none",
+                                    *TINY, "--epochs", "1", "--data-dir", str(mnist_root), "--out", str(out)], capsys)
+    assert status == 2, err
+    line = one_error_line(err)
+    assert "cannot score the images served with --binarize none" in line and "site 'pixels'" in line, line
+    assert "Bernoulli" in line and not out.exists()
+
+
 def test_a_module_that_raises_while_imported_is_one_line(tmp_path, capsys):
     broken = tmp_path / "broken_model_file.py"
     broken.write_text("raise RuntimeError('this module needs a GPU')\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro import poutine
 
 from inference.training.cuda_graph import set_capturable
 from models import build_from_config
@@ -27,8 +28,9 @@ from models.registry import check_rebuildable, checked_class, name_of
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, is_finite_number
 from pyro_vae.data import DataSplits, check_held_out, check_images, load_splits
-from pyro_vae.device import check_fits
-from pyro_vae.errors import CheckpointError, ConfigError, DataError
+from pyro_vae.agreement import failure_cause
+from pyro_vae.device import check_fits, forked_rng
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyro_vae.paths import check_writable_dir
 from pyro_vae.schedule import adam_settings
 
@@ -130,6 +132,28 @@ def _check_data(model: LatentModel, data: DataSplits, binarize: str, encoding: s
         )
 
 
+def _check_scores(model: LatentModel, data: DataSplits, binarize: str) -> None:
+    """`DataError` in one line unless ``model`` scores the images served: its guide and model run once on two
+    test images and log p(x, z) is computed, as the first step would. A likelihood that cannot take the pixels
+    (grey levels under a Bernoulli of a model of one's own) is refused here, before anything is written, not in
+    a traceback at the first step. Under a forked RNG: the training stream is untouched."""
+    x = data.test[:2]
+    try:
+        with torch.no_grad(), forked_rng(x.device):
+            guide_trace = poutine.trace(model.guide).get_trace(x)
+            poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x).compute_log_prob()
+    except (ValueError, RuntimeError, TypeError) as e:
+        if isinstance(e, PyroVAEError):
+            raise
+        root = e
+        while root.__cause__ is not None:  # Pyro wraps the distribution's error in one naming the site
+            root = root.__cause__
+        cause = failure_cause(root) if root is e else f"{str(e).strip().splitlines()[0].rstrip(':')}: {failure_cause(root)}"
+        raise DataError(f"the model cannot score the images served with --binarize {binarize}: {cause}; "
+                        "serve what its likelihood takes (--binarize dynamic: 0/1 pixels; none: grey levels) or "
+                        "change the model") from None
+
+
 @dataclass
 class Start:
     """Where training starts: ``epoch`` epochs done, ``step`` steps into the next, with its running sums."""
@@ -229,6 +253,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     if not resume:
         check_rebuildable(model)  # a run that could not be resumed or evaluated is refused before it trains
     _check_data(model, data, config.binarize, config.encoding)
+    _check_scores(model, data, config.binarize)
     if group.world_size > 1 and config.batch_size < group.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")
