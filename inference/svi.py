@@ -215,12 +215,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise CheckpointError("--resume needs --out DIR, the folder of the run to continue")
         path = Path(args.out) / "checkpoint.pt"
         return _resumed_config(checkpoint.config_of(checkpoint.read(path)), given, args.preset, path)
-    model_flags = {_MODEL_FLAGS[k]: given.pop(k) for k in list(given) if k in _MODEL_FLAGS}
+    model_flags = {k: given.pop(k) for k in list(given) if k in _MODEL_FLAGS}  # by flag, e.g. latent_dim
     if model_flags.get("family", "vae") not in FAMILIES:
         model, preset = own_model_config(model_flags, args.preset), None
     else:
         preset = args.preset or DEFAULT_PRESET
-        model = PRESETS[preset].model.changed(model_flags)
+        model = PRESETS[preset].model.changed({_MODEL_FLAGS[k]: v for k, v in model_flags.items()})
         given = {**PRESETS[preset].train, **given}
         if args.obs_scale is not None and model.likelihood not in (None, "gaussian"):  # given at all, even as 1
             raise ConfigError(obs_scale_unused(model.likelihood))
@@ -231,11 +231,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def own_model_config(model_flags: dict, preset: str | None) -> ModelConfig:
-    """The `ModelConfig` of ``--family NAME --model-args JSON`` for a registered model outside the families the
-    flags size; `ConfigError` naming a flag of those families given with it."""
-    family = model_flags.pop("family")
-    sizing = [_flag(next(k for k, v in _MODEL_FLAGS.items() if v == field)) for field in model_flags
-              if field != "model_args"] + ([f"--preset {preset}"] if preset else [])
+    """The `ModelConfig` of ``--family NAME --model-args JSON`` (``model_flags``: the model flags given, by name)
+    for a registered model outside the families the flags size; `ConfigError` naming a flag of those families
+    given with it."""
+    family = model_flags["family"]
+    sizing = [_flag(k) for k in model_flags if k not in ("family", "model_args")] + (
+        [f"--preset {preset}"] if preset else [])
     if sizing:
         raise ConfigError(f"{', '.join(sizing)} {'sets' if len(sizing) == 1 else 'set'} the {'/'.join(FAMILIES)} "
                           f"families; --family {family} is built by its constructor from --model-args alone: drop "

@@ -150,43 +150,10 @@ def import_modules(specs: Sequence[str] | None) -> list[ModuleType]:
 def _import_one(spec: str) -> ModuleType:
     if not spec.strip():
         raise ConfigError("--import needs a module name or the path of a .py file, got an empty one")
-    as_file = spec.endswith(".py") or "/" in spec or "\\" in spec
     try:
-        if not as_file:
-            return importlib.import_module(spec)
-        path = Path(spec).expanduser().resolve()
-        if path.is_dir():
-            raise ConfigError(f"--import {spec} is a folder; give a .py file, or a package by its module name on "
-                              "sys.path")
-        if not path.is_file():
-            raise ConfigError(f"--import {spec}: no such file")
-        if path.suffix != ".py":
-            raise ConfigError(f"--import {spec} is not a .py file")
-        name = path.stem
-        if not name.isidentifier():
-            raise ConfigError(f"--import {spec}: {name!r} is not a module name; rename the file")
-        loaded = sys.modules.get(name)
-        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-            return loaded
-        found = loaded.__spec__ if loaded is not None else importlib.util.find_spec(name)
-        if loaded is not None or (found is not None and Path(found.origin or "").resolve() != path):
-            where = getattr(found, "origin", None) or "built in"
-            raise ConfigError(f"--import {spec}: its name {name!r} is another module's ({where}), which it would "
-                              "hide; rename the file")
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        added = str(path.parent) not in sys.path
-        if added:
-            sys.path.append(str(path.parent))
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:  # leave no trace of a module that did not import
-            sys.modules.pop(name, None)
-            if added:
-                sys.path.remove(str(path.parent))
-            raise
-        return module
+        if spec.endswith(".py") or "/" in spec or "\\" in spec:
+            return _import_file(spec)
+        return importlib.import_module(spec)
     except ConfigError:
         raise
     except SystemExit as e:  # the module called sys.exit(): not an exit status of ours to pass on
@@ -196,6 +163,41 @@ def _import_one(spec: str) -> ModuleType:
         raise ConfigError(f"--import {spec}: {where} (a module on sys.path, or the path of a .py file)") from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
         raise ConfigError(f"--import {spec} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+
+def _import_file(spec: str) -> ModuleType:
+    """The ``.py`` file ``spec`` imported under its stem (the one already imported, if it is that file)."""
+    path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(f"--import {spec} is a folder; give a .py file, or a package by its module name on sys.path")
+    if not path.is_file():
+        raise ConfigError(f"--import {spec}: no such file")
+    if path.suffix != ".py":
+        raise ConfigError(f"--import {spec} is not a .py file")
+    name = path.stem
+    if not name.isidentifier():
+        raise ConfigError(f"--import {spec}: {name!r} is not a module name; rename the file")
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+        return loaded
+    other = loaded.__spec__ if loaded is not None else importlib.util.find_spec(name)
+    if loaded is not None or (other is not None and Path(other.origin or "").resolve() != path):
+        raise ConfigError(f"--import {spec}: its name {name!r} is another module's "
+                          f"({getattr(other, 'origin', None) or 'built in'}), which it would hide; rename the file")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    added = str(path.parent) not in sys.path
+    if added:
+        sys.path.append(str(path.parent))
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:  # leave no trace of a module that did not import
+        sys.modules.pop(name, None)
+        if added:
+            sys.path.remove(str(path.parent))
+        raise
+    return module
 
 
 def json_object(text: str) -> dict[str, Any]:

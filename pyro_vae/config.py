@@ -353,9 +353,8 @@ class ModelConfig:
 _SIZING_FLAGS = {"vae": "--latent-dim, --hidden-dims", "hierarchical": "--latent-dims, --layer-hidden-dims"}
 #: The fields a registered model of one's own keeps besides its ``family`` and ``model_args`` (set from the data).
 _OWN_MODEL_FIELDS = ("family", "model_args", "x_dim", "image_shape", "bit_depth")
-#: The fields only `FAMILIES` read, at their defaults (x_dim and image_shape are the data's, set for any model).
-_FAMILY_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
-                  if f.name not in ("family", "model_args", "x_dim", "image_shape", "bit_depth")}
+#: The fields only `FAMILIES` read (all but `_OWN_MODEL_FIELDS`), at their defaults.
+_FAMILY_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name not in _OWN_MODEL_FIELDS}
 
 
 def _resolved_model(model: ModelConfig, likelihood: tuple[str, str], chosen: dict[str, str]) -> ModelConfig:
