@@ -6,7 +6,9 @@ over ``--images`` images each:
 
   (a) a hand-written PyTorch VAE step: reparameterised sample, closed-form KL,
       Bernoulli log-likelihood, ``torch.optim.Adam``; data on the device,
-      binarised per batch on the device. The practical limit.
+      binarised per batch on the device. The practical limit. (af) is (a) with
+      Adam's fused kernel, which (c) uses on the CPU (`inference.training.optimizer`):
+      c/af compares the two with the same optimiser.
   (b) the conventional Pyro loop as Pyro's VAE example writes it: torchvision
       ``DataLoader``, per-batch ``.to(device)``, ``svi.step`` with ``Trace_ELBO``.
   (c) this project's ``inference.svi.train`` (its recorded training seconds of
@@ -56,13 +58,15 @@ from pyro_vae.nets import MLP  # noqa: E402
 LOG_2PI = math.log(2 * math.pi)
 
 
-def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device, particles: int = 0):
+def handwritten(pixels: torch.Tensor, batch_size: int, device: torch.device, particles: int = 0,
+                fused: bool = False):
     """(a): the same networks, a plain PyTorch step. ``particles`` k > 0: the IWAE bound with k vectorised draws
-    per image (log-mean-exp over k of log p(x, z) - log q(z|x), every density written out), as (ai)."""
+    per image (log-mean-exp over k of log p(x, z) - log q(z|x), every density written out), as (ai).
+    ``fused``: Adam's fused kernel, as (c) has on the CPU (af)."""
     cfg = PRESETS["burda2015"].model.resolved()
     enc = MLP(784, cfg.hidden_dims, 2 * cfg.z_dim, cfg.activation).to(device)
     dec = MLP(cfg.z_dim, tuple(reversed(cfg.hidden_dims)), 784, cfg.activation).to(device)
-    optim = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    optim = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3, **({"fused": True} if fused else {}))
     data = pixels.to(device)
 
     def epoch() -> None:
@@ -135,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"{args.images} images per pass, median of {args.repeats} interleaved rounds\n")
     graphs = device.type == "cuda"
-    header = ["batch", "(a) hand-written img/s", "(b) Pyro example img/s", "(c) inference.svi img/s",
-              "(c) --no-jit img/s", *(["(cg) CUDA graph img/s"] if graphs else []), "c/a (time)", "c --no-jit/a (time)",
+    header = ["batch", "(a) hand-written img/s", "(af) (a) with fused Adam img/s", "(b) Pyro example img/s",
+              "(c) inference.svi img/s", "(c) --no-jit img/s", *(["(cg) CUDA graph img/s"] if graphs else []),
+              "c/a (time)", "c/af (time)", "c --no-jit/a (time)",
               "b/c (time)", *(["cg/a (time)", "cg/c (time)"] if graphs else []), "compile + check (s)",
               *(["compile + check + capture (s)"] if graphs else [])]
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
@@ -155,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
                 return result.history[0]["seconds"]
 
             a, b = handwritten(pixels, batch_size, device), pyro_example(pixels, batch_size, device)
-            for warm in (a, b):
+            af = handwritten(pixels, batch_size, device, fused=True)
+            for warm in (a, af, b):
                 warm()
             ours(), ours(jit=False)
             if graphs:
                 ours(cuda_graph=True)
             pyro.clear_param_store()
-            contenders = {"a": lambda: timed(a, device), "b": lambda: timed(b, device), "c": ours,
+            contenders = {"a": lambda: timed(a, device), "af": lambda: timed(af, device), "b": lambda: timed(b, device),
+                          "c": ours,
                           "cp": lambda: ours(jit=False)}
             if graphs:
                 contenders["cg"] = lambda: ours(cuda_graph=True)
@@ -171,22 +178,27 @@ def main(argv: list[str] | None = None) -> None:
                 contenders["ce"] = lambda: ours(**also)
             if iwae:
                 ai = handwritten(pixels, batch_size, device, args.particles)
-                ai()
+                aif = handwritten(pixels, batch_size, device, args.particles, fused=True)
+                ai(), aif()
                 ours(**also), ours(jit=False, **also)
                 contenders["ai"] = lambda: timed(ai, device)
+                contenders["aif"] = lambda: timed(aif, device)
                 contenders["cep"] = lambda: ours(jit=False, **also)
             seconds = interleaved_medians(contenders, args.repeats)
         rate = {k: args.images / v for k, v in seconds.items()}
         if iwae:
-            print(f"batch {batch_size}, IWAE k={args.particles}: (ai) hand-written {rate['ai']:.0f} img/s, (c) --elbo "
-                  f"iwae {rate['ce']:.0f} img/s (compiled), --no-jit {rate['cep']:.0f} img/s; c/ai (time) "
-                  f"{seconds['ce'] / seconds['ai']:.2f}, c --no-jit/ai {seconds['cep'] / seconds['ai']:.2f}, "
+            print(f"batch {batch_size}, IWAE k={args.particles}: (ai) hand-written {rate['ai']:.0f} img/s, (aif) with "
+                  f"fused Adam {rate['aif']:.0f} img/s, (c) --elbo iwae {rate['ce']:.0f} img/s (compiled), --no-jit "
+                  f"{rate['cep']:.0f} img/s; c/ai (time) {seconds['ce'] / seconds['ai']:.2f}, c/aif "
+                  f"{seconds['ce'] / seconds['aif']:.2f}, c --no-jit/ai {seconds['cep'] / seconds['ai']:.2f}, "
                   f"c --no-jit/c {seconds['cep'] / seconds['ce']:.2f}", flush=True)
         elif args.also_elbo:
-            print(f"(c) --elbo {args.also_elbo}: {rate['ce']:.0f} img/s, time ratio to (a) {seconds['ce'] / seconds['a']:.2f}, "
-                  f"to (c) {seconds['ce'] / seconds['c']:.2f}", flush=True)
-        row = [batch_size, f"{rate['a']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}", f"{rate['cp']:.0f}",
-               *([f"{rate['cg']:.0f}"] if graphs else []), f"{seconds['c'] / seconds['a']:.2f}",
+            print(f"batch {batch_size}, (c) --elbo {args.also_elbo}: {rate['ce']:.0f} img/s, time ratio to (a) "
+                  f"{seconds['ce'] / seconds['a']:.2f}, to (af) {seconds['ce'] / seconds['af']:.2f}, to (c) "
+                  f"{seconds['ce'] / seconds['c']:.2f}", flush=True)
+        row = [batch_size, f"{rate['a']:.0f}", f"{rate['af']:.0f}", f"{rate['b']:.0f}", f"{rate['c']:.0f}",
+               f"{rate['cp']:.0f}", *([f"{rate['cg']:.0f}"] if graphs else []), f"{seconds['c'] / seconds['a']:.2f}",
+               f"{seconds['c'] / seconds['af']:.2f}",
                f"{seconds['cp'] / seconds['a']:.2f}", f"{seconds['b'] / seconds['c']:.2f}",
                *([f"{seconds['cg'] / seconds['a']:.2f}", f"{seconds['cg'] / seconds['c']:.2f}"] if graphs else []),
                f"{compile_seconds(pixels, batch_size, device):.2f}",

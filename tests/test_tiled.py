@@ -114,12 +114,16 @@ def test_the_bernoulli_log_density_is_torchs_to_float32_rounding_with_the_exact_
     grad_logits, grad_value = torch.autograd.grad(BernoulliPixels(leaf).log_prob(target).sum(), (leaf, target))
     torch.testing.assert_close(grad_logits, torch.sigmoid(logits).neg().add(x), rtol=0, atol=1e-6)
     torch.testing.assert_close(grad_value, logits.sum(0), rtol=1e-6, atol=1e-5)
+    # with a gradient to take it is torch's fused kernel: the same values to float32 rounding
+    with_grad = bernoulli_log_prob_sum(leaf, target)
+    assert with_grad.requires_grad and with_grad.grad_fn.name() != "_BernoulliLogProbSumBackward"
+    assert (with_grad.detach().double() - exact).abs().max() <= 2 * (torch_float32.double() - exact).abs().max() + 1e-5
     assert BernoulliPixels(logits).expand((3, 6, 4)).log_prob(x).shape == (3, 6, 4)
 
 
 def test_the_bernoulli_log_density_traces_with_its_gradient():
     """AIS traces its potential (from inputs that do not require grad) and checks the traced gradients against
-    the plain ones: the log-density's autograd Function must trace as one node that keeps its backward."""
+    the plain ones: the log-density (torch's fused kernel where a gradient is taken) must trace with its backward."""
     import warnings
 
     from inference.estimators.ais import ais_log_marginal

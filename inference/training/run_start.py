@@ -21,7 +21,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from inference.training.cuda_graph import set_capturable
+from inference.training.optimizer import load_state, make_adam
 from models import build_from_config
 from models.base import LatentModel
 from models.registry import check_rebuildable, checked_class, name_of
@@ -258,7 +258,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch, split across {group.world_size} "
                           f"processes; use at least {group.world_size}")
     note = None if resume else initialise(model, config, data)  # under config.seed: the same start on every rank
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr, **adam_settings(config.schedule))
+    optim = make_adam(model.parameters(), device, config.lr, **adam_settings(config.schedule))
     if not resume:
         if group.rank > 0:
             pyro.set_rng_seed(distributed.rank_seed(config.seed, group.rank))
@@ -266,8 +266,7 @@ def prepare(config: TrainConfig, resume: bool, data: DataSplits | None, model: L
     try:
         if model is not stored:  # a model handed in; the stored one already holds its parameters
             model.load_state_dict(saved["model_state"])
-        optim.load_state_dict(saved["optim_state"])
-        set_capturable(optim, False)  # a graphed run's state, on any device: only a CUDA graph makes it capturable
+        load_state(optim, saved["optim_state"])  # this machine's Adam kernel; a graphed run's state made plain
     except Exception as e:  # noqa: BLE001 - torch raises many types for a state that does not fit
         raise CheckpointError(f"{ckpt_path} does not fit this model or optimiser: {' '.join(str(e).split())[:200]}") from None
     _check_adam_state(optim, ckpt_path)
