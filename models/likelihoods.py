@@ -79,10 +79,12 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.T
     over groups g of up to `PRODUCT_GROUP` pixels (`_product_group`): one ``log`` per 56 to 64 pixels where
     torch's takes a ``log1p`` of every pixel. Each factor is in (1, 2], so a group's product is exact to 64
     float32 roundings, a few 1e-6 of its log; the float32 sum over pixels rounds as much (`tests/test_tiled.py`).
-    Measured (Intel Xeon, 2 cores, torch 2.14.1, 2026-12-07; BENCHMARKS.md, "Where a training step's time
-    goes"): forward and backward 0.078 ms (fused) against 0.112 ms (this form with its exact backward) at
-    [20, 784], 18.5 against 22.1 ms at [10000, 784]; forward alone 9.7 ms (this form) against 10.9 ms at
-    [10000, 784].
+    Measured (`benchmarks/step_phases.py`, Intel Xeon, 2 threads, torch 2.14.1, 2026-12-07; BENCHMARKS.md,
+    "Where a training step's time goes"): forward and backward 0.104 ms (fused) against 0.141 ms (this form with
+    its exact backward, as training used before) at [20, 784]; 0.216 against 0.263 ms at [100, 784]. A form with
+    fewer passes for the forward-only case, ``softplus(l) - x l``, was 6% faster in the report's estimator (100
+    images, K = 1,000) but made its results depend on the chunk size in the last bits
+    (`tests/test_importance.py` asks for none), so this one stays there.
     """
     if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
         logits, value = torch.broadcast_tensors(logits, value)
