@@ -429,7 +429,9 @@ def _gradient(target: _Target, u: dict[str, torch.Tensor], b: float) -> dict[str
     u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
     with torch.enable_grad():
         base, tgt = target.potential(u)
-        grads = torch.autograd.grad(((1 - b) * base + b * tgt).sum(), list(u.values()), allow_unused=True)
+        # the weights enter as the backward pass's seeds: no ops of their own in the graph
+        seeds = (torch.full_like(base, 1 - b), torch.full_like(tgt, b))
+        grads = torch.autograd.grad((base, tgt), list(u.values()), seeds, allow_unused=True)
     return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
 
 
@@ -440,8 +442,9 @@ def _evaluate_with(potential: Callable, u: dict[str, torch.Tensor]) -> _State:
     with torch.enable_grad():
         base, tgt = potential(u)
         leaves = list(u.values())
-        g_target = torch.autograd.grad(tgt.sum(), leaves, retain_graph=True, allow_unused=True)
-        g_base = torch.autograd.grad(base.sum(), leaves, allow_unused=True)
+        ones = torch.ones_like(tgt)  # the backward passes' seeds, in place of a sum in the graph
+        g_target = torch.autograd.grad(tgt, leaves, ones, retain_graph=True, allow_unused=True)
+        g_base = torch.autograd.grad(base, leaves, ones, allow_unused=True)
     zero = lambda g, v: torch.zeros_like(v) if g is None else g  # noqa: E731
     return _State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(),
                   {n: zero(g, v) for (n, v), g in zip(u.items(), g_base)},
