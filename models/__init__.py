@@ -1,7 +1,7 @@
 """Pyro programs: generative models p(z) p(x|z) and amortised guides q(z|x).
 
 Every family exposes ``model(x)`` and ``guide(x)`` with datapoints in
-``pyro.plate("data", len(x))``, any continuous latent sites (the same in both)
+``pyro.plate("data", x.shape[0])``, any continuous latent sites (the same in both)
 and one observed site: the contract of `models.base.LatentModel`, all that
 ``inference`` relies on, so every estimator works on every variant. The
 families shipped: `VAE` (one latent site ``"z"``, `models.base.SingleLatentModel`)

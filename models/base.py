@@ -4,7 +4,8 @@ r"""The contract every model family keeps, and the base of the one-latent VAEs.
 Pyro programs, ``model(x, kl_weight=1.0)`` and ``guide(x, kl_weight=1.0)``,
 for a batch of images ``x [B, D]``:
 
-- the datapoints sit in ``pyro.plate("data", len(x))`` in both programs;
+- the datapoints sit in ``pyro.plate("data", x.shape[0])`` in both programs
+  (``len(x)`` works too, but tracing freezes it: the compiled loss falls back);
 - any number of continuous latent sites, with any names and shapes, the same
   sites in both programs (the guide samples every latent the model samples);
 - one observed site, of any name, with ``obs=x``;

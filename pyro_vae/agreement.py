@@ -5,18 +5,30 @@ could not run. Each user sets its own tolerance beside its check (`inference.tra
 
 from __future__ import annotations
 
+import re
 import traceback
 from pathlib import Path
 
 import torch
 
 
+#: The first line of an error raised while a TorchScript graph (a traced loss) runs; the cause follows it.
+_TORCHSCRIPT_WRAPPER = "The following operation failed in the TorchScript interpreter."
+
+
 def failure_cause(e: BaseException) -> str:
     """``Type: first line of the message`` (200 characters at most: some causes print whole tensors); for an empty
-    message (a bare ``assert``), where it was raised instead: ``AssertionError at pyro/ops/jit.py:96 (assert ...)``."""
+    message (a bare ``assert``), where it was raised instead: ``AssertionError at pyro/ops/jit.py:96 (assert ...)``;
+    for an error raised inside a TorchScript graph, the graph's own (``RuntimeError: The expanded size ...``), not the
+    interpreter's first line."""
     text = str(e).strip()
     if text:
-        return f"{type(e).__name__}: {text.splitlines()[0][:200]}"
+        lines = text.splitlines()
+        if lines[0].startswith(_TORCHSCRIPT_WRAPPER):  # the graph's own error is its message's last "Type: ..." line
+            inner = [line for line in lines[1:] if re.match(r"\w+(Error|Exception): ", line)]
+            if inner:
+                return inner[-1][:200]
+        return f"{type(e).__name__}: {lines[0][:200]}"
     frames = traceback.extract_tb(e.__traceback__)
     if not frames:
         return f"{type(e).__name__} (no message)"

@@ -295,8 +295,8 @@ def test_default_compiles_and_falls_back_where_it_cannot(mnist_root, tmp_path):
     assert not train(small_config(mnist_root, tmp_path / "off", jit=False), progress=False).compiled
     iwae = train(small_config(mnist_root, tmp_path / "iwae", elbo="iwae", num_particles=2), progress=False)
     assert iwae.compiled and -700 < iwae.history[0]["test_elbo"] < 0
-    assert not train(small_config(mnist_root, tmp_path / "dreg", elbo="iwae", gradient="dreg", num_particles=2),
-                     progress=False).compiled  # the DReG hooks are not something tracing records
+    assert train(small_config(mnist_root, tmp_path / "dreg", elbo="iwae", gradient="dreg", num_particles=2),
+                 progress=False).compiled  # two graphs, the weight hook between them
 
 
 def test_jit_flags_parse_and_may_change_on_resume(mnist_root, tmp_path):

@@ -23,7 +23,6 @@ from models.linear import LinearGaussianVAE
 from models.mixture_prior import MixturePriorVAE
 from pyro_vae.checkpoint import load
 from pyro_vae.config import ModelConfig, TrainConfig
-from pyro_vae.errors import ConfigError
 
 SMALL = ["--epochs", "1", "--train-limit", "256", "--test-limit", "32", "--latent-dim", "6", "--hidden-dims", "48",
          "--batch-size", "64", "--device", "cpu", "--no-progress"]
@@ -90,8 +89,6 @@ def test_iwae_objective_is_a_tighter_bound_than_the_elbo():
     torch.manual_seed(0)
     elbo = -sum(make_elbo("trace", num_particles=10).loss(model.model, model.guide, x) for _ in range(20)) / 20
     assert elbo < iwae < exact
-    with pytest.raises(ConfigError, match="--jit is not available for --elbo iwae --gradient dreg"):
-        make_elbo("iwae", jit=True, gradient="dreg")
 
 
 def test_gaussian_with_variance_c_equals_unit_weight_with_kl_weight_2c():

@@ -52,7 +52,10 @@ class StyleContentVAE(LatentModel):
 
 @register_model("test-two-layer")
 class TwoLayerVAE(LatentModel):
-    """Two stochastic layers: p(top) p(bottom | top) p(x | bottom), guide q(bottom | x) q(top | bottom)."""
+    """Two stochastic layers: p(top) p(bottom | top) p(x | bottom), guide q(bottom | x) q(top | bottom).
+
+    Its plates take ``x.shape[0]``, which the compiled losses trace as the batch size; the other models here
+    take ``len(x)``, which tracing freezes (their runs fall back to the plain loss, one line saying why)."""
 
     def __init__(self, x_dim: int = 784, bottom: int = 16, top: int = 8, hidden: int = 64):
         super().__init__()
@@ -64,14 +67,14 @@ class TwoLayerVAE(LatentModel):
         return dict(self.sizes)
 
     def model(self, x, kl_weight=1.0):
-        with pyro.plate("data", len(x)):
+        with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
                 top = pyro.sample("top", dist.Normal(x.new_zeros(self.sizes["top"]), 1.0).to_event(1))
                 bottom = pyro.sample("bottom", diagonal_normal(self.p_bottom(top)))
             return pyro.sample("x", dist.Bernoulli(logits=self.p_x(bottom)).to_event(1), obs=x)
 
     def guide(self, x, kl_weight=1.0):
-        with pyro.plate("data", len(x)), poutine.scale(scale=kl_weight):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             bottom = pyro.sample("bottom", diagonal_normal(self.q_bottom(x)))
             pyro.sample("top", diagonal_normal(self.q_top(bottom)))
 

@@ -167,6 +167,12 @@ class CompiledSurrogate:
 COMPILE_RTOL = 1e-4
 
 
+#: Added to `check_compiled`'s error when the compiled loss passed on the whole probe and fails on its half.
+FROZEN_SIZE_HINT = ("; it agreed on the batch of {} it was traced on, so the program likely computes a size from the "
+                    "batch in Python, which tracing freezes: pyro.plate('data', len(x)) freezes, "
+                    "pyro.plate('data', x.shape[0]) does not")
+
+
 def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled: ELBO, reference: ELBO,
                    probe: torch.Tensor) -> dict[str, float]:
     """Compile ``compiled`` on ``probe [B, D]`` and raise `CompileError` unless it matches ``reference``.
@@ -177,7 +183,8 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
     ``torch.jit.trace`` records one run of the Python program as a graph, so a value the program
     computes in Python from the data (a size, a branch, a ``float(x.mean())``) is frozen into it. Here
     both losses run on the same random draws, on all of ``probe`` and on its first ceil(B/2) rows (a
-    frozen batch size shows there), and their values and gradients for every tensor in ``params``
+    frozen batch size shows there, and the error says so:
+    `FROZEN_SIZE_HINT`), and their values and gradients for every tensor in ``params``
     must agree to `COMPILE_RTOL`. It all runs under a forked RNG: tracing runs the program more often
     than a step does, and those draws must not shift the training stream (or a resumed run, which
     compiles at another point of it, would diverge from an uninterrupted one). Pyro 1.9's
@@ -207,11 +214,16 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
         compiled_loss_and_grads(probe)  # the first call traces the Python program; later calls run the graph
         differences: dict[str, float] = {}
         for x in (probe, probe[: (len(probe) + 1) // 2]):
-            got, want = compiled_loss_and_grads(x), loss_and_grads(reference, x)
+            hint = "" if x is probe else FROZEN_SIZE_HINT.format(len(probe))
+            try:
+                got = compiled_loss_and_grads(x)
+            except CompileError as e:
+                raise CompileError(f"{e}{hint}") from e.__cause__
+            want = loss_and_grads(reference, x)
             for key, value in want.items():
                 difference = relative_difference(got[key], value)
                 differences[key] = max(difference, differences.get(key, 0.0))
                 if difference > COMPILE_RTOL:
                     raise CompileError(f"the JIT-compiled and the plain loss differ on a batch of {len(x)} with the "
-                                       f"same seed (in {key}: relative difference {difference:.2g})")
+                                       f"same seed (in {key}: relative difference {difference:.2g}){hint}")
     return differences

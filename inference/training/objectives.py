@@ -50,6 +50,7 @@ with one line saying why, or refuses an explicit ``--elbo meanfield``.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from pyro import poutine
@@ -61,7 +62,8 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from inference.training.compiled import CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO
+from inference.training.compiled import (CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO,
+                                         SharedParameterFunction)
 from pyro_vae.errors import ConfigError
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
@@ -210,7 +212,9 @@ class IWAE_DReG(Trace_ELBO):
     Needs every sample site inside the datapoints' plate (``max_plate_nesting=1``), a reparameterised
     guide and one KL weight (``poutine.scale``) over all latent sites. Any number of latent sites, one
     depending on another included, and flow guides. ``num_particles`` is k; particles are always
-    vectorised. Eager only: the weight hook is not something tracing records.
+    vectorised. Runs in two parts, `_guide_part` and `_model_part`, with the weight hook put on the
+    latent values between them: `JitIWAE_DReG` compiles each part and keeps the hook (which tracing
+    would not record) outside both graphs.
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, **kwargs):
@@ -220,34 +224,52 @@ class IWAE_DReG(Trace_ELBO):
         kwargs["vectorize_particles"] = True
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        """The guide's trace, and the model's run on *views* of its latent values (the hooks' place, module doc)."""
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        views = {site["name"]: site["value"].view_as(site["value"]) for site in _latent_sites(guide_trace)}
-        model_trace = poutine.trace(poutine.condition(model, data=views)).get_trace(*args, **kwargs)
-        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-        missing = sorted(set(views) - set(model_trace.nodes))
+    def _guide_part(self, guide, args, kwargs) -> tuple[dict[str, torch.Tensor], torch.Tensor, float | torch.Tensor]:
+        """``(latent values {name: [k, B, ...]}, path-only log q [k, B], their KL weight)`` from one run of the
+        guide in the particle plate (module doc: the score terms cancelled)."""
+        guide = self._vectorized_num_particles(guide)
+        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
+        guide_trace.compute_score_parts()
+        latents = _latent_sites(guide_trace)
+        self._check_in_plate(latents, args)
+        cancel = sum(_score_cancelling_terms(latents, guide, args, kwargs))
+        log_q_path = sum(s["log_prob"] for s in latents) - cancel
+        scale = _common_scale([(s["name"], s["scale"]) for s in latents])
+        return {s["name"]: s["value"] for s in latents}, log_q_path, scale
+
+    def _model_part(self, model, values: dict[str, torch.Tensor], args, kwargs) -> tuple[torch.Tensor,
+                                                                                          float | torch.Tensor]:
+        """``(log p(x, z) [k, B], the KL weight of its latent sites)``: the model run in the particle plate on
+        ``values`` (the hooked views of the guide's)."""
+        model = self._vectorized_num_particles(model)
+        model_trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        model_trace = prune_subsample_sites(model_trace)
+        missing = sorted(set(values) - set(model_trace.nodes))
         if missing:
             raise ConfigError(f"the guide samples {', '.join(map(repr, missing))}, which the model does not")
         model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
-        return model_trace, guide_trace
+        sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+        self._check_in_plate(sites, args)
+        scale = _common_scale([(name, model_trace.nodes[name]["scale"]) for name in values])
+        return sum(s["log_prob"] for s in sites), scale
 
-    def _log_weights(self, model, guide, args, kwargs):
-        """``(model log p [k, B], path-only log q [k, B], the model's latent views, their KL weight)``."""
-        (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
-        model_sites = [s for s in model_trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-        latents = _latent_sites(guide_trace)
-        shape = (self.num_particles, len(args[0]))
-        sites = [*model_sites, *latents]
+    def _check_in_plate(self, sites: list[dict], args) -> None:
+        shape = (self.num_particles, args[0].shape[0])
         if any(tuple(s["log_prob"].shape) != shape for s in sites):
             raise ConfigError(f"--gradient dreg needs every sample site in the datapoints' plate; log-densities have "
                               f"shapes {[list(s['log_prob'].shape) for s in sites]}, not {list(shape)}")
-        scale = _common_scale([*latents, *(model_trace.nodes[s["name"]] for s in latents)])
-        cancel = sum(_score_cancelling_terms(latents, _particles(self, guide), args, kwargs))
-        log_p = sum(s["log_prob"] for s in model_sites)
-        log_q_path = sum(s["log_prob"] for s in latents) - cancel
-        return log_p, log_q_path, [model_trace.nodes[s["name"]]["value"] for s in latents], scale
+
+    def _same_scale(self, guide_scale, model_scale) -> None:
+        """`ConfigError` unless the guide's and the model's latent sites carry the same KL weight."""
+        _common_scale([("the guide's latent sites", guide_scale), ("the model's", model_scale)])
+
+    def _log_weights(self, model, guide, args, kwargs):
+        """``(model log p [k, B], path-only log q [k, B], the model's latent views, their KL weight)``."""
+        values, log_q_path, scale = self._guide_part(guide, args, kwargs)
+        views = {name: value.view_as(value) for name, value in values.items()}  # the hooks' place (module doc)
+        log_p, model_scale = self._model_part(model, views, args, kwargs)
+        self._same_scale(scale, model_scale)
+        return log_p, log_q_path, list(views.values()), scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         log_p, log_q_path, views, beta = self._log_weights(model, guide, args, kwargs)
@@ -277,17 +299,66 @@ class IWAE_DReG(Trace_ELBO):
         return float(loss)
 
 
-def _common_scale(sites: list[dict]) -> float | torch.Tensor:
-    """The one ``poutine.scale`` of ``sites`` (model and guide latents); `ConfigError` if they differ."""
-    first = sites[0]["scale"]
-    for site in sites[1:]:
-        scale = site["scale"]
+class JitIWAE_DReG(IWAE_DReG):
+    """`IWAE_DReG` with its guide part and its model part each JIT-compiled (`SharedParameterFunction`).
+
+    The weight hook stays in eager code, on the latent values that leave the guide's graph and enter the
+    model's: tracing does not record a hook, but a graph's input carries one like any tensor. Compiled per
+    (guide, model) identity and non-tensor keyword arguments; checked against `IWAE_DReG` by
+    `inference.training.compiled.check_compiled`, which also checks the KL weights of the two parts, here
+    compared once, on the first call (a comparison per step would be a host sync).
+    """
+
+    def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, **kwargs):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
+        self._guide_graph = self._model_graph = None
+        self._names: dict[int, tuple[str, ...]] = {}  # id(guide) -> its latent sites, in order (set when traced)
+        self._scales_checked = False
+
+    def _guide_part(self, guide, args, kwargs):
+        if self._guide_graph is None:
+            weakself = weakref.ref(self)
+
+            def guide_part(*args, **kwargs):
+                self, guide = weakself(), kwargs.pop("_pyro_guide")
+                values, log_q_path, scale = IWAE_DReG._guide_part(self, guide, args, kwargs)
+                self._names[id(guide)] = tuple(values)
+                return (log_q_path, torch.as_tensor(scale, dtype=log_q_path.dtype, device=log_q_path.device),
+                        *values.values())
+
+            self._guide_graph = SharedParameterFunction(guide_part, self.ignore_jit_warnings, self.jit_options)
+        log_q_path, scale, *values = self._guide_graph(*args, _pyro_guide=guide, **kwargs)
+        return dict(zip(self._names[id(guide)], values)), log_q_path, scale
+
+    def _model_part(self, model, values, args, kwargs):
+        if self._model_graph is None:
+            weakself = weakref.ref(self)
+
+            def model_part(*inputs, **kwargs):
+                model, names = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_latents")
+                values, args = dict(zip(names, inputs[:len(names)])), inputs[len(names):]
+                log_p, scale = IWAE_DReG._model_part(weakself(), model, values, args, kwargs)
+                return log_p, torch.as_tensor(scale, dtype=log_p.dtype, device=log_p.device)
+
+            self._model_graph = SharedParameterFunction(model_part, self.ignore_jit_warnings, self.jit_options)
+        return self._model_graph(*values.values(), *args, _pyro_model=model, _pyro_latents=tuple(values), **kwargs)
+
+    def _same_scale(self, guide_scale, model_scale) -> None:
+        if not self._scales_checked:
+            super()._same_scale(guide_scale, model_scale)
+            self._scales_checked = True
+
+
+def _common_scale(scales: list[tuple[str, float | torch.Tensor]]) -> float | torch.Tensor:
+    """The one ``poutine.scale`` of ``scales`` (name, scale) of latent sites; `ConfigError` if they differ."""
+    first_name, first = scales[0]
+    for name, scale in scales[1:]:
         same = (scale is first or (not torch.is_tensor(scale) and not torch.is_tensor(first) and scale == first)
                 or (torch.is_tensor(scale) and torch.is_tensor(first) and scale.shape == first.shape
                     and bool((scale == first).all())))
         if not same:
             raise ConfigError("--gradient dreg needs one KL weight (poutine.scale) on every latent site of model and "
-                              f"guide; {sites[0]['name']!r} has {first}, {site['name']!r} {scale}")
+                              f"guide; {first_name!r} has {first}, {name!r} {scale}")
     return first
 
 
@@ -372,7 +443,7 @@ OBJECTIVES: dict[tuple[str, str], tuple[type[ELBO], type[ELBO] | None, dict]] = 
     ("trace", "stl"): (TraceSTL_ELBO, JitTraceSTL_ELBO, {}),
     ("meanfield", "standard"): (TraceMeanField_ELBO, JitTraceMeanFieldELBO, {}),
     ("iwae", "standard"): (IWAE_ELBO, JitIWAE_ELBO, {}),  # RenyiELBO(alpha=0) as tensors; Pyro has no JIT one
-    ("iwae", "dreg"): (IWAE_DReG, None, {}),
+    ("iwae", "dreg"): (IWAE_DReG, JitIWAE_DReG, {}),
 }
 
 
