@@ -166,7 +166,8 @@ def test_a_batch_size_frozen_by_tracing_is_refused_in_one_line_that_says_how_to_
     pyro.clear_param_store()
     torch.manual_seed(0)
     model = StyleContentVAE(hidden=16)  # its plates take len(x)
-    with pytest.raises(CompileError, match=r"on a batch of 8: RuntimeError: The expanded size .*freezes.*x\.shape\[0\]") as caught:
+    cause = r"on a batch of 8: RuntimeError: The expanded size .*freezes.*x\.shape\[0\]"
+    with pytest.raises(CompileError, match=cause) as caught:
         check_compiled(model.model, model.guide, dict(model.named_parameters()), make_elbo(name, True, k, gradient),
                        make_elbo(name, False, k, gradient), torch.bernoulli(torch.full((16, 784), 0.3)))
     assert "\n" not in str(caught.value)
