@@ -410,10 +410,10 @@ class _State:
     grad_target: dict[str, torch.Tensor]
 
     def log_f(self, b: float) -> torch.Tensor:
-        return self.base + b * (self.target - self.base)
+        return torch.lerp(self.base, self.target, b)
 
     def grad_log_f(self, b: float) -> dict[str, torch.Tensor]:
-        return {n: g + b * (self.grad_target[n] - g) for n, g in self.grad_base.items()}
+        return {n: torch.lerp(g, self.grad_target[n], b) for n, g in self.grad_base.items()}
 
 
 def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
@@ -422,17 +422,22 @@ def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
     return _evaluate_with(target.potential, u)
 
 
-def _gradient(target: _Target, u: dict[str, torch.Tensor], b: float) -> dict[str, torch.Tensor]:
+def _gradient(target: _Target, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
     """grad log f_b at ``u`` alone (one evaluation, counted): one backward pass of (1 - b) log base + b log target,
-    for the leapfrog positions inside a transition, whose values nothing reads."""
+    for the leapfrog positions inside a transition, whose values nothing reads. ``seeds``: `_seeds` of b."""
     target.evaluations += 1
     u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
     with torch.enable_grad():
         base, tgt = target.potential(u)
         # the weights enter as the backward pass's seeds: no ops of their own in the graph
-        seeds = (torch.full_like(base, 1 - b), torch.full_like(tgt, b))
         grads = torch.autograd.grad((base, tgt), list(u.values()), seeds, allow_unused=True)
     return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
+
+
+def _seeds(like: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward pass's seeds for grad log f_b, 1 - b for log base and b for log target, shaped ``like [C, B]``."""
+    return torch.full_like(like, 1 - b), torch.full_like(like, b)
 
 
 def _evaluate_with(potential: Callable, u: dict[str, torch.Tensor]) -> _State:
@@ -511,16 +516,18 @@ def _hmc(target: _Target, state: _State, b: float, step_size: torch.Tensor, leap
     eps = {s.name: s.per_chain(step_size, state.u[s.name].dim()).to(state.u[s.name].dtype) for s in sites}
     half = {n: 0.5 * e for n, e in eps.items()}
     r0 = noise.momentum(state.u, sites)
-    u, r, grad, new = state.u, r0, state.grad_log_f(b), state
+    seeds = _seeds(state.base, b)
+    grad, u, new = state.grad_log_f(b), state.u, state
+    r = {n: r0[n].addcmul(half[n], grad[n]) for n in r0}  # the first half step of the momentum
     for step in range(leapfrog_steps):
-        r = {n: r[n] + half[n] * grad[n] for n in r}
-        u = {n: u[n] + eps[n] * r[n] for n in u}
-        if step < leapfrog_steps - 1:
-            grad = _gradient(target, u, b)
+        u = {n: u[n].addcmul(eps[n], r[n]) for n in u}
+        if step < leapfrog_steps - 1:  # a half step to end this leapfrog step, a half step to start the next: one
+            grad = _gradient(target, u, seeds)
+            r = {n: r[n].addcmul(eps[n], grad[n]) for n in r}
         else:  # the end point: its values decide acceptance, its two gradients start the next transition
             new = _evaluate(target, u)
             grad = new.grad_log_f(b)
-        r = {n: r[n] + half[n] * grad[n] for n in r}
+            r = {n: r[n].addcmul(half[n], grad[n]) for n in r}
     log_accept = (new.log_f(b) - _kinetic(r, sites, target)) - (state.log_f(b) - _kinetic(r0, sites, target))
     acceptance = torch.exp(log_accept.clamp(max=0)).nan_to_num(nan=0.0)  # a diverged proposal is rejected
     accept = noise.uniform() < acceptance
