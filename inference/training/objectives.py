@@ -312,7 +312,7 @@ class JitIWAE_DReG(IWAE_DReG):
     def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, **kwargs):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
         self._guide_graph = self._model_graph = None
-        self._names: dict[int, tuple[str, ...]] = {}  # id(guide) -> its latent sites, in order (set when traced)
+        self._names: dict = {}  # guide -> its latent sites, in order (set when traced; keyed as the graphs are)
         self._scales_checked = False
 
     def _guide_part(self, guide, args, kwargs):
@@ -322,13 +322,13 @@ class JitIWAE_DReG(IWAE_DReG):
             def guide_part(*args, **kwargs):
                 self, guide = weakself(), kwargs.pop("_pyro_guide")
                 values, log_q_path, scale = IWAE_DReG._guide_part(self, guide, args, kwargs)
-                self._names[id(guide)] = tuple(values)
+                self._names[guide] = tuple(values)
                 return (log_q_path, torch.as_tensor(scale, dtype=log_q_path.dtype, device=log_q_path.device),
                         *values.values())
 
             self._guide_graph = SharedParameterFunction(guide_part, self.ignore_jit_warnings, self.jit_options)
         log_q_path, scale, *values = self._guide_graph(*args, _pyro_guide=guide, **kwargs)
-        return dict(zip(self._names[id(guide)], values)), log_q_path, scale
+        return dict(zip(self._names[guide], values)), log_q_path, scale
 
     def _model_part(self, model, values, args, kwargs):
         if self._model_graph is None:
