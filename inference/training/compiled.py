@@ -45,8 +45,8 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
     With gradients off (``torch.no_grad()``: a validation loss, ``ELBO.loss``) it runs the program itself and
     neither traces nor uses a graph. A graph traced then would record what the program does only without
     gradients (the Bernoulli log-density's forward-only form, `.detach()`s that are no-ops) and later steps would
-    run it with gradients: Pyro's own ``JitTrace_ELBO``, first called under ``no_grad``, then gave gradients off by
-    a relative 1.3 with no error (`tests/test_objectives.py`).
+    run it with gradients: the compiled ``trace`` loss (Pyro's JIT), first called under ``no_grad``, gave
+    gradients off by a relative 1.3 with no error (`tests/test_objectives.py`).
     """
 
     def __call__(self, *args, **kwargs):
