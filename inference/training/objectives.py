@@ -304,43 +304,39 @@ class JitIWAE_DReG(IWAE_DReG):
 
     The weight hook stays in eager code, on the latent values that leave the guide's graph and enter the
     model's: tracing does not record a hook, but a graph's input carries one like any tensor. Compiled per
-    (guide, model) identity and non-tensor keyword arguments; checked against `IWAE_DReG` by
+    guide, model and non-tensor keyword arguments, as Pyro's JIT keys them; checked against `IWAE_DReG` by
     `inference.training.compiled.check_compiled`, which also checks the KL weights of the two parts, here
     compared once, on the first call (a comparison per step would be a host sync).
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, **kwargs):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, **kwargs)
-        self._guide_graph = self._model_graph = None
+        weakself = weakref.ref(self)  # the graphs are the objective's: no cycle back to it
+
+        def guide_part(*args, **kwargs):
+            self, guide = weakself(), kwargs.pop("_pyro_guide")
+            values, log_q_path, scale = IWAE_DReG._guide_part(self, guide, args, kwargs)
+            self._names[guide] = tuple(values)
+            scale = torch.as_tensor(scale, dtype=log_q_path.dtype, device=log_q_path.device)
+            return log_q_path, scale, *values.values()
+
+        def model_part(*inputs, **kwargs):
+            model, names = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_latents")
+            values, args = dict(zip(names, inputs[:len(names)])), inputs[len(names):]
+            log_p, scale = IWAE_DReG._model_part(weakself(), model, values, args, kwargs)
+            return log_p, torch.as_tensor(scale, dtype=log_p.dtype, device=log_p.device)
+
+        # each traces on its first call with gradients (`SharedParameterFunction`)
+        self._guide_graph = SharedParameterFunction(guide_part, self.ignore_jit_warnings, self.jit_options)
+        self._model_graph = SharedParameterFunction(model_part, self.ignore_jit_warnings, self.jit_options)
         self._names: dict = {}  # guide -> its latent sites, in order (set when traced; keyed as the graphs are)
         self._scales_checked = False
 
     def _guide_part(self, guide, args, kwargs):
-        if self._guide_graph is None:
-            weakself = weakref.ref(self)
-
-            def guide_part(*args, **kwargs):
-                self, guide = weakself(), kwargs.pop("_pyro_guide")
-                values, log_q_path, scale = IWAE_DReG._guide_part(self, guide, args, kwargs)
-                self._names[guide] = tuple(values)
-                return (log_q_path, torch.as_tensor(scale, dtype=log_q_path.dtype, device=log_q_path.device),
-                        *values.values())
-
-            self._guide_graph = SharedParameterFunction(guide_part, self.ignore_jit_warnings, self.jit_options)
         log_q_path, scale, *values = self._guide_graph(*args, _pyro_guide=guide, **kwargs)
         return dict(zip(self._names[guide], values)), log_q_path, scale
 
     def _model_part(self, model, values, args, kwargs):
-        if self._model_graph is None:
-            weakself = weakref.ref(self)
-
-            def model_part(*inputs, **kwargs):
-                model, names = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_latents")
-                values, args = dict(zip(names, inputs[:len(names)])), inputs[len(names):]
-                log_p, scale = IWAE_DReG._model_part(weakself(), model, values, args, kwargs)
-                return log_p, torch.as_tensor(scale, dtype=log_p.dtype, device=log_p.device)
-
-            self._model_graph = SharedParameterFunction(model_part, self.ignore_jit_warnings, self.jit_options)
         return self._model_graph(*values.values(), *args, _pyro_model=model, _pyro_latents=tuple(values), **kwargs)
 
     def _same_scale(self, guide_scale, model_scale) -> None:
