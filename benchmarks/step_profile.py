@@ -2,7 +2,7 @@
 
 For looking inside the training step rather than comparing with other code:
 Trace_ELBO with Pyro's validation on and off, the compiled loss ``train`` uses
-by default (``inference.svi.JitTraceELBO``, compiled once, then reused), and
+by default (``inference.training.objectives.JitTraceELBO``, compiled once, then reused), and
 ``pyro.infer.SVI`` with ``pyro.optim.Adam`` (the per-tensor optimisers the loop
 used to have). Every contender is built and warmed up
 first, then passes of 100 steps alternate between them; median of

@@ -184,6 +184,60 @@ def test_a_compiled_loss_first_called_without_gradients_is_not_traced_then(name,
     assert max(differences.values()) < 1e-5, differences
 
 
+class CountingVAE(VAE):
+    """A VAE that counts how often its Python programs run (a compiled graph runs none of them)."""
+
+    runs = 0
+
+    def model(self, *args, **kwargs):
+        self.runs += 1
+        return super().model(*args, **kwargs)
+
+    def guide(self, *args, **kwargs):
+        self.runs += 1
+        return super().guide(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name, gradient, k", COMPILED)
+def test_a_compiled_loss_given_a_fresh_bound_method_each_step_traces_once(name, gradient, k):
+    """``elbo.differentiable_loss(vae.model, vae.guide, x)`` in a loop passes new bound-method objects each step,
+    with new ids while the old ones live. Pyro's JIT losses keyed their graphs by ``id(model)`` and traced again."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = CountingVAE(z_dim=4, hidden_dims=(32,))
+    x, weight = torch.bernoulli(torch.full((8, 784), 0.3)), torch.tensor(0.7)
+    elbo, kept = make_elbo(name, True, k, gradient), []
+    for step in range(4):
+        kept.append((vae.model, vae.guide))  # alive, so no id is reused
+        elbo.differentiable_loss(*kept[-1], x, weight).backward()
+        if step == 0:
+            runs_to_trace = vae.runs
+    assert runs_to_trace > 0 and vae.runs == runs_to_trace
+
+
+@pytest.mark.parametrize("name, gradient, k", COMPILED)
+def test_one_compiled_loss_serves_two_models_in_turn(name, gradient, k):
+    """One loss object, two models with their own parameters, called in turn: each call has its own model's plain
+    loss and gradients. Pyro's JitTrace_ELBO ran its first model's program for both; a compiled function that kept
+    one parameter layout passed the first model's graph the second's parameters (the graph refused their count)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    models = [VAE(z_dim=4, hidden_dims=(32,)), TwoLayerVAE(hidden=32)]
+    x, weight = torch.bernoulli(torch.full((8, 784), 0.3)), torch.tensor(0.7)
+    compiled, plain = make_elbo(name, True, k, gradient), make_elbo(name, False, k, gradient)
+    for m in models:  # the first call of each traces (and draws more than a step does)
+        compiled.differentiable_loss(m.model, m.guide, x, weight)
+    for m in [*models, *models]:
+        params = list(m.parameters())
+        results = []
+        for elbo in (compiled, plain):
+            torch.manual_seed(1)
+            loss = elbo.differentiable_loss(m.model, m.guide, x, weight)
+            results.append([loss.detach(), *torch.autograd.grad(loss, params)])
+        for got, want in zip(*results):
+            assert relative_difference(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("name, gradient, k", [("trace", "stl", 1), ("iwae", "dreg", 3)])
 def test_a_batch_size_frozen_by_tracing_is_refused_in_one_line_that_says_how_to_write_it(name, gradient, k):
     """``pyro.plate("data", len(x))`` runs on the traced batch and fails on any other: the error names the cause."""

@@ -1,17 +1,21 @@
 r"""The compiled (JIT) loss, and the check that it computes what the plain loss does.
 
-``torch.jit.trace`` (under Pyro's ``JitTrace_ELBO``) records one run of a Pyro
-program as a graph, which removes Pyro's Python from each training step. It
-also freezes anything the program computes in Python from the data, so
-`check_compiled` runs the compiled and the plain loss side by side before the
-first step, and training uses the compiled one only when they agree.
+``torch.jit.trace`` records one run of a Pyro program as a graph, which removes Pyro's Python from each
+training step. It also freezes anything the program computes in Python from the data, so
+`check_compiled` runs the compiled and the plain loss side by side before the first step, and training
+uses the compiled one only when they agree. Every compiled objective (`inference.training.objectives`)
+is its plain class's ``loss_and_surrogate_loss`` compiled by one mechanism, `CompiledSurrogate`.
 
-Pyro's ``pyro.ops.jit.trace`` passes each parameter to ``torch.jit.trace`` once per *name*, so a
-tensor that a model reaches under two names (a layer shared by two networks, weights tied between
-the generative and the inference network) is passed twice, and the tracer hands the program a
-different tensor for the second copy: Pyro's own ``assert constrained_param.unconstrained() is
-unconstrained_param`` then fails with an empty message. `SharedParameterFunction` passes each
-tensor once, under all its names; the losses here compile with it.
+Pyro's own JIT losses (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``) are not used. In Pyro 1.9
+``JitTraceMeanField_ELBO`` traces again on every call. ``JitTrace_ELBO`` keys its graphs by ``id(model)``,
+so ``vae.model``, a new bound-method object at each read, can get a new id and be traced again, and its
+traced function runs the model and guide of its *first* call, so the same loss given a second model
+fails on that model's parameters. And ``pyro.ops.jit.trace`` passes each parameter to
+``torch.jit.trace`` once per *name*: a tensor that a model reaches under two names (a layer shared by
+two networks, weights tied between the generative and the inference network) is passed twice, the
+tracer hands the program a different tensor for the second copy, and Pyro's own ``assert
+constrained_param.unconstrained() is unconstrained_param`` fails with an empty message.
+`SharedParameterFunction` passes each tensor once, under all its names.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import pyro
 import pyro.ops.jit
 import torch
 from pyro import poutine
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.ops.jit import _hashable_args_kwargs
 from pyro.util import ignore_jit_warnings
@@ -40,133 +43,112 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
     then reaches the traced program as two inputs, and Pyro's identity check fails (module doc).
     Here the inputs are the distinct tensors, in the order the program first reaches them, and
     every name maps to its tensor's input. Compiled once per number of positional arguments and
-    value of the keyword arguments, as Pyro's.
+    value of the keyword arguments, as Pyro's, each graph with its own parameter layout.
+
+    On the CPU the graph runs without TorchScript's optimiser: its ops then record eager autograd's backward, where
+    the optimiser would differentiate the graph itself. A step's loss and backward took 0.95-1.01x the optimised
+    time for every objective at batch 20, 100 and 128, and 1.04x for ``trace --gradient stl`` at batch 20 (Intel
+    Xeon, 2 threads, ``benchmarks/graph_optimiser.py``; BENCHMARKS.md). On CUDA, where the optimiser can fuse, it
+    runs as TorchScript chooses (not measured without).
 
     With gradients off (``torch.no_grad()``: a validation loss, ``ELBO.loss``) it runs the program itself and
     neither traces nor uses a graph. A graph traced then would record what the program does only without
     gradients (the Bernoulli log-density's forward-only form, `.detach()`s that are no-ops) and later steps would
-    run it with gradients: the compiled ``trace`` loss (Pyro's JIT), first called under ``no_grad``, gave
-    gradients off by a relative 1.3 with no error (`tests/test_objectives.py`).
+    run it with gradients: the compiled ``trace`` loss (Pyro's ``JitTrace_ELBO`` then), first called under
+    ``no_grad``, gave gradients off by a relative 1.3 with no error (`tests/test_objectives.py`).
     """
+
+    #: Whether a graph whose inputs are all on the CPU runs under TorchScript's optimiser (class doc; set by
+    #: ``benchmarks/graph_optimiser.py`` to time both).
+    optimise_on_cpu = False
+
+    def __init__(self, fn, ignore_warnings: bool = False, jit_options: dict | None = None):
+        super().__init__(fn, ignore_warnings, jit_options)
+        # key -> (every parameter name the program reads, the first name of each distinct tensor). Per key: Pyro's
+        # keeps one layout, the last traced, so a function compiled for two models passed the first graph the
+        # second model's parameters
+        self._layouts: dict = {}
 
     def __call__(self, *args, **kwargs):
         if not torch.is_grad_enabled():
             return self.fn(*args, **kwargs)
         key = _hashable_args_kwargs(args, kwargs)
         if key not in self.compiled:
-            with poutine.block(), poutine.trace(param_only=True) as first_capture:
-                self.fn(*args, **kwargs)
-            self._param_names = list(first_capture.trace.nodes)
-            slot_of_tensor: dict[int, int] = {}
-            slots: list[int] = []  # name i -> its tensor's input
-            for name in self._param_names:
-                slots.append(slot_of_tensor.setdefault(id(pyro.param(name).unconstrained()), len(slot_of_tensor)))
-            self._slots = slots
-            self._first_names = [self._param_names[slots.index(i)] for i in range(len(slot_of_tensor))]
-            weakself = weakref.ref(self)
-
-            def compiled(*params_and_args):
-                self = weakself()
-                tensors, args = params_and_args[: len(self._first_names)], params_and_args[len(self._first_names):]
-                constrained = {}
-                for name, slot in zip(self._param_names, self._slots):
-                    param = pyro.param(name)  # initialised by the capture above
-                    if param.unconstrained() is not tensors[slot]:
-                        raise RuntimeError(f"pyro.param({name!r}) is not the tensor passed to the compiled function")
-                    constrained[name] = param
-                return poutine.replay(self.fn, params=constrained)(*args, **kwargs)
-
-            if self.ignore_warnings:
-                compiled = ignore_jit_warnings()(compiled)
-            inputs = tuple(pyro.param(name).unconstrained() for name in self._first_names) + args
-            with pyro.validation_enabled(False):
-                self.jit_options.pop("time_compilation", None)
-                self.compiled[key] = torch.jit.trace(compiled, inputs, **self.jit_options)
-        else:
-            inputs = tuple(pyro.param(name).unconstrained() for name in self._first_names) + args
-        with poutine.block(hide=self._param_names), poutine.trace(param_only=True) as capture:
+            self.compiled[key], self._layouts[key] = self._trace(args, kwargs)
+        param_names, first_names = self._layouts[key]
+        inputs = tuple(pyro.param(name).unconstrained() for name in first_names) + args
+        on_cpu = all(t.device.type == "cpu" for t in inputs if isinstance(t, torch.Tensor))
+        with (poutine.block(hide=param_names), poutine.trace(param_only=True) as capture,
+              torch.jit.optimized_execution(self.optimise_on_cpu or not on_cpu)):
             result = self.compiled[key](*inputs)
         for name in capture.trace.nodes:
-            if name not in self._param_names:
+            if name not in param_names:
                 raise NotImplementedError("pyro.ops.jit.trace assumes all params are created on first invocation, "
                                           f"but found new param: {name}")
         return result
 
+    def _trace(self, args: tuple, kwargs: dict):
+        """The program traced on ``args`` and ``kwargs``, and its parameter layout (`_layouts`)."""
+        with poutine.block(), poutine.trace(param_only=True) as first_capture:
+            self.fn(*args, **kwargs)
+        param_names = list(first_capture.trace.nodes)
+        slot_of_tensor: dict[int, int] = {}
+        slots = [slot_of_tensor.setdefault(id(pyro.param(name).unconstrained()), len(slot_of_tensor))
+                 for name in param_names]  # name i -> its tensor's input
+        first_names = [param_names[slots.index(i)] for i in range(len(slot_of_tensor))]
+        fn = self.fn
 
-class _CompiledWithSharedParameters:
-    """Descriptor for the attribute in which a Pyro JIT loss stores its ``pyro.ops.jit.trace`` function: what is
-    stored there is re-wrapped as a `SharedParameterFunction` (the same program, compiled on its first call)."""
+        def compiled(*params_and_args):
+            tensors, args = params_and_args[: len(first_names)], params_and_args[len(first_names):]
+            constrained = {}
+            for name, slot in zip(param_names, slots):
+                param = pyro.param(name)  # initialised by the capture above
+                if param.unconstrained() is not tensors[slot]:
+                    raise RuntimeError(f"pyro.param({name!r}) is not the tensor passed to the compiled function")
+                constrained[name] = param
+            return poutine.replay(fn, params=constrained)(*args, **kwargs)
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, objtype=None):
-        return self if obj is None else obj.__dict__.get(self.name)
-
-    def __set__(self, obj, value) -> None:
-        if type(value) is pyro.ops.jit.CompiledFunction:
-            value = SharedParameterFunction(value.fn, value.ignore_warnings, value.jit_options)
-        obj.__dict__[self.name] = value
-
-
-class JitTraceELBO(JitTrace_ELBO):
-    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient, not twice it.
-
-    Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with
-    ``loss`` still attached to the graph inside the compiled function, so its
-    gradient is 2x ``Trace_ELBO``'s (Adam hardly notices; SGD would).
-    `check_compiled` compares the two, so a change in Pyro shows. Compiled by `SharedParameterFunction`.
-    """
-
-    _loss_and_surrogate_loss = _CompiledWithSharedParameters()
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+        if self.ignore_warnings:
+            compiled = ignore_jit_warnings()(compiled)
+        inputs = tuple(pyro.param(name).unconstrained() for name in first_names) + args
+        with pyro.validation_enabled(False):
+            self.jit_options.pop("time_compilation", None)
+            graph = torch.jit.trace(compiled, inputs, **self.jit_options)
+        return graph, (param_names, first_names)
 
 
-class JitTraceMeanFieldELBO(JitTraceMeanField_ELBO):
-    """``JitTraceMeanField_ELBO`` that compiles once and then reuses the compiled loss.
-
-    Pyro 1.9's version stores its compiled function as ``_differentiable_loss``
-    but looks for ``_loss_and_surrogate_loss`` before building one, so it never
-    finds it: every call builds and traces a new function, which runs the Pyro
-    program three times (a warm-up, the trace, the graph) and so draws other
-    random numbers than the plain loss on the same seed. That, not the maths,
-    is why it failed `check_compiled`; reusing the stored function fixes both. Compiled by
-    `SharedParameterFunction`.
-    """
-
-    _differentiable_loss = _CompiledWithSharedParameters()
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        compiled = getattr(self, "_differentiable_loss", None)
-        if compiled is None:  # Pyro's method builds it, stores it and runs it
-            return super().differentiable_loss(model, guide, *args, **kwargs)
-        return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
+def differentiable(loss: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """A scalar with ``loss``'s value and ``surrogate``'s gradient:
+    ``loss.detach() + (surrogate - surrogate.detach())``."""
+    return loss.detach() + (surrogate - surrogate.detach())
 
 
 class CompiledSurrogate:
-    """Mixin: JIT-compile a class's ``loss_and_surrogate_loss(model, guide, *args)`` once, as Pyro's JIT losses do.
+    """Mixin: JIT-compile ``differentiable_loss``, the `differentiable` of a class's ``loss_and_surrogate_loss(model,
+    guide, *args)``, once, as Pyro's JIT losses do.
 
     For an objective of our own whose ``loss_and_surrogate_loss`` returns
     tensors (no ``.item()``, which tracing would freeze): put it first in the
-    bases, ``class JitMine(CompiledSurrogate, Mine)``. Compiled per
-    (model, guide) identity and non-tensor keyword arguments.
+    bases, ``class JitMine(CompiledSurrogate, Mine)``. Compiled once per
+    (model, guide) pair and value of the non-tensor keyword arguments. The pair is compared with ``==``,
+    not by ``id``: ``vae.model`` read afresh for each step is a new bound method equal to the last, so it
+    reuses the graph; another model or guide gets its own. The graph returns the differentiable loss itself, so a
+    step runs no op outside it; nor does it check the loss for NaN as the plain ``SurrogateLoss`` does (a host
+    sync each step: ``train`` checks each window's losses, `inference.training.loop`).
     """
 
-    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
-        compiled = self.__dict__.get("_compiled_surrogate")
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        compiled = self.__dict__.get("_compiled_loss")
         if compiled is None:
             weakself = weakref.ref(self)
 
-            def surrogate(*args, **kwargs):
+            def loss(*args, **kwargs):
                 # model and guide travel as keyword arguments, so each pair is its own compiled key and trace
                 model, guide = kwargs.pop("_pyro_model"), kwargs.pop("_pyro_guide")
-                return super(CompiledSurrogate, weakself()).loss_and_surrogate_loss(model, guide, *args, **kwargs)
+                return differentiable(*weakself().loss_and_surrogate_loss(model, guide, *args, **kwargs))
 
-            compiled = SharedParameterFunction(surrogate, self.ignore_jit_warnings, self.jit_options)
-            self._compiled_surrogate = compiled
+            compiled = SharedParameterFunction(loss, self.ignore_jit_warnings, self.jit_options)
+            self._compiled_loss = compiled
         return compiled(*args, _pyro_model=model, _pyro_guide=guide, **kwargs)
 
 
@@ -197,7 +179,7 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
     than a step does, and those draws must not shift the training stream (or a resumed run, which
     compiles at another point of it, would diverge from an uninterrupted one). Pyro 1.9's
     ``JitTraceMeanField_ELBO`` fails it (loss and gradients differ from ``TraceMeanField_ELBO``'s on the
-    same seed: it recompiled on every call, see `JitTraceMeanFieldELBO`, which passes).
+    same seed: it traces again on every call, and each trace draws from the RNG).
     """
     names, tensors = list(params), list(params.values())
     weight = torch.full((), 0.7, device=probe.device)  # not 1: a KL weight frozen into the trace would show
@@ -215,7 +197,7 @@ def check_compiled(model_fn, guide_fn, params: dict[str, torch.Tensor], compiled
             raise CompileError(f"the JIT-compiled loss failed on a batch of {len(x)}: {failure_cause(e)}") from e
 
     with forked_rng(probe.device), warnings.catch_warnings():
-        # Pyro's JIT losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
+        # The compiled losses are built on torch.jit.trace, deprecated in torch 2.15: nothing a user can change.
         # Its TracerWarnings ("might cause the trace to be incorrect") are what this check settles.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -62,8 +62,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from inference.training.compiled import (CompiledSurrogate, JitTraceELBO, JitTraceMeanFieldELBO,
-                                         SharedParameterFunction)
+from inference.training.compiled import CompiledSurrogate, SharedParameterFunction, differentiable
 from pyro_vae.errors import ConfigError
 
 ELBO_NAMES = ("trace", "meanfield", "iwae")
@@ -117,15 +116,39 @@ class SurrogateLoss:
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        loss = loss.detach()  # a hook on the compiled graph's unused output would be called with None
-        warn_if_nan(loss, "loss")
-        return loss + (surrogate - surrogate.detach())
+        warn_if_nan(loss.detach(), "loss")  # detached: Pyro's would hook a gradient that never comes
+        return differentiable(loss, surrogate)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """For ``pyro.infer.SVI``: this objective's gradient (the base class's own would be another)."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss)
+
+
+class PyroParticleLoss(SurrogateLoss):
+    """Mixin for Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO``: ``loss_and_surrogate_loss`` as tensors, the
+    mean over particles of the class's own ``_differentiable_loss_particle``, so that `CompiledSurrogate` compiles
+    Pyro's objectives as it compiles ours (`inference.training.compiled` says why not with Pyro's JIT losses)."""
+
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+            if not torch.is_tensor(loss_particle):  # TraceMeanField_ELBO's, outside a trace: its surrogate's .item()
+                loss_particle = surrogate_particle.detach()
+            loss = loss + loss_particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+        return loss, surrogate
+
+
+class JitTraceELBO(CompiledSurrogate, PyroParticleLoss, Trace_ELBO):
+    """``Trace_ELBO`` JIT-compiled (checked against it by `inference.training.compiled.check_compiled`). Its
+    gradient is ``Trace_ELBO``'s; Pyro 1.9's ``JitTrace_ELBO.differentiable_loss`` gives twice it."""
+
+
+class JitTraceMeanFieldELBO(CompiledSurrogate, PyroParticleLoss, TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` JIT-compiled (checked against it by `inference.training.compiled.check_compiled`)."""
 
 
 class TraceSTL_ELBO(SurrogateLoss, Trace_ELBO):
