@@ -18,6 +18,9 @@ over ``--images`` images each:
   (cg) is the default there: the compiled step captured in a CUDA graph
       (`inference.training.cuda_graph`), one replay per step.
 
+(c) trains with denormal floats flushed to 0 on the CPU (`pyro_vae.device.denormals_flushed`); a hand-written
+loop does not unless asked. ``--flush-denormal`` flushes them in every contender, to compare like with like.
+
 Prints images/s and the ratios time(c)/time(a), time(c --no-jit)/time(a) and
 time(b)/time(c) (on CUDA also time(cg)/time(a) and time(cg)/time(c)), then the
 one-off seconds of compiling and checking the loss (on CUDA also of capturing
@@ -133,11 +136,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time (c) with --elbo NAME (e.g. trace; iwae: with --particles, beside (ai), a "
                         "hand-written IWAE step, and (c) iwae --no-jit), same rounds")
     p.add_argument("--particles", type=int, default=5, help="k of --also-elbo iwae (default 5)")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="every contender with denormal floats flushed to 0 (train does it on the CPU: "
+                        "pyro_vae.device.denormals_flushed), so the hand-written ones too")
     args = p.parse_args(argv)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     pixels = load_pixels("mnist", True, args.data_dir)[: args.images]
     print(f"machine: {machine(device)}; torch {torch.__version__}, pyro {pyro.__version__}; "
-          f"{args.images} images per pass, median of {args.repeats} interleaved rounds\n")
+          f"{args.images} images per pass, median of {args.repeats} interleaved rounds"
+          f"{'; denormals flushed in every contender' if args.flush_denormal else ''}\n")
     graphs = device.type == "cuda"
     header = ["batch", "(a) hand-written img/s", "(af) (a) with fused Adam img/s", "(b) Pyro example img/s",
               "(c) inference.svi img/s", "(c) --no-jit img/s", *(["(cg) CUDA graph img/s"] if graphs else []),

@@ -305,3 +305,24 @@ def test_jit_flags_parse_and_may_change_on_resume(mnist_root, tmp_path):
     train(small_config(mnist_root, tmp_path / "run"), progress=False)
     resumed = parse("--resume", "--out", str(tmp_path / "run"), "--no-jit", "--epochs", "2")
     assert resumed.jit is False and resumed.epochs == 2
+
+
+@pytest.mark.parametrize("mode_before", [False, True])
+def test_cpu_training_flushes_denormals_and_leaves_the_mode_as_it_found_it(mnist_root, tmp_path, monkeypatch,
+                                                                            mode_before):
+    """Denormal floats take x86's slow path (an IWAE k = 50 step took 3x the time): training on the CPU counts them
+    as 0, and afterwards the mode is what the caller had."""
+    from inference.training import loop
+    from pyro_vae.device import denormals_flushed_now
+
+    seen = []
+    inner = loop._train
+    monkeypatch.setattr(loop, "_train", lambda *a, **k: (seen.append(denormals_flushed_now()), inner(*a, **k))[1])
+    torch.set_flush_denormal(mode_before)
+    try:
+        assert denormals_flushed_now() == mode_before
+        result = train(small_config(mnist_root, tmp_path / "run"), progress=False)
+        assert seen == [True] and result.history
+        assert denormals_flushed_now() == mode_before
+    finally:
+        torch.set_flush_denormal(False)

@@ -57,6 +57,7 @@ from models.registry import import_hint
 from pyro_vae import checkpoint, distributed
 from pyro_vae.config import TrainConfig, defaults_line, resolve_defaults
 from pyro_vae.data import DataSplits
+from pyro_vae.device import denormals_flushed
 from pyro_vae.errors import CheckpointError, TrainingDiverged
 from pyro_vae.run_lock import RunLock, check_free
 from pyro_vae.schedule import learning_rate, set_learning_rate
@@ -169,26 +170,28 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, data
     config = resolve_defaults(config, channels).validated()  # the one defaults policy, as from the command line
     group, device = distributed.setup(config.device)
     lock = None
-    try:
-        with distributed.together("before training"):
-            if group.is_main and config.out:
-                check_free(config.out)  # another run writing there: say so before loading anything
-            seen = _file_state(Path(config.out or default_out()) / "checkpoint.pt")
-            config, data, model, optim, start = prepare(config, resume, data, model, device, group)
-            log = (tqdm.write if progress else print) if group.is_main else _silent
-            for line in (defaults_line(config), start.note) if not resume else ():
-                if line:
-                    log(line)
-            probe = data.test[: config.batch_size]
-            config = objective_for(model, config, probe, log, chosen=elbo_chosen)  # the run records what it trains
-            step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
-            if group.is_main:  # the one writer: everything from here on is written under OUT's lock
-                lock = RunLock(config.out, "training").acquire()
-                _start_writing(config, start, resume, seen, model)
-        return _train(config, resume, progress, data, model, optim, start, step_fn, compiled, group, device, log)
-    finally:
-        if lock is not None:
-            lock.release()
+    with denormals_flushed(device):  # the CPU's slow path for tiny floats: off while training
+        try:
+            with distributed.together("before training"):
+                if group.is_main and config.out:
+                    check_free(config.out)  # another run writing there: say so before loading anything
+                seen = _file_state(Path(config.out or default_out()) / "checkpoint.pt")
+                config, data, model, optim, start = prepare(config, resume, data, model, device, group)
+                log = (tqdm.write if progress else print) if group.is_main else _silent
+                for line in (defaults_line(config), start.note) if not resume else ():
+                    if line:
+                        log(line)
+                probe = data.test[: config.batch_size]
+                # the run records what it trains
+                config = objective_for(model, config, probe, log, chosen=elbo_chosen)
+                step_fn, compiled = build_step(model, config, optim, probe=probe, log=log, group=group)
+                if group.is_main:  # the one writer: everything from here on is written under OUT's lock
+                    lock = RunLock(config.out, "training").acquire()
+                    _start_writing(config, start, resume, seen, model)
+            return _train(config, resume, progress, data, model, optim, start, step_fn, compiled, group, device, log)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _file_state(path: Path) -> tuple | None:
