@@ -30,8 +30,9 @@ def denormals_flushed_now() -> bool:
 
 @contextlib.contextmanager
 def denormals_flushed(device: torch.device) -> Iterator[None]:
-    """On the CPU, denormal float32 results (below 2^-126, about 1.2e-38) and inputs count as 0 for the duration
-    (``torch.set_flush_denormal``: x86's FTZ and DAZ modes); the mode is as before on exit. Elsewhere nothing changes.
+    """On the CPU, denormal float results (float32 below 2^-126, about 1.2e-38) and inputs count as 0 for the
+    duration (``torch.set_flush_denormal``: x86's FTZ and DAZ modes); on exit the calling thread's mode is what it
+    was. Elsewhere nothing changes.
 
     x86 cores take a slow microcode path for denormal operands. Training on the IWAE bound, the normalised weights
     of the k particles go below 2^-126 and carry into the decoder's backward pass: a step of ``--elbo iwae
@@ -39,11 +40,11 @@ def denormals_flushed(device: torch.device) -> Iterator[None]:
     flushed lies below float32's resolution in any sum it enters (a weight under 1.2e-38 beside weights that sum
     to 1); log-densities, which stay in log space, are untouched. CUDA kernels flush or not as they were built.
 
-    torch sets the mode for the calling thread, and threads inherit it when they start: torch's intra-op threads
-    started earlier in the process (by any parallel op) keep theirs. `train` enters this before it builds
-    anything, so a fresh process (the command line) flushes on every thread; in a session that ran torch work
-    before, ``torch.set_flush_denormal(True)`` at its start gives the whole gain (an IWAE k = 50 epoch took 1.4
-    s against 1.9 s with the threads started before).
+    torch sets the mode per thread, and a thread takes the mode of the one that starts it. So torch's intra-op
+    worker threads started inside (in a fresh process: all of them) keep flushing after exit, and those started
+    before (in a session that ran torch work first) never flush. Either way a result differs only where a value
+    falls below the smallest normal float (float64: 2^-1022), as 0 against a denormal. For the whole gain in such
+    a session, call ``torch.set_flush_denormal(True)`` at its start (an IWAE k = 50 epoch: 1.4 s against 1.9 s).
     """
     if device.type != "cpu":
         yield

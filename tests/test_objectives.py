@@ -184,6 +184,33 @@ def test_a_compiled_loss_first_called_without_gradients_is_not_traced_then(name,
     assert max(differences.values()) < 1e-5, differences
 
 
+class ScoredNormal(pyro.distributions.Normal):
+    """A Normal that Pyro samples without ``rsample``."""
+
+    has_rsample = False
+
+
+class ScoreFunctionVAE(VAE):
+    """A VAE whose guide draws z without ``rsample``: ``Trace_ELBO`` estimates its gradient by the score function,
+    so the loss's value and the surrogate's differ."""
+
+    def posterior(self, x: torch.Tensor):
+        normal = super().posterior(x).base_dist
+        return ScoredNormal(normal.loc, normal.scale).to_event(1)
+
+
+def test_the_compiled_trace_loss_has_the_plain_value_where_a_guide_site_is_scored_by_its_score_function():
+    """Pyro's per-particle loss value is a Python float, frozen by a trace: the compiled one is recomputed from the
+    traces, and equals ``Trace_ELBO``'s where the surrogate's value does not."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = ScoreFunctionVAE(z_dim=4, hidden_dims=(32,))
+    params = {n: p for n, p in vae.named_parameters()}
+    differences = check_compiled(vae.model, vae.guide, params, make_elbo("trace", True), make_elbo("trace", False),
+                                 torch.bernoulli(torch.full((16, 784), 0.3)))
+    assert max(differences.values()) < 1e-5, differences
+
+
 class CountingVAE(VAE):
     """A VAE that counts how often its Python programs run (a compiled graph runs none of them)."""
 

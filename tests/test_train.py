@@ -308,10 +308,10 @@ def test_jit_flags_parse_and_may_change_on_resume(mnist_root, tmp_path):
 
 
 @pytest.mark.parametrize("mode_before", [False, True])
-def test_cpu_training_flushes_denormals_and_leaves_the_mode_as_it_found_it(mnist_root, tmp_path, monkeypatch,
-                                                                            mode_before):
+def test_cpu_training_flushes_denormals_and_restores_the_callers_mode(mnist_root, tmp_path, monkeypatch,
+                                                                       mode_before):
     """Denormal floats take x86's slow path (an IWAE k = 50 step took 3x the time): training on the CPU counts them
-    as 0, and afterwards the mode is what the caller had."""
+    as 0, and afterwards the calling thread's mode is what it was (torch's worker threads: `denormals_flushed`)."""
     from inference.training import loop
     from pyro_vae.device import denormals_flushed_now
 

@@ -3,8 +3,9 @@ r"""The compiled (JIT) loss, and the check that it computes what the plain loss 
 ``torch.jit.trace`` records one run of a Pyro program as a graph, which removes Pyro's Python from each
 training step. It also freezes anything the program computes in Python from the data, so
 `check_compiled` runs the compiled and the plain loss side by side before the first step, and training
-uses the compiled one only when they agree. Every compiled objective (`inference.training.objectives`)
-is its plain class's ``loss_and_surrogate_loss`` compiled by one mechanism, `CompiledSurrogate`.
+uses the compiled one only when they agree. Each compiled objective (`inference.training.objectives`)
+is its plain class's ``loss_and_surrogate_loss`` compiled by `CompiledSurrogate`, except DReG's, two graphs
+(`JitIWAE_DReG`); all of them trace with `SharedParameterFunction`.
 
 Pyro's own JIT losses (``JitTrace_ELBO``, ``JitTraceMeanField_ELBO``) are not used. In Pyro 1.9
 ``JitTraceMeanField_ELBO`` traces again on every call. ``JitTrace_ELBO`` keys its graphs by ``id(model)``,

@@ -127,19 +127,25 @@ class SurrogateLoss:
 
 
 class PyroParticleLoss(SurrogateLoss):
-    """Mixin for Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO``: ``loss_and_surrogate_loss`` as tensors, the
-    mean over particles of the class's own ``_differentiable_loss_particle``, so that `CompiledSurrogate` compiles
-    Pyro's objectives as it compiles ours (`inference.training.compiled` says why not with Pyro's JIT losses)."""
+    """Mixin for Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO``: ``loss_and_surrogate_loss`` as tensors, so that
+    `CompiledSurrogate` compiles Pyro's objectives as it compiles ours (`inference.training.compiled` says why not
+    with Pyro's JIT losses). The surrogate is the class's own ``_differentiable_loss_particle``'s; the loss value is
+    `_particle_loss`, because Pyro's returns it as a Python float (``.item()``), which a trace would freeze."""
 
     def loss_and_surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         loss, surrogate = 0.0, 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
-            if not torch.is_tensor(loss_particle):  # TraceMeanField_ELBO's, outside a trace: its surrogate's .item()
-                loss_particle = surrogate_particle.detach()
-            loss = loss + loss_particle / self.num_particles
+            _, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = loss + self._particle_loss(model_trace, guide_trace, surrogate_particle) / self.num_particles
             surrogate = surrogate + surrogate_particle / self.num_particles
         return loss, surrogate
+
+    def _particle_loss(self, model_trace, guide_trace, surrogate: torch.Tensor) -> torch.Tensor:
+        """``Trace_ELBO``'s loss value of one particle, -(log p(x, z) - log q(z|x)), without gradient. It differs
+        from the surrogate's value where a guide site is not reparameterised (its score-function term)."""
+        log_p = sum(site["log_prob_sum"] for site in model_trace.nodes.values() if site["type"] == "sample")
+        log_q = sum(site["log_prob_sum"] for site in guide_trace.nodes.values() if site["type"] == "sample")
+        return -(log_p - log_q).detach()
 
 
 class JitTraceELBO(CompiledSurrogate, PyroParticleLoss, Trace_ELBO):
@@ -149,6 +155,10 @@ class JitTraceELBO(CompiledSurrogate, PyroParticleLoss, Trace_ELBO):
 
 class JitTraceMeanFieldELBO(CompiledSurrogate, PyroParticleLoss, TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` JIT-compiled (checked against it by `inference.training.compiled.check_compiled`)."""
+
+    def _particle_loss(self, model_trace, guide_trace, surrogate: torch.Tensor) -> torch.Tensor:
+        """The ELBO with each closed-form KL: the surrogate's own value (``TraceMeanField_ELBO``'s loss)."""
+        return surrogate.detach()
 
 
 class TraceSTL_ELBO(SurrogateLoss, Trace_ELBO):

@@ -58,8 +58,8 @@ def make_step(model: LatentModel, elbo: ELBO, optim: torch.optim.Optimizer, prob
     With a ``group`` of more than one process the step is a
     `inference.training.data_parallel.DataParallelStep`: ``x`` is the global batch.
     """
-    # Bind once: each ``model.model`` access makes a new bound method, and the JIT losses key
-    # their compiled-trace cache on id(model), so a fresh one every step would retrace every step.
+    # Bind once: each ``model.model`` access makes a new bound method (the compiled losses compare them with ==, so
+    # that would not retrace, but there is no need to make one per step)
     model_fn, guide_fn = model.model, model.guide
     if reference is not None:
         if probe is None:
