@@ -65,9 +65,9 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
 
     def __init__(self, fn, ignore_warnings: bool = False, jit_options: dict | None = None):
         super().__init__(fn, ignore_warnings, jit_options)
-        # key -> (every parameter name the program reads, the first name of each distinct tensor). Per key: Pyro's
-        # keeps one layout, the last traced, so a function compiled for two models passed the first graph the
-        # second model's parameters
+        # key -> (every parameter name the program reads, the first name of each distinct tensor, whether every
+        # input was on the CPU when it was traced). Per key: Pyro's keeps one layout, the last traced, so a
+        # function compiled for two models passed the first graph the second model's parameters
         self._layouts: dict = {}
 
     def __call__(self, *args, **kwargs):
@@ -76,9 +76,8 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
         key = _hashable_args_kwargs(args, kwargs)
         if key not in self.compiled:
             self.compiled[key], self._layouts[key] = self._trace(args, kwargs)
-        param_names, first_names = self._layouts[key]
+        param_names, first_names, on_cpu = self._layouts[key]
         inputs = tuple(pyro.param(name).unconstrained() for name in first_names) + args
-        on_cpu = all(t.device.type == "cpu" for t in inputs if isinstance(t, torch.Tensor))
         with (poutine.block(hide=param_names), poutine.trace(param_only=True) as capture,
               torch.jit.optimized_execution(self.optimise_on_cpu or not on_cpu)):
             result = self.compiled[key](*inputs)
@@ -89,7 +88,7 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
         return result
 
     def _trace(self, args: tuple, kwargs: dict):
-        """The program traced on ``args`` and ``kwargs``, and its parameter layout (`_layouts`)."""
+        """The program traced on ``args`` and ``kwargs``, and its layout (`_layouts`)."""
         with poutine.block(), poutine.trace(param_only=True) as first_capture:
             self.fn(*args, **kwargs)
         param_names = list(first_capture.trace.nodes)
@@ -115,7 +114,9 @@ class SharedParameterFunction(pyro.ops.jit.CompiledFunction):
         with pyro.validation_enabled(False):
             self.jit_options.pop("time_compilation", None)
             graph = torch.jit.trace(compiled, inputs, **self.jit_options)
-        return graph, (param_names, first_names)
+        # a graph holds its trace's devices (its constants are tensors there): decided once, not per step
+        on_cpu = all(t.device.type == "cpu" for t in inputs if isinstance(t, torch.Tensor))
+        return graph, (param_names, first_names, on_cpu)
 
 
 def differentiable(loss: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
