@@ -9,12 +9,15 @@ images, chains, steps and leapfrog steps, one process, interleaved rounds:
       gradients, log p(x|z) from the decoder's logits (by the log-density (c) uses,
       `models.likelihoods.bernoulli_log_prob_sum`: c/a measures what Pyro's traces and the general code add)
       and one ``torch.autograd.grad`` per leapfrog step; global RNG, float64 weights;
-  (c) ``ais_log_marginal`` (Pyro traces, per-datapoint RNG, any model), three ways:
+  (c) ``ais_log_marginal`` (Pyro traces, per-datapoint RNG, any model), four ways:
       ``two-pass, plain`` (the same algorithm as (a), Pyro's Python at every
-      gradient evaluation, as before issue 27), ``two-pass, traced`` (the
-      same algorithm, the potential traced once: c/a compares like with like,
-      target <= 1.1) and ``pilot, traced`` (the default: a T/10-step pilot run
-      instead of the full tuning pass).
+      gradient evaluation, as before issue 27), ``two-pass, compiled`` (the
+      same algorithm compiled as ``compiled=True`` does it, the values and
+      gradients as frozen graphs with their backward ops: c/a compares like
+      with like, target <= 1.1), ``two-pass, traced`` (the form before those
+      graphs, issue 40: the potential traced, autograd at every evaluation)
+      and ``pilot, compiled`` (the default: a T/10-step pilot run instead of
+      the full tuning pass).
 
 Prints seconds per image, gradient evaluations per image (chains included) and
 the mean log p(x) of each (they should agree within their Monte Carlo error),
@@ -27,6 +30,7 @@ the ratios to (a), and the default's cost scaled to T=1000.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkpoint_and_images, interleaved_medians, machine, timed  # noqa: E402
 
+from inference.estimators import ais  # noqa: E402
 from inference.estimators.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
                                       AISSettings, ais_log_marginal, annealing_schedule)
 from models.likelihoods import bernoulli_log_prob_sum  # noqa: E402
@@ -117,6 +122,16 @@ def handwritten_evaluations(chains: int, steps: int, leapfrog: int) -> int:
     return chains * ((1 + (WARMUP_TRANSITIONS + steps - 1) * leapfrog) + (1 + (steps - 1) * leapfrog))
 
 
+@contextlib.contextmanager
+def only_traced_autograd():
+    """AIS compiled as before the frozen graphs of issue 40: the potential traced, autograd at every evaluation."""
+    forms, ais._COMPILED_FORMS = ais._COMPILED_FORMS, (ais._traced_autograd,)
+    try:
+        yield
+    finally:
+        ais._COMPILED_FORMS = forms
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run folder (default VAE)")
@@ -136,15 +151,17 @@ def main() -> None:
         return timed(lambda: results.__setitem__("a", handwritten_ais(vae, x, args.chains, args.steps, args.leapfrog)),
                      device)
 
-    def run_c(name: str, tuning: str, compiled: bool):
+    def run_c(name: str, tuning: str, compiled: bool, traced_only: bool = False):
         def go() -> None:
-            est = ais_log_marginal(vae.model, vae.guide, x, AISSettings(args.chains, args.steps, args.leapfrog,
-                                                                        tuning=tuning, compiled=compiled))
+            with only_traced_autograd() if traced_only else contextlib.nullcontext():
+                est = ais_log_marginal(vae.model, vae.guide, x, AISSettings(args.chains, args.steps, args.leapfrog,
+                                                                            tuning=tuning, compiled=compiled))
+            assert est.compiled == compiled, f"{name}: AIS fell back to its plain potential"
             results[name], evaluations[name] = est.log_px, est.gradient_evaluations
         return lambda: timed(go, device)
 
-    variants = {"c two-pass, plain": ("two-pass", False), "c two-pass, traced": ("two-pass", True),
-                "c pilot, traced": ("pilot", True)}
+    variants = {"c two-pass, plain": ("two-pass", False), "c two-pass, traced": ("two-pass", True, True),
+                "c two-pass, compiled": ("two-pass", True), "c pilot, compiled": ("pilot", True)}
     medians = interleaved_medians({"a": run_a, **{k: run_c(k, *v) for k, v in variants.items()}}, args.repeats)
     print(f"machine: {machine(device)}; torch {torch.__version__}")
     print(f"{args.images} images, C={args.chains} chains, T={args.steps} steps, L={args.leapfrog} leapfrog steps, "
@@ -154,13 +171,15 @@ def main() -> None:
         print(f"  {label:<28} {medians[name] / args.images:8.4f} s/image  {evaluations[name]:>8,} gradient "
               f"evaluations/image  mean log p(x) {results[name].mean().item():9.3f}  "
               f"{medians[name] / medians['a']:5.2f} x (a)")
-    print(f"  c/a, same algorithm (two-pass, traced): {medians['c two-pass, traced'] / medians['a']:.2f} "
+    print(f"  c/a, same algorithm (two-pass, compiled): {medians['c two-pass, compiled'] / medians['a']:.2f} "
           "(target <= 1.1)")
-    print(f"  traced speed-up over plain (two-pass): "
-          f"{medians['c two-pass, plain'] / medians['c two-pass, traced']:.2f} x")
-    print(f"  default (pilot, traced) over two-pass, plain (the default before issue 27): "
-          f"{medians['c two-pass, plain'] / medians['c pilot, traced']:.2f} x faster")
-    per_image_t1000 = medians["c pilot, traced"] / args.images * 1000 / args.steps
+    print(f"  compiled over traced + autograd (two-pass; time): "
+          f"{medians['c two-pass, compiled'] / medians['c two-pass, traced']:.2f}")
+    print(f"  compiled speed-up over plain (two-pass): "
+          f"{medians['c two-pass, plain'] / medians['c two-pass, compiled']:.2f} x")
+    print(f"  default (pilot, compiled) over two-pass, plain (the default before issue 27): "
+          f"{medians['c two-pass, plain'] / medians['c pilot, compiled']:.2f} x faster")
+    per_image_t1000 = medians["c pilot, compiled"] / args.images * 1000 / args.steps
     print(f"  default at T=1000 (scaled linearly from T={args.steps}): {per_image_t1000:.2f} s/image")
 
 

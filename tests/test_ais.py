@@ -86,6 +86,60 @@ def test_a_potential_that_traces_wrongly_falls_back_with_one_warning():
     assert torch.equal(fallback.log_weights, plain.log_weights)
 
 
+@pytest.fixture
+def autograd_calls(monkeypatch):
+    """A list that grows by one at every ``torch.autograd.grad`` call."""
+    calls, grad = [], torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: calls.append(1) or grad(*args, **kwargs))
+    return calls
+
+
+def _autograd_calls_by_steps(calls: list, model, guide, x, **kwargs) -> dict[int, int]:
+    counts = {}
+    for steps in (5, 30):
+        calls.clear()
+        ais_log_marginal(model, guide, x, num_steps=steps, **kwargs)
+        counts[steps] = len(calls)
+    return counts
+
+
+def test_the_compiled_chains_evaluate_with_no_autograd(ppca, autograd_calls):
+    """compiled=True records the values and gradients with their backward ops as frozen graphs: autograd runs while
+    they are built and checked, at no evaluation, whatever the number of transitions (plain: at every one)."""
+    model, x = ppca
+    kwargs = dict(num_chains=3, leapfrog_steps=3)
+    compiled = _autograd_calls_by_steps(autograd_calls, model.model, model.guide, x[:4], **kwargs)
+    plain = _autograd_calls_by_steps(autograd_calls, model.model, model.guide, x[:4], compiled=False, **kwargs)
+    assert compiled[5] == compiled[30] and plain[30] > plain[5] > compiled[5]
+
+
+def test_a_model_the_graphs_cannot_record_runs_traced_with_no_warning(autograd_calls):
+    """A model that checks a latent's value in Python (``assert``) cannot be recorded with its backward ops (the
+    check needs a number), while a trace keeps the branch taken, which agrees with the plain potential everywhere:
+    AIS runs the traced potential under autograd, silently, with the plain result."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            scale = torch.nn.functional.softplus(z) + 0.1
+            assert (scale > 0).all()
+            pyro.sample("x", dist.Normal(z, scale), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x, 1.0))
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    kwargs = dict(num_chains=3, leapfrog_steps=2, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        traced = ais_log_marginal(model, guide, x, num_steps=10, **kwargs)
+    plain = ais_log_marginal(model, guide, x, num_steps=10, compiled=False, **kwargs)
+    assert traced.compiled
+    torch.testing.assert_close(traced.log_weights, plain.log_weights, rtol=1e-6, atol=1e-6)
+    counts = _autograd_calls_by_steps(autograd_calls, model, guide, x, **kwargs)
+    assert counts[30] > counts[5]  # autograd at every evaluation: the traced form
+
+
 @pytest.mark.parametrize("tuning", ["pilot", "two-pass"])
 def test_gradient_evaluations_are_counted_per_image(ppca, tuning):
     """L per transition, one at each run's start; the tuning run's warm-up and transitions included."""

@@ -54,11 +54,16 @@ start is the last one of the transition before; the weight increment reuses the 
 log base). Only the end point needs log base and log target and their two gradients (one backward pass each);
 the L - 1 positions inside a transition take one backward pass of log f_b itself. `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
 Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients.
-The potential is traced once per batch shape with ``torch.jit.trace`` (``compiled=True``, the default),
-which removes Pyro's Python from every evaluation, and what depends on the data and the parameters alone (the
-guide's encoder) is computed once in the graph by constant propagation; the traced and the plain potential and gradients are
-compared at two points first (`AIS_COMPILE_RTOL`) and AIS falls back to the plain one, with one warning,
-when they differ or tracing fails.
+With ``compiled=True`` (the default) they are compiled once per batch shape, removing Pyro's Python from every
+evaluation, in the first form that builds and agrees with the plain one (`_COMPILED_FORMS`):
+
+- the two evaluations, values and gradients, each recorded with its backward ops as one frozen graph
+  (`pyro_vae.frozen_graph`): no autograd at run time, and only the backward ops a leapfrog gradient needs;
+- else the potential traced by ``torch.jit.trace``, differentiated by autograd at every evaluation.
+
+Either way the data and the parameters are the graph's constants, so what depends on them alone (the guide's
+encoder of x) is computed once. The compiled and the plain values and gradients are compared at two points first
+(`AIS_COMPILE_RTOL`), and AIS falls back to the plain potential, with one warning, when no compiled form agrees.
 
 Limits: a latent's support may not depend on other latents' values (each
 bijection is built once, from the start draws); the guide must have the
@@ -93,6 +98,7 @@ from inference.estimators.importance import Layout, data_frame_dim, inspect_prog
 from pyro_vae.device import forked_rng
 from pyro_vae.distributed import sharded_map
 from pyro_vae.errors import CompileError, EstimationError
+from pyro_vae.frozen_graph import frozen_graph
 from pyro_vae.seeds import (AIS_DEQUANTIZATION, AIS_FORWARD, AIS_REVERSE, AIS_SIMULATED, AIS_START, AIS_TUNING,
                             AIS_TUNING_START, seed_for)
 
@@ -267,34 +273,40 @@ class _Site:
 class _Target:
     """log base(z) and log p(x, z) at unconstrained latents ``u``: float64 ``[C, B]``, log|dz/du| in both.
 
-    Calling it runs the Pyro programs; `potential` is what the chains evaluate: the call itself, or its
-    traced graph after `compile`. ``evaluations`` counts the chains' evaluations (`_evaluate`)."""
+    Calling it runs the Pyro programs. The chains read values and gradients through ``derivatives``
+    (`_Derivatives`): autograd over the call, or after `compile` a faster form of the same. ``evaluations`` counts
+    the chains' evaluations (`_evaluate`, `_gradient`)."""
 
     def __init__(self, model: Callable, guide: Callable, x: torch.Tensor, layout: Layout, sites: list[_Site],
                  num_chains: int, init: str):
         self.model, self.guide, self.x, self.layout, self.sites = model, guide, x, layout, sites
         self.num_chains, self.init = num_chains, init
         self.latents = tuple(s.name for s in sites)
-        self.potential: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] = self
+        self.derivatives: _Derivatives = _Autograd(self)
         self.compiled = False
         self.evaluations = 0
 
     def compile(self, u: dict[str, torch.Tensor]) -> None:
-        """Trace the potential at ``u`` (this batch's shapes) and use the graph, unless it differs from the plain
-        potential at ``u`` or at a second point (a value computed in Python from u would be frozen): then warn in
-        one line and keep the plain one."""
-        try:
-            traced = _traced_potential(self, u)
-            for point in (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()}):
-                for name, (got, want) in _compared(traced, self, point).items():
-                    difference = relative_difference(got, want)
-                    if not difference <= AIS_COMPILE_RTOL:
-                        raise CompileError(f"the traced and the plain AIS potential differ (in {name}: relative "
-                                           f"difference {difference:.2g})")
-        except Exception as e:  # noqa: BLE001 - any failure to trace or to agree means: do not use it
-            warnings.warn(f"AIS runs its potential uncompiled: {failure_cause(e)}", RuntimeWarning, stacklevel=3)
+        """Use the first compiled form of the derivatives (`_COMPILED_FORMS`) that builds at ``u`` (this batch's
+        shapes) and agrees with the plain one at ``u`` and at a second point (a value computed in Python from u
+        would be frozen); where none does, warn in one line and keep the plain one."""
+        causes: list[str] = []
+        for build in _COMPILED_FORMS:
+            try:
+                candidate = build(self, u)
+                for point in (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()}):
+                    for name, (got, want) in _compared(candidate, self.derivatives, point).items():
+                        difference = relative_difference(got, want)
+                        if not difference <= AIS_COMPILE_RTOL:
+                            raise CompileError(f"the compiled and the plain AIS potential differ (in {name}: "
+                                               f"relative difference {difference:.2g})")
+            except Exception as e:  # noqa: BLE001 - any failure to build or to agree means: do not use it
+                causes.append(failure_cause(e))
+                continue
+            self.derivatives, self.compiled = candidate, True
             return
-        self.potential, self.compiled = traced, True
+        warnings.warn(f"AIS runs its potential uncompiled: {'; '.join(dict.fromkeys(causes))}", RuntimeWarning,
+                      stacklevel=3)
 
     def _sum(self, trace: poutine.Trace, names: Sequence[str]) -> torch.Tensor:
         return trace_sum(trace, names, self.layout.particle_dim, self.num_chains, len(self.x))
@@ -325,8 +337,111 @@ class _Target:
         return base + log_jacobian, target + log_jacobian
 
 
-def _traced_potential(target: _Target, u: dict[str, torch.Tensor]) -> Callable:
-    """``target`` traced by ``torch.jit.trace`` at ``u``, the same signature. The latents are the graph's only
+# --- values and gradients: autograd, or a compiled form -------------------------------------
+
+@dataclass
+class _State:
+    """Chains at ``u`` with log base, log target (``[C, B]``) and their gradients in u."""
+
+    u: dict[str, torch.Tensor]
+    base: torch.Tensor
+    target: torch.Tensor
+    grad_base: dict[str, torch.Tensor]
+    grad_target: dict[str, torch.Tensor]
+
+    def log_f(self, b: float) -> torch.Tensor:
+        return torch.lerp(self.base, self.target, b)
+
+    def grad_log_f(self, b: float) -> dict[str, torch.Tensor]:
+        return {n: torch.lerp(g, self.grad_target[n], b) for n, g in self.grad_base.items()}
+
+
+class _Derivatives:
+    """What a chain needs of the potential at ``u``: `state` (log base, log target and both their gradients: a
+    transition's end point) and `gradient` (grad log f_b alone, from the backward pass's `_seeds`: the leapfrog
+    positions inside a transition, whose values nothing reads)."""
+
+    def state(self, u: dict[str, torch.Tensor]) -> _State:
+        raise NotImplementedError
+
+    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class _Autograd(_Derivatives):
+    """The derivatives by ``torch.autograd.grad`` through ``potential`` (``u -> (log base, log target)``): the
+    Pyro programs themselves, or their traced graph."""
+
+    def __init__(self, potential: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]):
+        self.potential = potential
+
+    def state(self, u: dict[str, torch.Tensor]) -> _State:
+        """One forward pass, then two backward passes (the second only through the base, which does not depend
+        on the decoder)."""
+        u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
+        with torch.enable_grad():
+            base, tgt = self.potential(u)
+            leaves = list(u.values())
+            ones = torch.ones_like(tgt)  # the backward passes' seeds, in place of a sum in the graph
+            g_target = torch.autograd.grad(tgt, leaves, ones, retain_graph=True, allow_unused=True)
+            g_base = torch.autograd.grad(base, leaves, ones, allow_unused=True)
+        return _State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(), _filled(u, g_base),
+                      _filled(u, g_target))
+
+    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+        """One backward pass of (1 - b) log base + b log target; the weights enter as its seeds, no ops of their
+        own in the graph."""
+        u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
+        with torch.enable_grad():
+            base, tgt = self.potential(u)
+            grads = torch.autograd.grad((base, tgt), list(u.values()), seeds, allow_unused=True)
+        return _filled(u, grads)
+
+
+def _filled(u: dict[str, torch.Tensor], grads: Sequence[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    """``{site: gradient}``, zeros for a latent the output does not depend on."""
+    return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
+
+
+class _GradientGraphs(_Derivatives):
+    """`state` and `gradient` of the plain `_Autograd`, each recorded with its backward ops as one frozen graph
+    (`pyro_vae.frozen_graph`): no autograd tape at run time, only the backward ops each output needs (the
+    leapfrog gradient skips the Bernoulli log-density's forward pass), and the guide's encoder of x and the
+    parameters folded into constants. The fastest form: at 5 images x 4 chains a leapfrog gradient takes about
+    half the time of the traced potential's (BENCHMARKS.md, AIS throughput)."""
+
+    def __init__(self, target: _Target, u: dict[str, torch.Tensor]):
+        plain, self.names = _Autograd(target), list(u)
+
+        def state(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            s = plain.state(dict(zip(self.names, values)))
+            return (s.base, s.target, *s.grad_base.values(), *s.grad_target.values())
+
+        def gradient(seed_base: torch.Tensor, seed_target: torch.Tensor, *values: torch.Tensor
+                     ) -> tuple[torch.Tensor, ...]:
+            return tuple(plain.gradient(dict(zip(self.names, values)), (seed_base, seed_target)).values())
+
+        values = [u[n] for n in self.names]
+        with pyro.validation_enabled(False):
+            self.state_graph = frozen_graph(state, *values)
+            seeds = _seeds(plain.state(u).base, 0.5)
+            self.gradient_graph = frozen_graph(gradient, *seeds, *values)
+
+    def state(self, u: dict[str, torch.Tensor]) -> _State:
+        out = self.state_graph(*(u[n] for n in self.names))
+        k = len(self.names)
+        return _State(dict(u), out[0], out[1], dict(zip(self.names, out[2 : 2 + k])),
+                      dict(zip(self.names, out[2 + k :])))
+
+    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.gradient_graph(*seeds, *(u[n] for n in self.names))))
+
+
+def _traced_autograd(target: _Target, u: dict[str, torch.Tensor]) -> _Autograd:
+    """Autograd through the potential traced by ``torch.jit.trace`` at ``u``. The latents are the graph's only
     inputs: the data and every parameter (frozen for the run, `_frozen_parameters`: AIS does not change them)
     are constants, so constant propagation computes once what depends on them alone (the guide's encoder of x,
     the prior's parameters) instead of at every evaluation."""
@@ -346,7 +461,13 @@ def _traced_potential(target: _Target, u: dict[str, torch.Tensor]) -> Callable:
     def traced(point: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return graph(*(point[n] for n in names))
 
-    return traced
+    return _Autograd(traced)
+
+
+#: The compiled forms `_Target.compile` tries, fastest first: the graphs with their backward ops (which some
+#: models' ops cannot be scripted into), then autograd through the traced potential.
+_COMPILED_FORMS: tuple[Callable[[_Target, dict[str, torch.Tensor]], _Derivatives], ...] = (
+    _GradientGraphs, _traced_autograd)
 
 
 @contextlib.contextmanager
@@ -382,14 +503,18 @@ def _parameters(*programs: Callable) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _compared(got: Callable, want: Callable, u: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
-    """(got, want) of log base, log target and each gradient of the two potentials at ``u``."""
+def _compared(got: _Derivatives, want: _Derivatives, u: dict[str, torch.Tensor]
+              ) -> dict[str, tuple[torch.Tensor, ...]]:
+    """(got, want) of log base, log target, their gradients and grad log f_b at b = 0.3 (`_Derivatives.gradient`)
+    at ``u``."""
     out: dict[str, list[torch.Tensor]] = {}
-    for potential in (got, want):
-        state = _evaluate_with(potential, u)
+    for derivatives in (got, want):
+        state = derivatives.state(u)
+        f_b = derivatives.gradient(u, _seeds(state.base, 0.3))
         for name, value in (("log base", state.base), ("log target", state.target),
                             *((f"grad log base {n}", g) for n, g in state.grad_base.items()),
-                            *((f"grad log target {n}", g) for n, g in state.grad_target.items())):
+                            *((f"grad log target {n}", g) for n, g in state.grad_target.items()),
+                            *((f"grad log f_b {n}", g) for n, g in f_b.items())):
             out.setdefault(name, []).append(value)
     return {name: tuple(pair) for name, pair in out.items()}
 
@@ -399,61 +524,23 @@ def _transform_to(support: constraints.Constraint) -> Transform | None:
     return None if _unwrap(support) is constraints.real else biject_to(support)
 
 
-@dataclass
-class _State:
-    """Chains at ``u`` with log base, log target (``[C, B]``) and their gradients in u."""
-
-    u: dict[str, torch.Tensor]
-    base: torch.Tensor
-    target: torch.Tensor
-    grad_base: dict[str, torch.Tensor]
-    grad_target: dict[str, torch.Tensor]
-
-    def log_f(self, b: float) -> torch.Tensor:
-        return torch.lerp(self.base, self.target, b)
-
-    def grad_log_f(self, b: float) -> dict[str, torch.Tensor]:
-        return {n: torch.lerp(g, self.grad_target[n], b) for n, g in self.grad_base.items()}
-
-
 def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
     """The chains' state at ``u`` (one evaluation of every chain, counted in ``target.evaluations``)."""
     target.evaluations += 1
-    return _evaluate_with(target.potential, u)
+    return target.derivatives.state(u)
 
 
 def _gradient(target: _Target, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
               ) -> dict[str, torch.Tensor]:
-    """grad log f_b at ``u`` alone (one evaluation, counted): one backward pass of (1 - b) log base + b log target,
-    for the leapfrog positions inside a transition, whose values nothing reads. ``seeds``: `_seeds` of b."""
+    """grad log f_b at ``u`` alone (one evaluation, counted): for the leapfrog positions inside a transition, whose
+    values nothing reads. ``seeds``: `_seeds` of b."""
     target.evaluations += 1
-    u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
-    with torch.enable_grad():
-        base, tgt = target.potential(u)
-        # the weights enter as the backward pass's seeds: no ops of their own in the graph
-        grads = torch.autograd.grad((base, tgt), list(u.values()), seeds, allow_unused=True)
-    return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
+    return target.derivatives.gradient(u, seeds)
 
 
 def _seeds(like: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The backward pass's seeds for grad log f_b, 1 - b for log base and b for log target, shaped ``like [C, B]``."""
     return torch.full_like(like, 1 - b), torch.full_like(like, b)
-
-
-def _evaluate_with(potential: Callable, u: dict[str, torch.Tensor]) -> _State:
-    """The state at ``u`` under ``potential``: one forward pass, then two backward passes (the second only
-    through the base, which does not depend on the decoder)."""
-    u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
-    with torch.enable_grad():
-        base, tgt = potential(u)
-        leaves = list(u.values())
-        ones = torch.ones_like(tgt)  # the backward passes' seeds, in place of a sum in the graph
-        g_target = torch.autograd.grad(tgt, leaves, ones, retain_graph=True, allow_unused=True)
-        g_base = torch.autograd.grad(base, leaves, ones, allow_unused=True)
-    zero = lambda g, v: torch.zeros_like(v) if g is None else g  # noqa: E731
-    return _State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(),
-                  {n: zero(g, v) for (n, v), g in zip(u.items(), g_base)},
-                  {n: zero(g, v) for (n, v), g in zip(u.items(), g_target)})
 
 
 def _select(accept: torch.Tensor, new: _State, old: _State, sites: list[_Site]) -> _State:

@@ -1,0 +1,56 @@
+"""A function with autograd calls inside, as one frozen graph: the same values and gradients, no autograd at run
+time, what depends on closed-over tensors alone computed once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_vae.frozen_graph import frozen_graph
+
+
+def _value_and_gradient(weight: torch.Tensor, x: torch.Tensor):
+    """f(z) = sum(tanh(x W) * z^2 * ones) and df/dz, the features tanh(x W) depending on the closed-over tensors
+    alone; ``ones`` is made with a device argument, which the graph must carry over to TorchScript."""
+    def fn(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            features = torch.tanh(x @ weight)
+            value = (features * z.pow(2) * torch.ones(z.shape, device=z.device)).sum()
+            (grad,) = torch.autograd.grad(value, z)
+        return value.detach(), grad
+    return fn
+
+
+def test_the_graph_gives_the_functions_values_and_gradients_at_other_points():
+    torch.manual_seed(0)
+    fn = _value_and_gradient(torch.randn(5, 3), torch.randn(4, 5))
+    graph = frozen_graph(fn, torch.randn(4, 3))
+    for _ in range(3):  # TorchScript profiles the first runs, then optimises: every run must agree
+        z = torch.randn(4, 3)
+        with torch.no_grad():
+            got = graph(z)
+        want = fn(z)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_graph_records_no_autograd_and_computes_the_closed_over_part_once():
+    """The backward ops are ordinary ops of the graph: outputs with no history even where grad mode is on, and
+    no matrix product or tanh left (the features of x and W are a constant), only the ops that involve z."""
+    torch.manual_seed(0)
+    graph = frozen_graph(_value_and_gradient(torch.randn(5, 3), torch.randn(4, 5)), torch.randn(4, 3))
+    value, grad = graph(torch.randn(4, 3))
+    assert value.grad_fn is None and grad.grad_fn is None and not grad.requires_grad
+    kinds = {node.kind() for node in graph.graph.nodes()}
+    assert not kinds & {"aten::mm", "aten::matmul", "aten::tanh"}, kinds
+    assert "aten::mul" in kinds
+
+
+def test_a_value_read_into_python_cannot_be_recorded():
+    """What a trace would freeze (a number computed from the input) is an error here, for the caller to fall back
+    on, not a graph."""
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return z * float(z.abs().max())
+
+    with pytest.raises(Exception):
+        frozen_graph(fn, torch.randn(3))
