@@ -61,10 +61,12 @@ def gemm_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> float
 
 
 def interleaved_medians(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Run each contender once per round, ``repeats`` rounds, and take the median of what each returns."""
+    """Run each contender once per round, ``repeats`` rounds, and take the median of what each returns. The order
+    reverses every round (A B, B A, ...): on this CPU the first of two back-to-back contenders measured about 4%
+    slower than the second, whichever it was (BENCHMARKS.md, "A standard-Normal prior")."""
     results: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
+    for round_ in range(repeats):
+        for name, run in (list(contenders.items()) if round_ % 2 == 0 else reversed(list(contenders.items()))):
             results[name].append(run())
     return {name: statistics.median(values) for name, values in results.items()}
 

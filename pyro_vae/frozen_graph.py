@@ -1,53 +1,130 @@
-"""A tensor function, its ``torch.autograd.grad`` calls included, as one frozen TorchScript graph that runs with
-no autograd at all.
+"""A tensor function, its ``torch.autograd.grad`` calls included, as one TorchScript graph that needs no autograd
+to run, what depends on no input computed once.
 
 `torch.jit.trace` records a function's forward ops; a gradient of the traced graph then costs an autograd pass at
 every call: the tape recorded while the graph runs, and the engine walking it back. For a small function called
 thousands of times (AIS's potential at a few chains: one gradient per leapfrog step, tens of ops on tensors of a
 few thousand numbers) that bookkeeping takes as long as the arithmetic. ``make_fx`` records instead the ATen ops
 that *run*, below autograd, so a function that calls ``torch.autograd.grad`` inside is recorded with its backward
-ops as ordinary ops, and only those its outputs need. Scripted and frozen (``torch.jit.freeze``), the tensors the
-function closes over (a model's parameters, the data) become constants, constant propagation computes once what
-depends on them alone, and the graph runs under ``torch.no_grad``.
+ops as ordinary ops. The ops that read only tensors the function closes over (a model's parameters, the data:
+the guide's encoder of x) run once, here; their results, and the closed-over tensors the rest reads, become extra
+inputs of the graph, passed at every call; dead code elimination drops what no output needs. The rest is
+compiled by TorchScript into a compilation unit of its own, which goes when the returned function goes. Called on
+inputs that do not require grad (AIS calls it under ``torch.no_grad``), it records no tape.
 
-Like any trace, the graph is right only for inputs of the traced shapes, dtypes and devices, and only for the
-Python control flow taken at the example: a caller checks it against the function at other points before using it
-(AIS: `inference.estimators.ais`). ``make_fx`` lives in ``torch.fx.experimental`` and the last steps use two of
-TorchScript's graph passes by their private names: a torch release may change them, and any failure here is an
-exception for the caller to fall back on.
+Like any trace, the graph is right only for inputs of the traced shapes, dtypes, devices and memory layout
+(``make_fx`` records a reshape as a view or as a copy by the example's strides: pass dense inputs), and only for
+the Python control flow taken at the example: a caller checks it against the function at other points before
+using it (AIS: `inference.estimators.ais`). A graph that writes to a tensor in place is refused. ``make_fx`` lives
+in ``torch.fx.experimental`` and the code FX writes is read by TorchScript's own parser: a torch release may change
+either, and any failure here is an exception for the caller to fall back on.
 """
 
 from __future__ import annotations
 
-import warnings
+import builtins
+import re
 from collections.abc import Callable
 
 import torch
 
 
 def frozen_graph(fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
-                 *example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``fn`` recorded by ``make_fx`` at ``example`` (positional tensors), backward ops included, then scripted and
-    frozen: call it as ``fn`` (same arguments, a tensor or a tuple of tensors back) on inputs shaped as ``example``.
+                 *example: torch.Tensor) -> Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]:
+    """``fn`` recorded by ``make_fx`` at ``example`` (positional tensors), backward ops included, its constant part
+    computed once, the rest compiled by TorchScript: call the result as ``fn`` (same arguments, a tensor or a tuple
+    of tensors back) on inputs laid out as ``example`` (same shapes, dtypes and devices, dense). Its ``graph`` is
+    the TorchScript graph that runs.
 
     Raises whatever recording or scripting raises (an op TorchScript cannot express, a tensor turned into a Python
     number inside ``fn``, ...); the graph is not checked here (module doc)."""
     from torch.fx.experimental.proxy_tensor import make_fx  # an experimental namespace: imported where it is used
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # TorchScript's deprecation notice: settled here
-        # scripting a GraphModule says this of torch.nn.Module's own attributes, on every call
-        warnings.filterwarnings("ignore", message=r"The TorchScript type system doesn't support instance-level")
-        # through a function with no annotations: make_fx copies the return annotation into code TorchScript reads
-        recorded = make_fx(lambda *args: fn(*args))(*example)
-        for node in recorded.graph.nodes:
-            if isinstance(node.target, torch._ops.OpOverload):  # TorchScript resolves aten.mul, not aten.mul.Tensor
-                node.target = node.target.overloadpacket
-            # TorchScript reads a device as its name ("cuda:1"), not as the torch.device that make_fx writes
-            node.kwargs = {k: str(v) if isinstance(v, torch.device) else v for k, v in node.kwargs.items()}
-        recorded.recompile()
-        scripted = torch.jit.script(recorded)
-        remove_mutation = getattr(torch._C, "_jit_pass_remove_mutation", None)
-        if remove_mutation is not None:  # in-place ops become out-of-place ones that freezing can fold
-            remove_mutation(scripted.graph)
-        return torch.jit.freeze(scripted.eval())
+    # through a function with no annotations: make_fx copies the return annotation into the code it writes
+    recorded = make_fx(lambda *args: fn(*args))(*example)
+    constants = _fold_constants(recorded)
+    for node in recorded.graph.nodes:
+        if isinstance(node.target, torch._ops.OpOverload):  # TorchScript resolves aten.mul, not aten.mul.Tensor
+            node.target = node.target.overloadpacket
+        # TorchScript reads a device as its name ("cuda:1"), not as the torch.device that make_fx writes
+        node.kwargs = {k: str(v) if isinstance(v, torch.device) else v for k, v in node.kwargs.items()}
+    recorded.recompile()
+    # compiled into a compilation unit of its own, which goes when the graph goes: one compiled by `torch.jit.script`
+    # stays in TorchScript's global unit for the life of the process, and with it what its executor keeps of its
+    # runs (about 9 MB a graph in AIS at 100 images x 4 chains, BENCHMARKS.md)
+    namespace = recorded.forward.__globals__
+    unit = torch.jit.CompilationUnit()
+    unit.define(_script_source(recorded.code), rcb=lambda name: namespace.get(name, getattr(builtins, name, None)))
+    function = unit.forward
+
+    def graph(*inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return function(*inputs, *constants)
+
+    graph.graph = function.graph  # what runs, for a reader (and tests)
+    return graph
+
+
+def _writes_in_place(node: torch.fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+
+
+def _builds_its_own(node: object) -> bool:
+    """Whether ``node`` is an op whose result is a new tensor (no view of its inputs, by its schema)."""
+    return (isinstance(node, torch.fx.Node) and isinstance(node.target, torch._ops.OpOverload)
+            and not _writes_in_place(node) and all(r.alias_info is None for r in node.target._schema.returns))
+
+
+def _script_source(code: str) -> str:
+    """The code FX writes for a graph, as TorchScript's own parser reads it: a function (no ``self``, the graph
+    holds no attribute), and no ``;  a = b = None`` after a statement (FX's hints that frees values early)."""
+    lines = [re.sub(r";\s+(\w+ = )+None$", "", line) for line in code.splitlines()]
+    return "\n".join(lines).replace("def forward(self, ", "def forward(", 1)
+
+
+def _fold_constants(recorded: torch.fx.GraphModule) -> list[torch.Tensor]:
+    """Compute once every node of ``recorded`` that depends on no input, and make each such tensor the graph reads
+    an input after the function's own; returns those tensors, in that order (edits ``recorded`` in place).
+
+    An in-place write must go to a tensor the graph builds itself (by an op that is no view): computed once where
+    that tensor depends on no input and only computations computed once read it (the full-covariance guide fills
+    its Cholesky factor by ``index_put_``), else at every call into a tensor built at that call. Any other is refused
+    (`RuntimeError`): it could write to an input, or to a tensor computed once and read again at every call."""
+    nodes = list(recorded.graph.nodes)
+    constant: set[torch.fx.Node] = set()
+    for node in nodes:
+        if node.op == "get_attr" or (node.op == "call_function" and all(n in constant for n in node.all_input_nodes)):
+            constant.add(node)
+    for node in nodes:
+        if _writes_in_place(node):
+            target = node.args[0]
+            safe = _builds_its_own(target) and (all(u in constant for u in target.users) if node in constant
+                                                 else target not in constant)
+            if not safe:
+                raise RuntimeError(f"the recorded graph writes in place ({node.target}) to a tensor it does not "
+                                   "build itself: not compiled")
+    values: dict[torch.fx.Node, object] = {}
+    for node in nodes:
+        if node in constant:
+            if node.op == "get_attr":
+                values[node] = getattr(recorded, node.target)
+            else:
+                values[node] = node.target(*torch.fx.node.map_arg(node.args, values.__getitem__),
+                                           **torch.fx.node.map_arg(node.kwargs, values.__getitem__))
+    first_op = next(n for n in recorded.graph.nodes if n.op != "placeholder")
+    constants = []
+    for node, value in values.items():
+        if not isinstance(value, torch.Tensor) or all(user in values for user in node.users):
+            continue  # a number stays in the graph; a tensor only constants read is not needed at run time
+        with recorded.graph.inserting_before(first_op):
+            lifted = recorded.graph.placeholder(f"constant_{len(constants)}")
+        node.replace_all_uses_with(lifted, delete_user_cb=lambda user: user not in values)
+        constants.append(value)
+    for node in reversed(nodes):  # what is computed here, in-place writes included, no longer runs in the graph
+        if node in values and not node.users:
+            recorded.graph.erase_node(node)
+    recorded.graph.eliminate_dead_code()
+    for name, _ in list(recorded.named_buffers()) + list(recorded.named_parameters()):
+        delattr(recorded, name)
+    for name in [n for n, v in vars(recorded).items() if isinstance(v, torch.Tensor)]:
+        delattr(recorded, name)
+    return constants

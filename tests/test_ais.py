@@ -12,7 +12,9 @@ from torch import nn
 
 from inference.estimators.ais import WARMUP_TRANSITIONS, ais_log_marginal, annealing_schedule, bdmc, pilot_steps
 from inference.estimators.importance import estimate_log_marginal
+from models import build_from_config
 from models.linear import LinearGaussianVAE
+from pyro_vae.config import ModelConfig
 from pyro_vae.errors import EstimationError
 
 from conftest import cuda_only
@@ -51,14 +53,14 @@ def test_ais_lands_within_two_hundredths_of_a_nat_of_the_exact_log_marginal(ppca
     assert est.tuning == tuning and est.compiled
 
 
-def test_the_traced_potential_gives_the_plain_result(ppca):
+def test_the_compiled_potential_gives_the_plain_result(ppca):
     model, x = ppca
     kwargs = dict(num_chains=4, num_steps=20, leapfrog_steps=3, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback: the graph is used
         traced = ais_log_marginal(model.model, model.guide, x[:8], compiled=True, **kwargs)
     plain = ais_log_marginal(model.model, model.guide, x[:8], compiled=False, **kwargs)
-    assert traced.compiled and not plain.compiled
+    assert traced.compiled and traced.compiled_form == "graphs" and not plain.compiled and plain.compiled_form is None
     torch.testing.assert_close(traced.log_weights, plain.log_weights, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(traced.step_size, plain.step_size, rtol=1e-6, atol=1e-6)
     assert all(p.requires_grad for p in model.parameters())  # frozen for the run only
@@ -113,7 +115,7 @@ def test_the_compiled_chains_evaluate_with_no_autograd(ppca, autograd_calls):
     assert compiled[5] == compiled[30] and plain[30] > plain[5] > compiled[5]
 
 
-def test_a_model_the_graphs_cannot_record_runs_traced_with_no_warning(autograd_calls):
+def test_a_model_the_graphs_cannot_record_runs_traced_with_no_warning():
     """A model that checks a latent's value in Python (``assert``) cannot be recorded with its backward ops (the
     check needs a number), while a trace keeps the branch taken, which agrees with the plain potential everywhere:
     AIS runs the traced potential under autograd, silently, with the plain result."""
@@ -134,10 +136,33 @@ def test_a_model_the_graphs_cannot_record_runs_traced_with_no_warning(autograd_c
         warnings.simplefilter("error", RuntimeWarning)
         traced = ais_log_marginal(model, guide, x, num_steps=10, **kwargs)
     plain = ais_log_marginal(model, guide, x, num_steps=10, compiled=False, **kwargs)
-    assert traced.compiled
+    assert traced.compiled and traced.compiled_form == "traced"
     torch.testing.assert_close(traced.log_weights, plain.log_weights, rtol=1e-6, atol=1e-6)
-    counts = _autograd_calls_by_steps(autograd_calls, model, guide, x, **kwargs)
-    assert counts[30] > counts[5]  # autograd at every evaluation: the traced form
+
+
+@pytest.mark.parametrize("config, form", [
+    (ModelConfig(z_dim=4, hidden_dims=(16,)), "graphs"),
+    (ModelConfig(z_dim=4, hidden_dims=(16,), guide="full"), "graphs"),
+    (ModelConfig(z_dim=4, hidden_dims=(16,), prior="vamp", pseudo_inputs=5), "graphs"),
+    (ModelConfig(z_dim=4, hidden_dims=(16,), likelihood="discretized-logistic", bit_depth=3), "graphs"),
+    (ModelConfig(z_dim=4, hidden_dims=(16,), likelihood="beta-binomial", bit_depth=3), "graphs"),
+    (ModelConfig.hierarchical((4, 3), ((16,), (8,))), "graphs"),
+    (ModelConfig(z_dim=4, hidden_dims=(16,), guide="iaf"), "traced"),  # its inverse indexes by a tensor
+], ids=["vae", "full-guide", "vamp", "discretized-logistic", "beta-binomial", "two-layer", "iaf"])
+def test_the_shipped_families_run_the_compiled_form_they_can(config, form):
+    """Every shipped family runs compiled, in the fastest form its ops allow, from either start."""
+    config = config.resolved()
+    model = build_from_config(config)
+    top = 2 ** config.bit_depth - 1
+    levels = config.likelihood in ("discretized-logistic", "beta-binomial")
+    x = torch.randint(0, top + 1, (3, 784)).float() if levels else torch.bernoulli(torch.full((3, 784), 0.3))
+    for init in ("guide", "prior"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            est = ais_log_marginal(model.model, model.guide, x, num_chains=2, num_steps=3, leapfrog_steps=2,
+                                   init=init)
+        # from the prior, the guide's density is not part of the potential: the IAF's inverse is never run
+        assert est.compiled_form == (form if init == "guide" else "graphs") and torch.isfinite(est.log_px).all()
 
 
 @pytest.mark.parametrize("tuning", ["pilot", "two-pass"])
@@ -268,6 +293,7 @@ def test_ais_agrees_with_importance_sampling_at_large_k(program):
     reference = estimate_log_marginal(p.model, p.guide, x, num_samples=50_000, chunk_size=5_000, ladder=(), seed=0)
     assert (reference.khat < 0.7).all()  # so IS at this K is a trustworthy reference
     est = ais_log_marginal(p.model, p.guide, x, num_chains=16, num_steps=200, leapfrog_steps=5, initial_step_size=0.1)
+    assert est.compiled_form == "graphs"  # several sites, and a transformed one, recorded with their backward ops
     assert abs((est.log_px - reference.log_px).mean().item()) < 0.03
     assert (est.log_px - reference.log_px).abs().max().item() < 0.3
 

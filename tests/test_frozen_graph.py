@@ -3,6 +3,9 @@ time, what depends on closed-over tensors alone computed once."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -52,5 +55,50 @@ def test_a_value_read_into_python_cannot_be_recorded():
     def fn(z: torch.Tensor) -> torch.Tensor:
         return z * float(z.abs().max())
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="data-dependent|value out of a tracing tensor"):
         frozen_graph(fn, torch.randn(3))
+
+
+def test_a_graph_that_writes_in_place_to_its_input_is_refused():
+    """An in-place write to an input (or to a tensor computed once, an input at every call) is refused; one into a
+    tensor the graph builds at each call runs."""
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return z.add_(1)
+
+    with pytest.raises(RuntimeError, match="writes in place"):
+        frozen_graph(fn, torch.randn(3))
+
+    def builds_its_own(z: torch.Tensor) -> torch.Tensor:  # into a tensor made at each call: allowed
+        return (z * 2).add_(1)
+
+    z = torch.randn(3)
+    torch.testing.assert_close(frozen_graph(builds_its_own, torch.randn(3))(z), z * 2 + 1)
+
+
+def test_a_tensor_built_in_place_from_constants_is_computed_once():
+    """As the full-covariance guide fills its Cholesky factor (``index_put_`` into a tensor of its own): computed
+    once, with the right values, where writing to an input is refused (above)."""
+    rows, cols = torch.tril_indices(3, 3)
+    values = torch.arange(1.0, 7.0)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        factor = torch.zeros(3, 3)
+        factor[rows, cols] = values
+        return z @ factor
+
+    graph = frozen_graph(fn, torch.randn(2, 3))
+    z = torch.randn(2, 3)
+    torch.testing.assert_close(graph(z), fn(z))
+    assert not {node.kind() for node in graph.graph.nodes()} & {"aten::index_put_", "aten::zeros"}
+
+
+def test_the_graph_holds_no_tensor_and_goes_when_it_goes():
+    """The closed-over tensors live as long as the returned function, not as long as the process (a graph compiled
+    into TorchScript's global unit keeps its constants for good)."""
+    weight = torch.randn(3, 2)
+    graph = frozen_graph(lambda z: z @ weight, torch.randn(4, 3))  # the weight is an input of the graph
+    graph(torch.randn(4, 3))
+    alive = weakref.ref(weight)
+    del weight, graph
+    gc.collect()
+    assert alive() is None

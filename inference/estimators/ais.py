@@ -54,15 +54,15 @@ start is the last one of the transition before; the weight increment reuses the 
 log base). Only the end point needs log base and log target and their two gradients (one backward pass each);
 the L - 1 positions inside a transition take one backward pass of log f_b itself. `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
 Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients.
-With ``compiled=True`` (the default) they are compiled once per batch shape, removing Pyro's Python from every
-evaluation, in the first form that builds and agrees with the plain one (`_COMPILED_FORMS`):
+With ``compiled=True`` (the default) they are compiled once per call (per batch of datapoints: the data are the
+graphs' constants), removing Pyro's Python from every evaluation, in the first form that builds and agrees with
+the plain one (`_COMPILED_FORMS`, recorded in `AISEstimate.compiled_form`):
 
-- the two evaluations, values and gradients, each recorded with its backward ops as one frozen graph
+- ``graphs``: the two evaluations, values and gradients, each recorded with its backward ops as one graph
   (`pyro_vae.frozen_graph`): no autograd at run time, and only the backward ops a leapfrog gradient needs;
-- else the potential traced by ``torch.jit.trace``, differentiated by autograd at every evaluation.
+- else ``traced``: the potential traced by ``torch.jit.trace``, differentiated by autograd at every evaluation.
 
-Either way the data and the parameters are the graph's constants, so what depends on them alone (the guide's
-encoder of x) is computed once. The compiled and the plain values and gradients are compared at two points first
+Either way what depends on the data and the parameters alone (the guide's encoder of x) is computed once. The compiled and the plain values and gradients are compared at two points first
 (`AIS_COMPILE_RTOL`), and AIS falls back to the plain potential, with one warning, when no compiled form agrees.
 
 Limits: a latent's support may not depend on other latents' values (each
@@ -119,7 +119,7 @@ PILOT_MIN_STEPS = 10
 #: The pilot adapts one step size per datapoint (its chains' mean acceptance: less noisy than one chain's) at
 #: this rate, fast enough to follow the posterior's shrinking scale over T_p transitions.
 PILOT_ADAPT_RATE = 1.0
-#: How far the traced potential (values and gradients) may sit from the plain one, relative to the plain value's
+#: How far a compiled potential (values and gradients) may sit from the plain one, relative to the plain value's
 #: largest magnitude, before AIS falls back to the plain one.
 AIS_COMPILE_RTOL = 1e-5
 
@@ -131,7 +131,7 @@ class AISSettings:
     ``num_chains`` C chains per datapoint, ``num_steps`` T intermediate distributions on the ``schedule``
     (`SCHEDULES`: ``sigmoid`` or ``linear``), from ``init`` (`INITS`: ``guide``, q(z|x); ``prior``, p(z));
     ``leapfrog_steps`` per HMC transition, starting at ``initial_step_size`` and tuned by ``tuning`` (`TUNINGS`:
-    ``pilot``, a T / 10-step pilot run, or ``two-pass``, a full tuning pass); ``compiled``: trace the potential
+    ``pilot``, a T / 10-step pilot run, or ``two-pass``, a full tuning pass); ``compiled``: compile the potential
     (module doc). `with_options` takes the keywords the functions took before this class (``num_chains=...``).
     """
 
@@ -186,7 +186,8 @@ class AISEstimate:
     the returned pass (NaN for T = 1: no transitions); ``step_size [C, B]``: each chain's step size at the last
     transition (tuned in the tuning run, replayed in the returned one). ``gradient_evaluations``: evaluations of
     log f and its gradient per image, over all its chains and both runs (pilot or tuning pass included);
-    ``tuning``: `TUNINGS`; ``compiled``: whether the traced potential ran (False after a fallback).
+    ``tuning``: `TUNINGS`; ``compiled``: whether a compiled potential ran (False after a fallback), and
+    ``compiled_form`` which (a key of `_COMPILED_FORMS`: ``graphs`` or ``traced``; None when plain).
     """
 
     log_px: torch.Tensor
@@ -200,6 +201,7 @@ class AISEstimate:
     gradient_evaluations: int = 0
     tuning: str = "pilot"
     compiled: bool = False
+    compiled_form: str | None = None
 
     def slice(self, start: int, stop: int) -> "AISEstimate":
         """The results of datapoints ``start..stop-1``."""
@@ -209,14 +211,17 @@ class AISEstimate:
 
     @staticmethod
     def concat(parts: Sequence["AISEstimate"]) -> "AISEstimate":
-        """Join estimates of consecutive batches of datapoints (same settings; ``compiled`` if every part was)."""
+        """Join estimates of consecutive batches of datapoints (same settings; ``compiled`` if every part was, and
+        ``compiled_form`` where every part ran the same form)."""
+        forms = {p.compiled_form for p in parts}
         return dataclasses.replace(parts[0], log_px=torch.cat([p.log_px for p in parts]),
                                    se=torch.cat([p.se for p in parts]),
                                    log_weights=torch.cat([p.log_weights for p in parts], dim=1),
                                    acceptance=torch.cat([p.acceptance for p in parts]),
                                    step_size=torch.cat([p.step_size for p in parts], dim=1),
                                    gradient_evaluations=max(p.gradient_evaluations for p in parts),
-                                   compiled=all(p.compiled for p in parts))
+                                   compiled=all(p.compiled for p in parts),
+                                   compiled_form=forms.pop() if len(forms) == 1 else None)
 
 
 @dataclass
@@ -283,30 +288,37 @@ class _Target:
         self.num_chains, self.init = num_chains, init
         self.latents = tuple(s.name for s in sites)
         self.derivatives: _Derivatives = _Autograd(self)
-        self.compiled = False
+        self.compiled, self.compiled_form = False, None
         self.evaluations = 0
 
     def compile(self, u: dict[str, torch.Tensor]) -> None:
         """Use the first compiled form of the derivatives (`_COMPILED_FORMS`) that builds at ``u`` (this batch's
         shapes) and agrees with the plain one at ``u`` and at a second point (a value computed in Python from u
-        would be frozen); where none does, warn in one line and keep the plain one."""
+        would be frozen): the same shapes and dtypes, values within `AIS_COMPILE_RTOL`. Where none does, warn in
+        one line and keep the plain one."""
+        u = {n: v.contiguous() for n, v in u.items()}  # BDMC's exact start is expanded over chains: record dense
+        points = (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()})
+        plain = [_outputs(self.derivatives, point) for point in points]
         causes: list[str] = []
-        for build in _COMPILED_FORMS:
+        for form, build in _COMPILED_FORMS.items():
             try:
                 candidate = build(self, u)
-                for point in (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()}):
-                    for name, (got, want) in _compared(candidate, self.derivatives, point).items():
+                for point, wanted in zip(points, plain):
+                    for name, got in _outputs(candidate, point).items():
+                        want = wanted[name]
+                        if got.shape != want.shape or got.dtype != want.dtype:
+                            raise CompileError(f"the compiled AIS potential gives {name} as {got.dtype} "
+                                               f"{list(got.shape)}, the plain one as {want.dtype} {list(want.shape)}")
                         difference = relative_difference(got, want)
                         if not difference <= AIS_COMPILE_RTOL:
                             raise CompileError(f"the compiled and the plain AIS potential differ (in {name}: "
                                                f"relative difference {difference:.2g})")
             except Exception as e:  # noqa: BLE001 - any failure to build or to agree means: do not use it
-                causes.append(failure_cause(e))
+                causes.append(f"{form}: {failure_cause(e)}")
                 continue
-            self.derivatives, self.compiled = candidate, True
+            self.derivatives, self.compiled, self.compiled_form = candidate, True, form
             return
-        warnings.warn(f"AIS runs its potential uncompiled: {'; '.join(dict.fromkeys(causes))}", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(f"AIS runs its potential uncompiled: {'; '.join(causes)}", RuntimeWarning, stacklevel=3)
 
     def _sum(self, trace: poutine.Trace, names: Sequence[str]) -> torch.Tensor:
         return trace_sum(trace, names, self.layout.particle_dim, self.num_chains, len(self.x))
@@ -406,11 +418,13 @@ def _filled(u: dict[str, torch.Tensor], grads: Sequence[torch.Tensor | None]) ->
 
 
 class _GradientGraphs(_Derivatives):
-    """`state` and `gradient` of the plain `_Autograd`, each recorded with its backward ops as one frozen graph
+    """`state` and `gradient` of the plain `_Autograd`, each recorded with its backward ops as one graph
     (`pyro_vae.frozen_graph`): no autograd tape at run time, only the backward ops each output needs (the
-    leapfrog gradient skips the Bernoulli log-density's forward pass), and the guide's encoder of x and the
-    parameters folded into constants. The fastest form: at 5 images x 4 chains a leapfrog gradient takes about
-    half the time of the traced potential's (BENCHMARKS.md, AIS throughput)."""
+    leapfrog gradient skips the Bernoulli log-density's forward pass), and the guide's encoder of x computed once.
+    The fastest form (BENCHMARKS.md, "AIS throughput", issue 40). Inputs are made dense, as recorded.
+
+    An output that does not depend on ``u`` is computed once, the same tensor at every call: nothing may change
+    the outputs in place (nothing in `_hmc` and `_anneal` does)."""
 
     def __init__(self, target: _Target, u: dict[str, torch.Tensor]):
         plain, self.names = _Autograd(target), list(u)
@@ -426,18 +440,23 @@ class _GradientGraphs(_Derivatives):
         values = [u[n] for n in self.names]
         with pyro.validation_enabled(False):
             self.state_graph = frozen_graph(state, *values)
-            seeds = _seeds(plain.state(u).base, 0.5)
+            like = torch.zeros(target.num_chains, len(target.x), dtype=torch.float64, device=target.x.device)
+            seeds = _seeds(like, 0.5)  # log base and log target are float64 [C, B] (`sum_within_datapoint`)
             self.gradient_graph = frozen_graph(gradient, *seeds, *values)
 
     def state(self, u: dict[str, torch.Tensor]) -> _State:
-        out = self.state_graph(*(u[n] for n in self.names))
+        out = self.state_graph(*self._inputs(u))
         k = len(self.names)
         return _State(dict(u), out[0], out[1], dict(zip(self.names, out[2 : 2 + k])),
                       dict(zip(self.names, out[2 + k :])))
 
     def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
                  ) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.gradient_graph(*seeds, *(u[n] for n in self.names))))
+        return dict(zip(self.names, self.gradient_graph(*seeds, *self._inputs(u))))
+
+    def _inputs(self, u: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        # dense, as recorded (`_Target.compile`): a view the graph recorded fails on an expanded input (BDMC's start)
+        return [u[n].contiguous() for n in self.names]
 
 
 def _traced_autograd(target: _Target, u: dict[str, torch.Tensor]) -> _Autograd:
@@ -464,10 +483,11 @@ def _traced_autograd(target: _Target, u: dict[str, torch.Tensor]) -> _Autograd:
     return _Autograd(traced)
 
 
-#: The compiled forms `_Target.compile` tries, fastest first: the graphs with their backward ops (which some
-#: models' ops cannot be scripted into), then autograd through the traced potential.
-_COMPILED_FORMS: tuple[Callable[[_Target, dict[str, torch.Tensor]], _Derivatives], ...] = (
-    _GradientGraphs, _traced_autograd)
+#: The compiled forms `_Target.compile` tries, fastest first, by name (`AISEstimate.compiled_form`): the graphs
+#: with their backward ops (which some models' ops cannot be recorded into), then autograd through the traced
+#: potential.
+_COMPILED_FORMS: dict[str, Callable[[_Target, dict[str, torch.Tensor]], _Derivatives]] = {
+    "graphs": _GradientGraphs, "traced": _traced_autograd}
 
 
 @contextlib.contextmanager
@@ -503,20 +523,15 @@ def _parameters(*programs: Callable) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _compared(got: _Derivatives, want: _Derivatives, u: dict[str, torch.Tensor]
-              ) -> dict[str, tuple[torch.Tensor, ...]]:
-    """(got, want) of log base, log target, their gradients and grad log f_b at b = 0.3 (`_Derivatives.gradient`)
-    at ``u``."""
-    out: dict[str, list[torch.Tensor]] = {}
-    for derivatives in (got, want):
-        state = derivatives.state(u)
-        f_b = derivatives.gradient(u, _seeds(state.base, 0.3))
-        for name, value in (("log base", state.base), ("log target", state.target),
-                            *((f"grad log base {n}", g) for n, g in state.grad_base.items()),
-                            *((f"grad log target {n}", g) for n, g in state.grad_target.items()),
-                            *((f"grad log f_b {n}", g) for n, g in f_b.items())):
-            out.setdefault(name, []).append(value)
-    return {name: tuple(pair) for name, pair in out.items()}
+def _outputs(derivatives: _Derivatives, u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Log base, log target, their gradients and grad log f_b at b = 0.3 (`_Derivatives.gradient`) at ``u``, by
+    name: what `_Target.compile` compares."""
+    state = derivatives.state(u)
+    f_b = derivatives.gradient(u, _seeds(state.base, 0.3))
+    return {"log base": state.base, "log target": state.target,
+            **{f"grad log base {n}": g for n, g in state.grad_base.items()},
+            **{f"grad log target {n}": g for n, g in state.grad_target.items()},
+            **{f"grad log f_b {n}": g for n, g in f_b.items()}}
 
 
 def _transform_to(support: constraints.Constraint) -> Transform | None:
@@ -824,7 +839,8 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, settings: AISSetting
                               f"{'...' if len(bad) > 10 else ''}; check the model's parameters and the data")
     log_px, se = _summary(log_w.cpu(), -1.0 if reverse else 1.0)
     estimate = AISEstimate(log_px, se, log_w.cpu(), acceptance.cpu(), step_sizes[-1].double().cpu(), num_steps,
-                           num_chains, settings.leapfrog_steps, target.evaluations * num_chains, tuning, target.compiled)
+                           num_chains, settings.leapfrog_steps, target.evaluations * num_chains, tuning, target.compiled,
+                           target.compiled_form)
     return estimate, step_sizes
 
 
@@ -870,7 +886,7 @@ def dequantized_ais(model: Callable, guide: Callable, x: torch.Tensor, bit_depth
     log_px, se = _summary(log_w, 1.0)
     return AISEstimate(log_px, se, log_w, flat.acceptance.reshape(num_chains, batch).mean(0),
                        flat.step_size.reshape(num_chains, batch), num_steps, num_chains, flat.leapfrog_steps,
-                       flat.gradient_evaluations * num_chains, flat.tuning, flat.compiled)
+                       flat.gradient_evaluations * num_chains, flat.tuning, flat.compiled, flat.compiled_form)
 
 
 def simulate(model: Callable, like: torch.Tensor, num_images: int, seed: int = 0) -> tuple[torch.Tensor, poutine.Trace]:
