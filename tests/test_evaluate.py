@@ -99,9 +99,9 @@ def test_ais_and_bdmc_join_the_report_and_ais_is_as_tight_as_importance_sampling
     report = json.loads((out / "report.json").read_text())
     ais = report["ais"]
     assert {"log_px", "elbo_gap", "n_images", "num_steps", "num_chains", "leapfrog_steps", "acceptance",
-            "tuning", "compiled", "gradient_evaluations", "seconds"} <= set(ais)
+            "tuning", "compiled", "compiled_form", "gradient_evaluations", "seconds"} <= set(ais)
     assert (ais["n_images"], ais["num_steps"], ais["num_chains"], ais["leapfrog_steps"]) == (16, 40, 4, 10)
-    assert (ais["tuning"], ais["compiled"]) == ("pilot", True)
+    assert (ais["tuning"], ais["compiled"], ais["compiled_form"]) == ("pilot", True, "graphs")
     assert ais["gradient_evaluations"] == 4 * ((1 + (20 + 10 - 1) * 10) + (1 + (40 - 1) * 10))
     assert ais["elbo"]["mean"] <= ais["importance"]["mean"] and ais["elbo"]["mean"] <= ais["log_px"]["mean"]
     rows = list(csv.DictReader((out / "per_image.csv").open()))
@@ -123,6 +123,7 @@ def test_ais_and_bdmc_join_the_report_and_ais_is_as_tight_as_importance_sampling
     markdown = (out / "report.md").read_text()
     assert f"log p(x) >= {ais['log_px']['mean']:.2f} nats" in markdown and "BDMC brackets the truth within" in markdown
     assert f"{ais['gradient_evaluations']:,} gradient evaluations per image" in markdown
+    assert "potential compiled with its gradients (graphs)" in markdown
     assert (out / "ais.png").stat().st_size > 0
 
 

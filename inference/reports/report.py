@@ -360,9 +360,18 @@ def ais_entry(est: MarginalEstimate, estimate: AISEstimate, seconds: float, opti
         "acceptance": None if options.ais_steps == 1 else estimate.acceptance.mean().item(),
         "tuning": estimate.tuning,
         "compiled": estimate.compiled,
+        "compiled_form": estimate.compiled_form,
         "gradient_evaluations": estimate.gradient_evaluations,
         "seconds": seconds,
     }
+
+
+def _compiled_as(ais: dict) -> str:
+    """How the report's AIS potential ran, in words (a report written before ``compiled_form`` says less)."""
+    if not ais["compiled"]:
+        return "uncompiled"
+    return {"graphs": "compiled with its gradients (graphs)", "traced": "traced"}.get(ais.get("compiled_form"),
+                                                                                      "compiled")
 
 
 def gaps_entry(model: torch.nn.Module, x: torch.Tensor, est: MarginalEstimate,
@@ -571,7 +580,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"AIS: mean HMC acceptance {fmt(a['acceptance'])}, mean Monte Carlo standard error per image "
                   f"{a['mc_se']['mean']:.3f} nats, ELBO gap {pm(a['elbo_gap'])}, {a['seconds']:.0f} s; "
                   f"{a['gradient_evaluations']:,} gradient evaluations per image (its chains, the "
-                  f"{a['tuning']} tuning run included), potential {'traced' if a['compiled'] else 'uncompiled'}."]
+                  f"{a['tuning']} tuning run included), potential {_compiled_as(a)}."]
         lines += ["", f"**{citable_sentence(report)}**"]
     if "bdmc" in report:
         b = report["bdmc"]
