@@ -40,7 +40,7 @@ from torch import nn
 from models.base import LatentModel
 from models.guides import DiagonalNormal
 from models.likelihoods import drop_level_kwargs, make_likelihood
-from models.priors import make_prior
+from models.priors import StandardNormal, make_prior
 from models.registry import register_model
 from models.tiled import tiled_observation
 from pyro_vae.config import DEFAULT_BIT_DEPTH, DEFAULT_MIXTURE_COMPONENTS, DEFAULT_PSEUDO_INPUTS, ModelConfig
@@ -144,8 +144,7 @@ class HierarchicalVAE(LatentModel):
         """p(z_L), the top layer's prior: N(0, I), or the VampPrior (1/K) sum_k q(z_L | u_k); event ``[d_L]``."""
         if self.vamp is not None:
             return self.vamp(self.top_posterior)
-        d = self.latent_dims[-1]
-        return dist.Normal(x.new_zeros(d), x.new_ones(d)).to_event(1)
+        return StandardNormal(self.latent_dims[-1], x).to_event(1)
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z1|x), the code layer's posterior, event ``[d_1]``."""

@@ -19,7 +19,7 @@ from inference.estimators.importance import estimate_log_marginal
 from inference.training.step import objective_for
 from models import VAE, HierarchicalVAE, build_from_config
 from models.guides import MIN_SCALE
-from models.priors import DiagonalNormalMixture
+from models.priors import DiagonalNormalMixture, StandardNormal
 from pyro_vae.checkpoint import load
 from pyro_vae.config import PRESETS, ModelConfig, TrainConfig, resolve_defaults
 from pyro_vae.errors import ConfigError
@@ -83,6 +83,33 @@ def test_vamp_log_density_is_the_mixture_of_the_pseudo_inputs_posteriors():
     per_component = torch.stack([q.log_prob(zi) for zi in z])  # [N, K]
     expected = torch.logsumexp(per_component, -1) - math.log(4)
     assert torch.allclose(full.prior(x).log_prob(z), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_standard_normal_prior_is_normal_bit_for_bit(dtype):
+    """Values and gradients equal to the bit those of ``dist.Normal(zeros, ones)``, also expanded by a plate and at
+    a value that broadcasts against it; the KL divergence, moments and draws are Normal's; both families use it."""
+    torch.manual_seed(0)
+    z = 3 * torch.randn(7, 4, 50, dtype=dtype)
+    ours = StandardNormal(50, z).to_event(1)
+    plain = pyro.distributions.Normal(z.new_zeros(50), z.new_ones(50)).to_event(1)
+    for p, q, value in ((ours, plain, z), (ours.expand([4]), plain.expand([4]), z),
+                        (ours.expand([4]), plain.expand([4]), z[0, 0])):
+        leaves = [value.clone().requires_grad_(True) for _ in range(2)]
+        got, want = p.log_prob(leaves[0]), q.log_prob(leaves[1])
+        assert got.shape == want.shape and torch.equal(got, want)
+        got.sum().backward()
+        want.sum().backward()
+        assert torch.equal(leaves[0].grad, leaves[1].grad)
+    assert isinstance(ours.expand([4]).base_dist, StandardNormal) and ours.expand([4]).batch_shape == (4,)
+    q = pyro.distributions.Normal(z[0], 0.5 + z[1].abs()).to_event(1)
+    assert torch.equal(torch.distributions.kl_divergence(q, ours), torch.distributions.kl_divergence(q, plain))
+    assert torch.equal(ours.mean, plain.mean) and torch.equal(ours.variance, plain.variance)
+    assert ours.sample((3,)).shape == (3, 50) and ours.sample().dtype == dtype
+    for model in (VAE(z_dim=5, hidden_dims=(16,)),
+                  HierarchicalVAE.from_config(ModelConfig.hierarchical((6, 5), ((16,), (16,))))):
+        assert isinstance(model.prior(z).base_dist, StandardNormal)
+    assert VAE(z_dim=5, hidden_dims=(16,)).standard_normal_code
 
 
 @torch.no_grad()
