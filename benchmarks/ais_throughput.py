@@ -41,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkpoint_and_images, interleaved_medians, machine, timed  # noqa: E402
 
-from inference.estimators import ais  # noqa: E402
+from inference.estimators import ais_potential  # noqa: E402
 from inference.estimators.ais import (ADAPT_RATE, TARGET_ACCEPT, WARMUP_ADAPT_RATE, WARMUP_TRANSITIONS,  # noqa: E402
                                       AISSettings, ais_log_marginal, annealing_schedule)
 from models.likelihoods import bernoulli_log_prob_sum  # noqa: E402
@@ -125,11 +125,12 @@ def handwritten_evaluations(chains: int, steps: int, leapfrog: int) -> int:
 @contextlib.contextmanager
 def only_traced_autograd():
     """AIS compiled as before the frozen graphs of issue 40: the potential traced, autograd at every evaluation."""
-    forms, ais._COMPILED_FORMS = ais._COMPILED_FORMS, {"traced": ais._COMPILED_FORMS["traced"]}
+    forms = ais_potential.COMPILED_FORMS
+    ais_potential.COMPILED_FORMS = {"traced": forms["traced"]}
     try:
         yield
     finally:
-        ais._COMPILED_FORMS = forms
+        ais_potential.COMPILED_FORMS = forms
 
 
 def main() -> None:

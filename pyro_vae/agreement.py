@@ -1,7 +1,7 @@
 """Whether a faster form of a computation (a compiled loss, a traced potential, a CUDA graph's replay) agrees
 with the plain one: `relative_difference` measures it, `failure_cause` names in one line why the faster form
 could not run. Each user sets its own tolerance beside its check (`inference.training.compiled.COMPILE_RTOL`,
-`inference.estimators.ais.AIS_COMPILE_RTOL`, `inference.training.cuda_graph.GRAPH_RTOL`)."""
+`inference.estimators.ais_potential.AIS_COMPILE_RTOL`, `inference.training.cuda_graph.GRAPH_RTOL`)."""
 
 from __future__ import annotations
 

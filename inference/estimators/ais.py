@@ -53,17 +53,11 @@ Cost: each transition of L leapfrog steps evaluates log f and its gradient L tim
 start is the last one of the transition before; the weight increment reuses the cached log p(x, z) and
 log base). Only the end point needs log base and log target and their two gradients (one backward pass each);
 the L - 1 positions inside a transition take one backward pass of log f_b itself. `AISEstimate.gradient_evaluations` counts them per image (chains x evaluations, pilot included).
-Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients.
-With ``compiled=True`` (the default) they are compiled once per call (per batch of datapoints: the data are the
-graphs' constants), removing Pyro's Python from every evaluation, in the first form that builds and agrees with
-the plain one (`_COMPILED_FORMS`, recorded in `AISEstimate.compiled_form`):
-
-- ``graphs``: the two evaluations, values and gradients, each recorded with its backward ops as one graph
-  (`pyro_vae.frozen_graph`): no autograd at run time, and only the backward ops a leapfrog gradient needs;
-- else ``traced``: the potential traced by ``torch.jit.trace``, differentiated by autograd at every evaluation.
-
-Either way what depends on the data and the parameters alone (the guide's encoder of x) is computed once. The compiled and the plain values and gradients are compared at two points first
-(`AIS_COMPILE_RTOL`), and AIS falls back to the plain potential, with one warning, when no compiled form agrees.
+Each evaluation is one run of the potential, log base(z) and log p(x, z) at every chain, and its gradients
+(`inference.estimators.ais_potential`). With ``compiled=True`` (the default) they are compiled once per call, in
+the fastest form that agrees with the plain potential (``AISEstimate.compiled_form``: ``graphs``, the values
+and gradients with their backward ops, no autograd at run time; else ``traced``); where none agrees, AIS runs
+the plain potential and warns once.
 
 Limits: a latent's support may not depend on other latents' values (each
 bijection is built once, from the start draws); the guide must have the
@@ -77,11 +71,9 @@ step-size schedule of the tuning pass is ``T x C x B`` numbers.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -93,12 +85,13 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
-from pyro_vae.agreement import failure_cause, relative_difference
-from inference.estimators.importance import Layout, data_frame_dim, inspect_programs, sum_within_datapoint, trace_sum
+from inference.estimators.ais_potential import AIS_COMPILE_RTOL  # noqa: F401 - inference.ais hands it on
+from inference.estimators.ais_potential import (Site, State, Target, backward_seeds, evaluate, frozen_parameters,
+                                                gradient)
+from inference.estimators.importance import data_frame_dim, inspect_programs, sum_within_datapoint
 from pyro_vae.device import forked_rng
 from pyro_vae.distributed import sharded_map
-from pyro_vae.errors import CompileError, EstimationError
-from pyro_vae.frozen_graph import frozen_graph
+from pyro_vae.errors import EstimationError
 from pyro_vae.seeds import (AIS_DEQUANTIZATION, AIS_FORWARD, AIS_REVERSE, AIS_SIMULATED, AIS_START, AIS_TUNING,
                             AIS_TUNING_START, seed_for)
 
@@ -119,9 +112,6 @@ PILOT_MIN_STEPS = 10
 #: The pilot adapts one step size per datapoint (its chains' mean acceptance: less noisy than one chain's) at
 #: this rate, fast enough to follow the posterior's shrinking scale over T_p transitions.
 PILOT_ADAPT_RATE = 1.0
-#: How far a compiled potential (values and gradients) may sit from the plain one, relative to the plain value's
-#: largest magnitude, before AIS falls back to the plain one.
-AIS_COMPILE_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -187,7 +177,7 @@ class AISEstimate:
     transition (tuned in the tuning run, replayed in the returned one). ``gradient_evaluations``: evaluations of
     log f and its gradient per image, over all its chains and both runs (pilot or tuning pass included);
     ``tuning``: `TUNINGS`; ``compiled``: whether a compiled potential ran (False after a fallback), and
-    ``compiled_form`` which (a key of `_COMPILED_FORMS`: ``graphs`` or ``traced``; None when plain).
+    ``compiled_form`` which (a key of `COMPILED_FORMS`: ``graphs`` or ``traced``; None when plain).
     """
 
     log_px: torch.Tensor
@@ -251,319 +241,17 @@ def annealing_schedule(num_steps: int, schedule: str = "sigmoid") -> torch.Tenso
     return (s - s[0]) / (s[-1] - s[0])
 
 
-# --- the latent state and its densities ------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Site:
-    """Where a latent site's chains and datapoints sit in its value ``[C, ..., B, ..., *event]``."""
-
-    name: str
-    transform: Transform | None  # unconstrained -> the site's support (None: the identity)
-    event_dim: int  # of the constrained value z
-    data_pos: int  # index of the data dim in the value
-
-    @property
-    def u_event_dim(self) -> int:
-        """Event dims of the unconstrained value u (a bijection may change the rank: LKJ's Cholesky factor)."""
-        return self.event_dim if self.transform is None else self.transform.domain.event_dim + (
-            self.event_dim - self.transform.codomain.event_dim)
-
-    def per_chain(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
-        """A ``[C, B]`` tensor viewed to broadcast against this site's value (``ndim`` dims)."""
-        shape = [1] * ndim
-        shape[0], shape[self.data_pos] = v.shape
-        return v.reshape(shape)
-
-
-class _Target:
-    """log base(z) and log p(x, z) at unconstrained latents ``u``: float64 ``[C, B]``, log|dz/du| in both.
-
-    Calling it runs the Pyro programs. The chains read values and gradients through ``derivatives``
-    (`_Derivatives`): autograd over the call, or after `compile` a faster form of the same. ``evaluations`` counts
-    the chains' evaluations (`_evaluate`, `_gradient`)."""
-
-    def __init__(self, model: Callable, guide: Callable, x: torch.Tensor, layout: Layout, sites: list[_Site],
-                 num_chains: int, init: str):
-        self.model, self.guide, self.x, self.layout, self.sites = model, guide, x, layout, sites
-        self.num_chains, self.init = num_chains, init
-        self.latents = tuple(s.name for s in sites)
-        self.derivatives: _Derivatives = _Autograd(self)
-        self.compiled, self.compiled_form = False, None
-        self.evaluations = 0
-
-    def compile(self, u: dict[str, torch.Tensor]) -> None:
-        """Use the first compiled form of the derivatives (`_COMPILED_FORMS`) that builds at ``u`` (this batch's
-        shapes) and agrees with the plain one at ``u`` and at a second point (a value computed in Python from u
-        would be frozen): the same shapes and dtypes, values within `AIS_COMPILE_RTOL`. Where none does, warn in
-        one line and keep the plain one."""
-        u = {n: v.contiguous() for n, v in u.items()}  # BDMC's exact start is expanded over chains: record dense
-        points = (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()})
-        plain = [_outputs(self.derivatives, point) for point in points]
-        causes: list[str] = []
-        for form, build in _COMPILED_FORMS.items():
-            try:
-                candidate = build(self, u)
-                for point, wanted in zip(points, plain):
-                    for name, got in _outputs(candidate, point).items():
-                        want = wanted[name]
-                        if got.shape != want.shape or got.dtype != want.dtype:
-                            raise CompileError(f"the compiled AIS potential gives {name} as {got.dtype} "
-                                               f"{list(got.shape)}, the plain one as {want.dtype} {list(want.shape)}")
-                        difference = relative_difference(got, want)
-                        if not difference <= AIS_COMPILE_RTOL:
-                            raise CompileError(f"the compiled and the plain AIS potential differ (in {name}: "
-                                               f"relative difference {difference:.2g})")
-            except Exception as e:  # noqa: BLE001 - any failure to build or to agree means: do not use it
-                causes.append(f"{form}: {failure_cause(e)}")
-                continue
-            self.derivatives, self.compiled, self.compiled_form = candidate, True, form
-            return
-        warnings.warn(f"AIS runs its potential uncompiled: {'; '.join(causes)}", RuntimeWarning, stacklevel=3)
-
-    def _sum(self, trace: poutine.Trace, names: Sequence[str]) -> torch.Tensor:
-        return trace_sum(trace, names, self.layout.particle_dim, self.num_chains, len(self.x))
-
-    def __call__(self, u: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        z, log_jacobian = {}, 0.0
-        for s in self.sites:
-            if s.transform is None:
-                z[s.name] = u[s.name]
-                continue
-            z[s.name] = s.transform(u[s.name])
-            ladj = s.transform.log_abs_det_jacobian(u[s.name], z[s.name])
-            extra = s.event_dim - s.transform.codomain.event_dim
-            if extra:
-                ladj = ladj.sum(list(range(-extra, 0)))
-            log_jacobian = log_jacobian + sum_within_datapoint(s.name, ladj, s.data_pos - ladj.dim(),
-                                                               self.layout.particle_dim, self.num_chains, len(self.x))
-        with pyro.plate("_chains", self.num_chains, dim=self.layout.particle_dim):
-            model_trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.x)
-            target = self._sum(model_trace, self.layout.model_sites)
-            if self.init == "guide":
-                guide_trace = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.x)
-                base = self._sum(guide_trace, self.latents)
-            else:
-                base = self._sum(model_trace, self.latents)
-        if isinstance(log_jacobian, float):  # every latent unconstrained: nothing to add
-            return base, target
-        return base + log_jacobian, target + log_jacobian
-
-
-# --- values and gradients: autograd, or a compiled form -------------------------------------
-
-@dataclass
-class _State:
-    """Chains at ``u`` with log base, log target (``[C, B]``) and their gradients in u."""
-
-    u: dict[str, torch.Tensor]
-    base: torch.Tensor
-    target: torch.Tensor
-    grad_base: dict[str, torch.Tensor]
-    grad_target: dict[str, torch.Tensor]
-
-    def log_f(self, b: float) -> torch.Tensor:
-        return torch.lerp(self.base, self.target, b)
-
-    def grad_log_f(self, b: float) -> dict[str, torch.Tensor]:
-        return {n: torch.lerp(g, self.grad_target[n], b) for n, g in self.grad_base.items()}
-
-
-class _Derivatives:
-    """What a chain needs of the potential at ``u``: `state` (log base, log target and both their gradients: a
-    transition's end point) and `gradient` (grad log f_b alone, from the backward pass's `_seeds`: the leapfrog
-    positions inside a transition, whose values nothing reads)."""
-
-    def state(self, u: dict[str, torch.Tensor]) -> _State:
-        raise NotImplementedError
-
-    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
-                 ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-
-class _Autograd(_Derivatives):
-    """The derivatives by ``torch.autograd.grad`` through ``potential`` (``u -> (log base, log target)``): the
-    Pyro programs themselves, or their traced graph."""
-
-    def __init__(self, potential: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]):
-        self.potential = potential
-
-    def state(self, u: dict[str, torch.Tensor]) -> _State:
-        """One forward pass, then two backward passes (the second only through the base, which does not depend
-        on the decoder)."""
-        u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
-        with torch.enable_grad():
-            base, tgt = self.potential(u)
-            leaves = list(u.values())
-            ones = torch.ones_like(tgt)  # the backward passes' seeds, in place of a sum in the graph
-            g_target = torch.autograd.grad(tgt, leaves, ones, retain_graph=True, allow_unused=True)
-            g_base = torch.autograd.grad(base, leaves, ones, allow_unused=True)
-        return _State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(), _filled(u, g_base),
-                      _filled(u, g_target))
-
-    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
-                 ) -> dict[str, torch.Tensor]:
-        """One backward pass of (1 - b) log base + b log target; the weights enter as its seeds, no ops of their
-        own in the graph."""
-        u = {n: v.detach().requires_grad_(True) for n, v in u.items()}
-        with torch.enable_grad():
-            base, tgt = self.potential(u)
-            grads = torch.autograd.grad((base, tgt), list(u.values()), seeds, allow_unused=True)
-        return _filled(u, grads)
-
-
-def _filled(u: dict[str, torch.Tensor], grads: Sequence[torch.Tensor | None]) -> dict[str, torch.Tensor]:
-    """``{site: gradient}``, zeros for a latent the output does not depend on."""
-    return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(u.items(), grads)}
-
-
-class _GradientGraphs(_Derivatives):
-    """`state` and `gradient` of the plain `_Autograd`, each recorded with its backward ops as one graph
-    (`pyro_vae.frozen_graph`): no autograd tape at run time, only the backward ops each output needs (the
-    leapfrog gradient skips the Bernoulli log-density's forward pass), and the guide's encoder of x computed once.
-    The fastest form (BENCHMARKS.md, "AIS throughput", issue 40). Inputs are made dense, as recorded.
-
-    An output that does not depend on ``u`` is computed once, the same tensor at every call: nothing may change
-    the outputs in place (nothing in `_hmc` and `_anneal` does)."""
-
-    def __init__(self, target: _Target, u: dict[str, torch.Tensor]):
-        plain, self.names = _Autograd(target), list(u)
-
-        def state(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            s = plain.state(dict(zip(self.names, values)))
-            return (s.base, s.target, *s.grad_base.values(), *s.grad_target.values())
-
-        def gradient(seed_base: torch.Tensor, seed_target: torch.Tensor, *values: torch.Tensor
-                     ) -> tuple[torch.Tensor, ...]:
-            return tuple(plain.gradient(dict(zip(self.names, values)), (seed_base, seed_target)).values())
-
-        values = [u[n] for n in self.names]
-        with pyro.validation_enabled(False):
-            self.state_graph = frozen_graph(state, *values)
-            like = torch.zeros(target.num_chains, len(target.x), dtype=torch.float64, device=target.x.device)
-            seeds = _seeds(like, 0.5)  # log base and log target are float64 [C, B] (`sum_within_datapoint`)
-            self.gradient_graph = frozen_graph(gradient, *seeds, *values)
-
-    def state(self, u: dict[str, torch.Tensor]) -> _State:
-        out = self.state_graph(*self._inputs(u))
-        k = len(self.names)
-        return _State(dict(u), out[0], out[1], dict(zip(self.names, out[2 : 2 + k])),
-                      dict(zip(self.names, out[2 + k :])))
-
-    def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
-                 ) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.gradient_graph(*seeds, *self._inputs(u))))
-
-    def _inputs(self, u: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        # dense, as recorded (`_Target.compile`): a view the graph recorded fails on an expanded input (BDMC's start)
-        return [u[n].contiguous() for n in self.names]
-
-
-def _traced_autograd(target: _Target, u: dict[str, torch.Tensor]) -> _Autograd:
-    """Autograd through the potential traced by ``torch.jit.trace`` at ``u``. The latents are the graph's only
-    inputs: the data and every parameter (frozen for the run, `_frozen_parameters`: AIS does not change them)
-    are constants, so constant propagation computes once what depends on them alone (the guide's encoder of x,
-    the prior's parameters) instead of at every evaluation."""
-    names = list(u)
-
-    def flat(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return target(dict(zip(names, values)))
-
-    with warnings.catch_warnings(), pyro.validation_enabled(False), torch.enable_grad():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # what `compile`'s check settles
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace. is deprecated", category=FutureWarning)
-        graph = torch.jit.trace(flat, tuple(u[n].detach().requires_grad_(True) for n in names), check_trace=False)
-    fold = getattr(torch._C, "_jit_pass_constant_propagation", None)
-    if fold is not None:  # an optimisation only: without it the graph is right, and slower
-        fold(graph.graph)
-
-    def traced(point: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return graph(*(point[n] for n in names))
-
-    return _Autograd(traced)
-
-
-#: The compiled forms `_Target.compile` tries, fastest first, by name (`AISEstimate.compiled_form`): the graphs
-#: with their backward ops (which some models' ops cannot be recorded into), then autograd through the traced
-#: potential.
-_COMPILED_FORMS: dict[str, Callable[[_Target, dict[str, torch.Tensor]], _Derivatives]] = {
-    "graphs": _GradientGraphs, "traced": _traced_autograd}
-
-
-@contextlib.contextmanager
-def _frozen_parameters(*programs: Callable) -> Iterator[None]:
-    """The programs' parameters (`_parameters`) with ``requires_grad`` off for the duration, restored after.
-
-    AIS differentiates in the latents only; the traced graph holds the parameters as constants, which
-    TorchScript cannot run while they require grad (it fails on its second call, once it optimises the graph)."""
-    frozen = [p for p in _parameters(*programs) if p.requires_grad]
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        with warnings.catch_warnings():
-            # pyro.module says so on every call of a frozen module's program: the point here, not a problem
-            warnings.filterwarnings("ignore", message=r".*was not registered in the param store because "
-                                                      r"requires_grad=False", category=UserWarning)
-            yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _parameters(*programs: Callable) -> list[torch.Tensor]:
-    """The tensors a model and guide learn: the parameters of the modules whose methods they are, and Pyro's param
-    store (the unconstrained tensors), each once."""
-    found: dict[int, torch.Tensor] = {}
-    for program in programs:
-        owner = getattr(program, "__self__", program)
-        if isinstance(owner, torch.nn.Module):
-            found.update((id(p), p) for p in owner.parameters())
-    store = pyro.get_param_store()
-    found.update((id(t), t) for t in (store.get_param(n).unconstrained() for n in store.keys()))
-    return list(found.values())
-
-
-def _outputs(derivatives: _Derivatives, u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Log base, log target, their gradients and grad log f_b at b = 0.3 (`_Derivatives.gradient`) at ``u``, by
-    name: what `_Target.compile` compares."""
-    state = derivatives.state(u)
-    f_b = derivatives.gradient(u, _seeds(state.base, 0.3))
-    return {"log base": state.base, "log target": state.target,
-            **{f"grad log base {n}": g for n, g in state.grad_base.items()},
-            **{f"grad log target {n}": g for n, g in state.grad_target.items()},
-            **{f"grad log f_b {n}": g for n, g in f_b.items()}}
-
-
 def _transform_to(support: constraints.Constraint) -> Transform | None:
     """The bijection from unconstrained space onto ``support``; None where the support is all of R^n."""
     return None if _unwrap(support) is constraints.real else biject_to(support)
 
 
-def _evaluate(target: _Target, u: dict[str, torch.Tensor]) -> _State:
-    """The chains' state at ``u`` (one evaluation of every chain, counted in ``target.evaluations``)."""
-    target.evaluations += 1
-    return target.derivatives.state(u)
-
-
-def _gradient(target: _Target, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
-              ) -> dict[str, torch.Tensor]:
-    """grad log f_b at ``u`` alone (one evaluation, counted): for the leapfrog positions inside a transition, whose
-    values nothing reads. ``seeds``: `_seeds` of b."""
-    target.evaluations += 1
-    return target.derivatives.gradient(u, seeds)
-
-
-def _seeds(like: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backward pass's seeds for grad log f_b, 1 - b for log base and b for log target, shaped ``like [C, B]``."""
-    return torch.full_like(like, 1 - b), torch.full_like(like, b)
-
-
-def _select(accept: torch.Tensor, new: _State, old: _State, sites: list[_Site]) -> _State:
+def _select(accept: torch.Tensor, new: State, old: State, sites: list[Site]) -> State:
     """Per chain: ``new`` where ``accept [C, B]`` is true, else ``old``."""
     def pick(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {s.name: torch.where(s.per_chain(accept, a[s.name].dim()), a[s.name], b[s.name]) for s in sites}
 
-    return _State(pick(new.u, old.u), torch.where(accept, new.base, old.base),
+    return State(pick(new.u, old.u), torch.where(accept, new.base, old.base),
                   torch.where(accept, new.target, old.target), pick(new.grad_base, old.grad_base),
                   pick(new.grad_target, old.grad_target))
 
@@ -577,7 +265,7 @@ class _Noise:
         self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
         self.device, self.num_chains = device, num_chains
 
-    def momentum(self, like: dict[str, torch.Tensor], sites: list[_Site]) -> dict[str, torch.Tensor]:
+    def momentum(self, like: dict[str, torch.Tensor], sites: list[Site]) -> dict[str, torch.Tensor]:
         shapes = {s.name: _without(like[s.name].shape, s.data_pos) for s in sites}
         sizes = [math.prod(shapes[s.name]) for s in sites]
         draws = [torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators]
@@ -600,7 +288,7 @@ def _without(shape: torch.Size, pos: int) -> tuple[int, ...]:
 
 # --- one pass of AIS ------------------------------------------------------------------------
 
-def _kinetic(r: dict[str, torch.Tensor], sites: list[_Site], target: _Target) -> torch.Tensor:
+def _kinetic(r: dict[str, torch.Tensor], sites: list[Site], target: Target) -> torch.Tensor:
     total = 0.0
     for s in sites:
         sq = r[s.name].double().pow(2)
@@ -611,23 +299,23 @@ def _kinetic(r: dict[str, torch.Tensor], sites: list[_Site], target: _Target) ->
     return 0.5 * total
 
 
-def _hmc(target: _Target, state: _State, b: float, step_size: torch.Tensor, leapfrog_steps: int,
-         noise: _Noise) -> tuple[_State, torch.Tensor]:
+def _hmc(target: Target, state: State, b: float, step_size: torch.Tensor, leapfrog_steps: int,
+         noise: _Noise) -> tuple[State, torch.Tensor]:
     """One HMC transition leaving f_b invariant, for every chain at once; returns the state and acceptance [C, B]."""
     sites = target.sites
     eps = {s.name: s.per_chain(step_size, state.u[s.name].dim()).to(state.u[s.name].dtype) for s in sites}
     half = {n: 0.5 * e for n, e in eps.items()}
     r0 = noise.momentum(state.u, sites)
-    seeds = _seeds(state.base, b)
+    seeds = backward_seeds(state.base, b)
     grad, u, new = state.grad_log_f(b), state.u, state
     r = {n: r0[n].addcmul(half[n], grad[n]) for n in r0}  # the first half step of the momentum
     for step in range(leapfrog_steps):
         u = {n: u[n].addcmul(eps[n], r[n]) for n in u}
         if step < leapfrog_steps - 1:  # a half step to end this leapfrog step, a half step to start the next: one
-            grad = _gradient(target, u, seeds)
+            grad = gradient(target, u, seeds)
             r = {n: r[n].addcmul(eps[n], grad[n]) for n in r}
         else:  # the end point: its values decide acceptance, its two gradients start the next transition
-            new = _evaluate(target, u)
+            new = evaluate(target, u)
             grad = new.grad_log_f(b)
             r = {n: r[n].addcmul(half[n], grad[n]) for n in r}
     log_accept = (new.log_f(b) - _kinetic(r, sites, target)) - (state.log_f(b) - _kinetic(r0, sites, target))
@@ -646,7 +334,7 @@ class _Pass:
     pooled: bool = False
 
 
-def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor, noise: _Noise,
+def _anneal(target: Target, start: dict[str, torch.Tensor], betas: torch.Tensor, noise: _Noise,
             step_sizes: torch.Tensor | None, settings: AISSettings, run: _Pass,
             progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the chains from ``start`` along ``betas``; return (log weights ``[C, B]``, mean acceptance ``[B]``, step sizes).
@@ -657,7 +345,7 @@ def _anneal(target: _Target, start: dict[str, torch.Tensor], betas: torch.Tensor
     """
     leapfrog_steps, adapt_rate, pooled = settings.leapfrog_steps, run.adapt_rate, run.pooled
     with pyro.validation_enabled(False):  # a diverged leapfrog gives NaN parameters: rejected, not an exception
-        state = _evaluate(target, start)
+        state = evaluate(target, start)
         num_steps = len(betas) - 1
         log_w = torch.zeros_like(state.base)
         accept_sum = torch.zeros_like(state.base)
@@ -706,8 +394,8 @@ def _interpolated(pilot_betas: torch.Tensor, pilot_step_sizes: torch.Tensor, bet
 
 # --- setting up ---------------------------------------------------------------------------
 
-def _latent_sites(trace: poutine.Trace, names: Sequence[str], particle_dim: int) -> list[_Site]:
-    """`_Site` of each latent in a chains-plated model ``trace``; `EstimationError` for a discrete one."""
+def _latent_sites(trace: poutine.Trace, names: Sequence[str], particle_dim: int) -> list[Site]:
+    """`Site` of each latent in a chains-plated model ``trace``; `EstimationError` for a discrete one."""
     sites = []
     for name in names:
         node = trace.nodes[name]
@@ -715,7 +403,7 @@ def _latent_sites(trace: poutine.Trace, names: Sequence[str], particle_dim: int)
         if fn.support.is_discrete:
             raise EstimationError(f"latent site {name!r} is discrete ({type(fn).__name__}); AIS moves latents with "
                                   "HMC, which needs continuous ones. Use inference.importance for this model")
-        sites.append(_Site(name, _transform_to(fn.support), fn.event_dim, -particle_dim + data_frame_dim(name, node)))
+        sites.append(Site(name, _transform_to(fn.support), fn.event_dim, -particle_dim + data_frame_dim(name, node)))
     return sites
 
 
@@ -802,7 +490,7 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, settings: AISSetting
     with torch.no_grad(), forked_rng(x.device):
         # before freezing: a PyroModule's first run puts its parameters in the param store, as new tensors
         latents = _latent_names(model, guide, x)
-    with torch.no_grad(), forked_rng(x.device), _frozen_parameters(model, guide):
+    with torch.no_grad(), forked_rng(x.device), frozen_parameters(model, guide):
         layout = inspect_programs(model, guide, x)
         if reverse:
             starts = {"returned": exact}
@@ -814,7 +502,7 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, settings: AISSetting
         with pyro.plate("_chains", num_chains, dim=layout.particle_dim):
             chains_trace = poutine.trace(poutine.condition(model, data=starts["returned"])).get_trace(x)
         sites = _latent_sites(chains_trace, latents, layout.particle_dim)
-        target = _Target(model, guide, x, layout, sites, num_chains, init)
+        target = Target(model, guide, x, layout, sites, num_chains, init)
         u = {pass_: {s.name: z[s.name] if s.transform is None else s.transform.inv(z[s.name]) for s in sites}
              for pass_, z in starts.items()}
         if settings.compiled:
@@ -839,8 +527,8 @@ def _run(model: Callable, guide: Callable, x: torch.Tensor, settings: AISSetting
                               f"{'...' if len(bad) > 10 else ''}; check the model's parameters and the data")
     log_px, se = _summary(log_w.cpu(), -1.0 if reverse else 1.0)
     estimate = AISEstimate(log_px, se, log_w.cpu(), acceptance.cpu(), step_sizes[-1].double().cpu(), num_steps,
-                           num_chains, settings.leapfrog_steps, target.evaluations * num_chains, tuning, target.compiled,
-                           target.compiled_form)
+                           num_chains, settings.leapfrog_steps, target.evaluations * num_chains, tuning,
+                           target.compiled, target.compiled_form)
     return estimate, step_sizes
 
 
