@@ -116,7 +116,7 @@ class SingleLatentModel(LatentModel):
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """p(z) = N(0, I), event shape ``[z_dim]``, on ``x``'s device and dtype: a `models.priors.StandardNormal`
         (``dist.Normal(0, 1)``'s values and gradients to the bit, with fewer ops in its log-density)."""
-        return StandardNormal(self.z_dim, x).to_event(1)
+        return StandardNormal.of_size(self.z_dim, x).to_event(1)
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x|z) for latents ``z [..., z_dim]``, event shape ``[x_dim]``."""

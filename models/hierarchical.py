@@ -144,7 +144,7 @@ class HierarchicalVAE(LatentModel):
         """p(z_L), the top layer's prior: N(0, I), or the VampPrior (1/K) sum_k q(z_L | u_k); event ``[d_L]``."""
         if self.vamp is not None:
             return self.vamp(self.top_posterior)
-        return StandardNormal(self.latent_dims[-1], x).to_event(1)
+        return StandardNormal.of_size(self.latent_dims[-1], x).to_event(1)
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z1|x), the code layer's posterior, event ``[d_1]``."""

@@ -1,7 +1,7 @@
 r"""Priors of the (top) latent layer, picked by name (``--prior``): ``standard`` N(0, I) or ``vamp``.
 
-N(0, I) is `StandardNormal` (``.to_event(1)``): ``dist.Normal(zeros, ones)`` with a log-density that skips the
-location and the scale, the same values to the bit.
+N(0, I) is `StandardNormal.of_size` (``.to_event(1)``): ``dist.Normal(zeros, ones)`` with a log-density that
+skips the location and the scale, the same values to the bit.
 
 The VampPrior (Tomczak & Welling 2018) is the aggregate posterior of K learned pseudo-inputs u_k,
 
@@ -45,29 +45,39 @@ from pyro_vae.errors import ConfigError
 
 
 class StandardNormal(dist.Normal):
-    """N(0, 1) in each of ``size`` coordinates (batch shape ``[size]``; ``.to_event(1)`` for p(z) = N(0, I)), on
-    ``like``'s device and dtype: ``dist.Normal(zeros, ones)`` in every respect (sampling, KL divergences, expand),
-    but its ``log_prob`` skips the location and the scale, which make most of ``Normal.log_prob``'s ops.
+    """N(0, 1) in each coordinate, made by `of_size` (batch shape ``[size]``; ``.to_event(1)`` for p(z) = N(0, I)):
+    ``dist.Normal(zeros, ones)`` in every respect (sampling, KL divergences, expand, Normal's constructor, which
+    Pyro's reparametrisers call with other locations and scales), but its ``log_prob`` skips the location and the
+    scale, which make most of ``Normal.log_prob``'s ops.
 
     The values and their gradients are bit for bit Normal's: with loc 0 and scale 1, ``-((z - 0) ** 2) / (2 * 1)
     - log 1 - c`` is ``-0.5 z^2 - c`` exactly in floating point (c = log sqrt(2 pi)). Three elementwise ops instead
-    of nine (and fewer backward), at every training step and every AIS evaluation
-    (BENCHMARKS.md, "A standard-Normal prior").
+    of nine (and fewer backward), at every training step and every AIS evaluation (BENCHMARKS.md, "A
+    standard-Normal prior"). A value of another dtype, or one that broadcasts against the batch shape, gets
+    Normal's own log-density, as does an instance built by ``StandardNormal(loc, scale)``.
     """
 
-    def __init__(self, size: int, like: torch.Tensor, validate_args: bool | None = None):
-        super().__init__(like.new_zeros(size), like.new_ones(size), validate_args=validate_args)
+    _standard = False  # made by `of_size`: loc 0 and scale 1
+
+    @classmethod
+    def of_size(cls, size: int, like: torch.Tensor) -> "StandardNormal":
+        """N(0, 1) in ``size`` coordinates, on ``like``'s device and dtype."""
+        standard = cls(like.new_zeros(size), like.new_ones(size))
+        standard._standard = True
+        return standard
 
     def expand(self, batch_shape: torch.Size, _instance: "StandardNormal | None" = None) -> "StandardNormal":
-        # Normal.expand builds a bare instance of our class only if told to: it will not call our __init__
-        return super().expand(batch_shape, self._get_checked_instance(StandardNormal, _instance))
+        new = super().expand(batch_shape, _instance)
+        new._standard = self._standard
+        return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if not (self._standard and isinstance(value, torch.Tensor) and value.dtype == self.loc.dtype
+                and value.shape == torch.broadcast_shapes(value.shape, self.loc.shape)):
+            return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
-        log_density = value.square().mul(-0.5).sub(_LOG_SQRT_2PI)
-        shape = torch.broadcast_shapes(value.shape, self.loc.shape)  # as Normal's: z - loc broadcasts
-        return log_density if log_density.shape == shape else log_density.expand(shape)
+        return value.square().mul(-0.5).sub(_LOG_SQRT_2PI)
 
 
 #: Normal.log_prob's constant, written as torch writes it (the same float, hence the same float32 rounding).

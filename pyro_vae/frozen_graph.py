@@ -15,9 +15,10 @@ inputs that do not require grad (AIS calls it under ``torch.no_grad``), it recor
 Like any trace, the graph is right only for inputs of the traced shapes, dtypes, devices and memory layout
 (``make_fx`` records a reshape as a view or as a copy by the example's strides: pass dense inputs), and only for
 the Python control flow taken at the example: a caller checks it against the function at other points before
-using it (AIS: `inference.estimators.ais`). A graph that writes to a tensor in place is refused. ``make_fx`` lives
-in ``torch.fx.experimental`` and the code FX writes is read by TorchScript's own parser: a torch release may change
-either, and any failure here is an exception for the caller to fall back on.
+using it (AIS: `inference.estimators.ais_potential`). An in-place write the graph cannot keep right is refused,
+and random draws run at every call. ``make_fx`` lives in ``torch.fx.experimental`` and the code FX writes is read
+by TorchScript's own parser: a torch release may change either, and any failure here is an exception for the
+caller to fall back on.
 """
 
 from __future__ import annotations
@@ -68,10 +69,32 @@ def _writes_in_place(node: torch.fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
 
 
-def _builds_its_own(node: object) -> bool:
+def _written(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The tensors an in-place op writes to (its schema's written arguments, ``out=`` ones included)."""
+    written = []
+    for i, argument in enumerate(node.target._schema.arguments):
+        if argument.alias_info is not None and argument.alias_info.is_write:
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
+            written += [value] if isinstance(value, torch.fx.Node) else []
+    return written
+
+
+def _origin(node: torch.fx.Node) -> torch.fx.Node:
+    """The tensor a chain of in-place writes (``x.neg_().exp_()``: each names the one before) writes into."""
+    while _writes_in_place(node) and _written(node):
+        node = _written(node)[0]
+    return node
+
+
+def _builds_its_own(node: torch.fx.Node) -> bool:
     """Whether ``node`` is an op whose result is a new tensor (no view of its inputs, by its schema)."""
-    return (isinstance(node, torch.fx.Node) and isinstance(node.target, torch._ops.OpOverload)
-            and not _writes_in_place(node) and all(r.alias_info is None for r in node.target._schema.returns))
+    return (isinstance(node.target, torch._ops.OpOverload) and not _writes_in_place(node)
+            and all(r.alias_info is None for r in node.target._schema.returns))
+
+
+def _random(node: torch.fx.Node) -> bool:
+    """Whether ``node`` draws random numbers: it must run at every call, never once."""
+    return isinstance(node.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in node.target.tags
 
 
 def _script_source(code: str) -> str:
@@ -82,39 +105,52 @@ def _script_source(code: str) -> str:
 
 
 def _fold_constants(recorded: torch.fx.GraphModule) -> list[torch.Tensor]:
-    """Compute once every node of ``recorded`` that depends on no input, and make each such tensor the graph reads
-    an input after the function's own; returns those tensors, in that order (edits ``recorded`` in place).
+    """Compute once every node of ``recorded`` that depends on no input and draws no random number, and make each
+    such tensor the graph reads an input after the function's own; returns those tensors, in that order (edits
+    ``recorded`` in place). They are computed from the closed-over tensors as they are now: rebuild the graph after
+    those change.
 
-    An in-place write must go to a tensor the graph builds itself (by an op that is no view): computed once where
-    that tensor depends on no input and only computations computed once read it (the full-covariance guide fills
-    its Cholesky factor by ``index_put_``), else at every call into a tensor built at that call. Any other is refused
-    (`RuntimeError`): it could write to an input, or to a tensor computed once and read again at every call."""
+    An in-place write must go to a tensor the graph builds itself (by an op that is no view). Where everything it
+    reads is computed once and only in-place writes read that tensor before it (the full-covariance guide fills its
+    Cholesky factor by ``index_put_``), it is computed once too; else that tensor is built at every call. Any other
+    in-place write is refused (`RuntimeError`): it could write to an input, or to a tensor the graph reads again
+    at every call."""
+    recorded.graph.eliminate_dead_code()  # first: a constant only dead code reads is not kept
     nodes = list(recorded.graph.nodes)
-    constant: set[torch.fx.Node] = set()
-    for node in nodes:
-        if node.op == "get_attr" or (node.op == "call_function" and all(n in constant for n in node.all_input_nodes)):
-            constant.add(node)
-    for node in nodes:
-        if _writes_in_place(node):
-            target = node.args[0]
-            safe = _builds_its_own(target) and (all(u in constant for u in target.users) if node in constant
-                                                 else target not in constant)
-            if not safe:
-                raise RuntimeError(f"the recorded graph writes in place ({node.target}) to a tensor it does not "
-                                   "build itself: not compiled")
+    writes = [(node, target) for node in nodes if _writes_in_place(node) for target in _written(node)]
+    for node, target in writes:
+        if not _builds_its_own(_origin(target)):
+            raise RuntimeError(f"the recorded graph writes in place ({node.target}) to a tensor it does not build "
+                               "itself: not compiled")
+    at_each_call: set[torch.fx.Node] = set()
+    while True:
+        constant: set[torch.fx.Node] = set()
+        for node in nodes:
+            if node.op == "get_attr" or (node.op == "call_function" and node not in at_each_call and not _random(node)
+                                         and all(n in constant for n in node.all_input_nodes)):
+                constant.add(node)
+        # a tensor written at every call, or read before a write computed once, is built at every call
+        late = {_origin(target) for node, target in writes if _origin(target) in constant and (
+            node not in constant or any(not _writes_in_place(user) for user in target.users))}
+        if not late:
+            break
+        at_each_call |= late
     values: dict[torch.fx.Node, object] = {}
-    for node in nodes:
-        if node in constant:
+    with torch.no_grad():
+        for node in nodes:
             if node.op == "get_attr":
                 values[node] = getattr(recorded, node.target)
-            else:
-                values[node] = node.target(*torch.fx.node.map_arg(node.args, values.__getitem__),
-                                           **torch.fx.node.map_arg(node.kwargs, values.__getitem__))
-    first_op = next(n for n in recorded.graph.nodes if n.op != "placeholder")
+            elif node in constant:
+                value = node.target(*torch.fx.node.map_arg(node.args, values.__getitem__),
+                                    **torch.fx.node.map_arg(node.kwargs, values.__getitem__))
+                values[node] = value.detach() if isinstance(value, torch.Tensor) else value
+    first_op = next(n for n in nodes if n.op != "placeholder")
     constants = []
     for node, value in values.items():
-        if not isinstance(value, torch.Tensor) or all(user in values for user in node.users):
-            continue  # a number stays in the graph; a tensor only constants read is not needed at run time
+        if all(user in values for user in node.users):
+            continue  # read only by what is computed here: not needed at run time
+        if not isinstance(value, torch.Tensor):
+            raise RuntimeError(f"a value computed once, {type(value).__name__}, is read at every call: not compiled")
         with recorded.graph.inserting_before(first_op):
             lifted = recorded.graph.placeholder(f"constant_{len(constants)}")
         node.replace_all_uses_with(lifted, delete_user_cb=lambda user: user not in values)
@@ -122,7 +158,6 @@ def _fold_constants(recorded: torch.fx.GraphModule) -> list[torch.Tensor]:
     for node in reversed(nodes):  # what is computed here, in-place writes included, no longer runs in the graph
         if node in values and not node.users:
             recorded.graph.erase_node(node)
-    recorded.graph.eliminate_dead_code()
     for name, _ in list(recorded.named_buffers()) + list(recorded.named_parameters()):
         delattr(recorded, name)
     for name in [n for n, v in vars(recorded).items() if isinstance(v, torch.Tensor)]:

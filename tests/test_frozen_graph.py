@@ -102,3 +102,25 @@ def test_the_graph_holds_no_tensor_and_goes_when_it_goes():
     del weight, graph
     gc.collect()
     assert alive() is None
+
+
+def test_random_draws_and_writes_at_each_call_are_not_computed_once():
+    """A random draw, and a tensor of constants written from the input in place, run at every call."""
+    def noisy(z: torch.Tensor) -> torch.Tensor:
+        return z + torch.randn(3)
+
+    graph = frozen_graph(noisy, torch.zeros(3))
+    z = torch.zeros(3)
+    assert not torch.equal(graph(z), graph(z))
+
+    rows = torch.tensor([0, 2])
+
+    def filled(z: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(3)
+        out[rows] = z[:2] * 2  # a tensor built from constants, written from the input
+        return out
+
+    graph = frozen_graph(filled, torch.randn(3))
+    for _ in range(2):
+        z = torch.randn(3)
+        torch.testing.assert_close(graph(z), filled(z))

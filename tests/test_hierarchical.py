@@ -91,7 +91,7 @@ def test_the_standard_normal_prior_is_normal_bit_for_bit(dtype):
     a value that broadcasts against it; the KL divergence, moments and draws are Normal's; both families use it."""
     torch.manual_seed(0)
     z = 3 * torch.randn(7, 4, 50, dtype=dtype)
-    ours = StandardNormal(50, z).to_event(1)
+    ours = StandardNormal.of_size(50, z).to_event(1)
     plain = pyro.distributions.Normal(z.new_zeros(50), z.new_ones(50)).to_event(1)
     for p, q, value in ((ours, plain, z), (ours.expand([4]), plain.expand([4]), z),
                         (ours.expand([4]), plain.expand([4]), z[0, 0])):
@@ -110,6 +110,11 @@ def test_the_standard_normal_prior_is_normal_bit_for_bit(dtype):
                   HierarchicalVAE.from_config(ModelConfig.hierarchical((6, 5), ((16,), (16,))))):
         assert isinstance(model.prior(z).base_dist, StandardNormal)
     assert VAE(z_dim=5, hidden_dims=(16,)).standard_normal_code
+    # Normal's constructor, as Pyro's LocScaleReparam rebuilds a site: any location and scale, Normal's density
+    shifted = StandardNormal(z.new_full((50,), 2.0), z.new_full((50,), 3.0))
+    assert torch.equal(shifted.log_prob(z), pyro.distributions.Normal(z.new_full((50,), 2.0), 3.0).log_prob(z))
+    assert torch.equal(ours.base_dist.log_prob(z.float() if dtype == torch.float64 else z.double()),
+                       plain.base_dist.log_prob(z.float() if dtype == torch.float64 else z.double()))
 
 
 @torch.no_grad()

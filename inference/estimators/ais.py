@@ -85,7 +85,8 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions.transforms import Transform
 from tqdm.auto import tqdm
 
-from inference.estimators.ais_potential import AIS_COMPILE_RTOL  # noqa: F401 - inference.ais hands it on
+# inference.ais hands it on; compile reads ais_potential's, so that is the one to change
+from inference.estimators.ais_potential import AIS_COMPILE_RTOL  # noqa: F401
 from inference.estimators.ais_potential import (Site, State, Target, backward_seeds, evaluate, frozen_parameters,
                                                 gradient)
 from inference.estimators.importance import data_frame_dim, inspect_programs, sum_within_datapoint
@@ -177,7 +178,8 @@ class AISEstimate:
     transition (tuned in the tuning run, replayed in the returned one). ``gradient_evaluations``: evaluations of
     log f and its gradient per image, over all its chains and both runs (pilot or tuning pass included);
     ``tuning``: `TUNINGS`; ``compiled``: whether a compiled potential ran (False after a fallback), and
-    ``compiled_form`` which (a key of `COMPILED_FORMS`: ``graphs`` or ``traced``; None when plain).
+    ``compiled_form`` which (a key of `inference.estimators.ais_potential.COMPILED_FORMS`: ``graphs`` or ``traced``;
+    None when plain).
     """
 
     log_px: torch.Tensor
