@@ -89,7 +89,6 @@ class Target:
         shapes) and agrees with the plain one at ``u`` and at a second point (a value computed in Python from u
         would be frozen): the same shapes and dtypes, values within `AIS_COMPILE_RTOL`. Where none does, warn in
         one line and keep the plain one."""
-        u = {n: v.contiguous() for n, v in u.items()}  # BDMC's exact start is expanded over chains: record dense
         points = (u, {n: v + 0.5 * torch.randn_like(v) for n, v in u.items()})
         plain = [_outputs(self.derivatives, point) for point in points]
         causes: list[str] = []
@@ -230,7 +229,7 @@ class GradientGraphs(Derivatives):
                      ) -> tuple[torch.Tensor, ...]:
             return tuple(plain.gradient(dict(zip(self.names, values)), (seed_base, seed_target)).values())
 
-        values = [u[n] for n in self.names]
+        values = self._inputs(u)
         with pyro.validation_enabled(False):
             self.state_graph = frozen_graph(state, *values)
             like = torch.zeros(target.num_chains, len(target.x), dtype=torch.float64, device=target.x.device)
@@ -248,7 +247,8 @@ class GradientGraphs(Derivatives):
         return dict(zip(self.names, self.gradient_graph(*seeds, *self._inputs(u))))
 
     def _inputs(self, u: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        # dense, as recorded (`Target.compile`): a view the graph recorded fails on an expanded input (BDMC's start)
+        # dense, when recorded and at every call: a view recorded on a dense input fails on an expanded one, and
+        # one recorded on an expanded input copies at every call (BDMC's exact start is expanded over chains)
         return [u[n].contiguous() for n in self.names]
 
 
