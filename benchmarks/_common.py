@@ -60,6 +60,18 @@ def gemm_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 / best
 
 
+def importance_flops_per_image(vae, x: torch.Tensor, k: int, chunk: int) -> float:
+    """Matrix-product FLOPs (encoder, decoder) of one image's log p(x) with ``k`` particles in chunks of ``chunk``,
+    as `inference.estimators.importance.estimate_log_marginal` runs it (counted by ``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inference.estimators.importance import estimate_log_marginal
+
+    with FlopCounterMode(display=False) as counter:
+        estimate_log_marginal(vae.model, vae.guide, x[:1], k, chunk, seed=0)
+    return float(counter.get_total_flops())
+
+
 def interleaved_medians(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Run each contender once per round, ``repeats`` rounds, and take the median of what each returns. The order
     reverses every round (A B, B A, ...): on this CPU the first of two back-to-back contenders measured about 4%

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pyro.infer import Importance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gemm_rate, interleaved_medians, machine, timed  # noqa: E402
+from _common import gemm_rate, importance_flops_per_image, interleaved_medians, machine, timed  # noqa: E402
 
 from inference.estimators.importance import estimate_log_marginal  # noqa: E402
 from models import tiled  # noqa: E402
@@ -111,15 +111,6 @@ def untiled_estimates(vae, batches, k: int, chunk: int) -> list:
         return [estimate_log_marginal(vae.model, vae.guide, xb, k, chunk, seed=0) for xb in batches]
 
 
-def flops_per_image(vae, x: torch.Tensor, k: int, chunk: int) -> float:
-    """Matrix-product FLOPs (encoder, decoder) of log p(x) for one image with ``k`` particles, as (c) runs it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        estimate_log_marginal(vae.model, vae.guide, x[:1], k, chunk, seed=0)
-    return float(counter.get_total_flops())
-
-
 def peak_memory(source: str, device: str, k: int, chunk: int, images: int, data_dir: str | None) -> float:
     """MiB the peak grows by during one ``estimate_log_marginal`` call, in a fresh process."""
     code = f"""
@@ -178,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(a) {mine.mean():.2f}, (c) {ours.mean():.2f}; largest |c - u| per image {(ours - before).abs().max():.2g}, "
           f"|c - f| {(ours - compiled).abs().max():.2g} nats (same draws); (f)'s first call, compiling included: "
           f"{compile_seconds:.1f} s\n")
-    flops, limit = flops_per_image(vae, x, k, chunk), gemm_rate(device)
+    flops, limit = importance_flops_per_image(vae, x, k, chunk), gemm_rate(device)
     print(f"FLOP limit: {limit / 1e9:.1f} GFLOP/s (float32 2048 x 2048 GEMM, best of 5, this run); "
           f"{flops / k / 1e6:.3f} MFLOP per image-particle (matrix products)\n")
     print("| batch | (a) hand-written img/s | (b) pyro Importance img/s | (c) estimate_log_marginal img/s "
