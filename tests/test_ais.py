@@ -196,6 +196,7 @@ def test_ais_on_cuda_lands_within_two_hundredths_of_a_nat_of_the_exact_log_margi
                            initial_step_size=0.1)
     assert abs((est.log_px.cpu() - model.exact_log_marginal(x).cpu()).mean().item()) < 0.02
     assert 0.5 < est.acceptance.mean().item() < 0.8
+    assert est.compiled_form == "graphs"  # recorded with their backward ops on CUDA too, not the traced fallback
 
 
 def test_ais_beats_importance_sampling_with_as_many_draws_from_a_poor_guide(ppca):
