@@ -254,8 +254,8 @@ def _select(accept: torch.Tensor, new: State, old: State, sites: list[Site]) -> 
         return {s.name: torch.where(s.per_chain(accept, a[s.name].dim()), a[s.name], b[s.name]) for s in sites}
 
     return State(pick(new.u, old.u), torch.where(accept, new.base, old.base),
-                  torch.where(accept, new.target, old.target), pick(new.grad_base, old.grad_base),
-                  pick(new.grad_target, old.grad_target))
+                 torch.where(accept, new.target, old.target), pick(new.grad_base, old.grad_base),
+                 pick(new.grad_target, old.grad_target))
 
 
 # --- randomness keyed by datapoint ---------------------------------------------------------

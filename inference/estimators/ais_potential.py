@@ -81,8 +81,12 @@ class Target:
         self.num_chains, self.init = num_chains, init
         self.latents = tuple(s.name for s in sites)
         self.derivatives: Derivatives = Autograd(self)
-        self.compiled, self.compiled_form = False, None
+        self.compiled_form: str | None = None  # the key of `COMPILED_FORMS` in use, after `compile`
         self.evaluations = 0
+
+    @property
+    def compiled(self) -> bool:
+        return self.compiled_form is not None
 
     def compile(self, u: dict[str, torch.Tensor]) -> None:
         """Use the first compiled form of the derivatives (`COMPILED_FORMS`) that builds at ``u`` (this batch's
@@ -108,7 +112,7 @@ class Target:
             except Exception as e:  # noqa: BLE001 - any failure to build or to agree means: do not use it
                 causes.append(f"{form}: {failure_cause(e)}")
                 continue
-            self.derivatives, self.compiled, self.compiled_form = candidate, True, form
+            self.derivatives, self.compiled_form = candidate, form
             return
         warnings.warn(f"AIS runs its potential uncompiled: {'; '.join(causes)}", RuntimeWarning, stacklevel=3)
 
@@ -191,7 +195,7 @@ class Autograd(Derivatives):
             g_target = torch.autograd.grad(tgt, leaves, ones, retain_graph=True, allow_unused=True)
             g_base = torch.autograd.grad(base, leaves, ones, allow_unused=True)
         return State({n: v.detach() for n, v in u.items()}, base.detach(), tgt.detach(), _filled(u, g_base),
-                      _filled(u, g_target))
+                     _filled(u, g_target))
 
     def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
                  ) -> dict[str, torch.Tensor]:
@@ -240,7 +244,7 @@ class GradientGraphs(Derivatives):
         out = self.state_graph(*self._inputs(u))
         k = len(self.names)
         return State(dict(u), out[0], out[1], dict(zip(self.names, out[2 : 2 + k])),
-                      dict(zip(self.names, out[2 + k :])))
+                     dict(zip(self.names, out[2 + k :])))
 
     def gradient(self, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
                  ) -> dict[str, torch.Tensor]:
@@ -334,7 +338,7 @@ def evaluate(target: Target, u: dict[str, torch.Tensor]) -> State:
 
 
 def gradient(target: Target, u: dict[str, torch.Tensor], seeds: tuple[torch.Tensor, torch.Tensor]
-              ) -> dict[str, torch.Tensor]:
+             ) -> dict[str, torch.Tensor]:
     """grad log f_b at ``u`` alone (one evaluation, counted): for the leapfrog positions inside a transition, whose
     values nothing reads. ``seeds``: `backward_seeds` of b."""
     target.evaluations += 1
